@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine with only Python on it:
+#   make demo   - the main job end to end on the embedded default
+#   make test   - the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU-only machine gets the CPU build of torch (here it lies on local disk); a
+# GPU machine takes whatever the project's range resolves to. Override TORCH_SPEC
+# or TORCH_PIP_ARGS (e.g. an index of CPU wheels) for other machines.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
+	$(BIN)/pip install -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/cvae run
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache

@@ -1,0 +1,3 @@
+"""Conditional synthetic data at cluster scale: config -> source -> encoder -> trainer -> registry -> generator -> sink -> evaluator."""
+
+__version__ = "0.1.0"

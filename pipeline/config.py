@@ -1,0 +1,240 @@
+"""Configuration: YAML file + `--set dotted.key=value` overrides, validated once into typed objects.
+
+Every default here is the embedded default (the bundled Adult table, local Ray,
+files under ./runs/, sqlite MLflow), so `cvae run` with no arguments is the demo.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+
+BUNDLED_DATA = resources.files("pipeline") / "data"
+DEFAULT_DATA_PATH = str(BUNDLED_DATA / "adult.parquet")
+DEFAULT_CONDITIONS = ["income"]
+
+ColumnKind = Literal["continuous", "integer", "categorical", "list"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataConfig(Section):
+    path: str = Field(DEFAULT_DATA_PATH, min_length=1)
+    conditions: list[str] | None = None
+    columns: dict[str, ColumnKind] = {}
+    storage_options: dict[str, Any] = {}
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _conditions_required(self) -> "DataConfig":
+        if self.conditions is None:
+            if self.path != DEFAULT_DATA_PATH:
+                raise ValueError("conditions: required for a table other than the bundled default; "
+                                 "set data.conditions to a list of column names")
+            object.__setattr__(self, "conditions", list(DEFAULT_CONDITIONS))
+        if not self.conditions:
+            raise ValueError("conditions: must name at least one column")
+        if len(set(self.conditions)) != len(self.conditions):
+            raise ValueError(f"conditions: repeated column in {self.conditions}")
+        return self
+
+
+class EncoderConfig(Section):
+    max_categories: int = Field(100, ge=2, le=100_000)
+    unseen: Literal["error", "other"] = "error"
+    sample_size: int = Field(100_000, ge=100)
+    quantiles: int = Field(1000, ge=10, le=100_000)
+    max_condition_combinations: int = Field(10_000, ge=1)
+
+
+class ModelConfig(Section):
+    latent_dim: int = Field(32, ge=1, le=4096)
+    hidden: list[int] = Field([256, 256], min_length=1)
+    prior: Literal["standard", "conditional"] = "conditional"
+    variance: Literal["learned", "fixed"] = "learned"
+    sigma: float = Field(0.1, gt=0.0)
+    beta: float = Field(1.0, ge=0.0)
+    kl_warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> "ModelConfig":
+        if any(width < 1 for width in self.hidden):
+            raise ValueError(f"hidden: every width must be >= 1, got {self.hidden}")
+        return self
+
+
+class TrainConfig(Section):
+    name: str = Field("cvae", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(500, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0.0)
+    use_gpu: bool = False
+    seed: int = Field(0, ge=0)
+    storage_path: str = Field("./runs/train", min_length=1)
+    max_failures: int = Field(1, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    early_stopping_patience: int = Field(0, ge=0)
+
+
+class MLflowConfig(Section):
+    tracking_uri: str = Field("sqlite:///mlflow.db", min_length=1)
+    experiment: str = Field("cvae", min_length=1)
+    model_name: str | None = Field(None, min_length=1)
+    alias: str | None = Field("candidate", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class GenerateConfig(Section):
+    model_uri: str | None = Field(None, min_length=1)
+    num_rows: int = Field(10_000, ge=1)
+    conditions: str | dict[str, Any] | list[dict[str, Any]] = "proportional"
+    output: str = Field("./runs/synthetic", min_length=1)
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(1, ge=1)
+    rows_per_part: int = Field(100_000, ge=1)
+    use_gpu: bool = False
+
+    @field_validator("conditions", mode="before")
+    @classmethod
+    def _plan_shape(cls, plan: Any) -> Any:
+        """Only the shape here; values are checked against the model's encoder at generation."""
+        if isinstance(plan, str) and plan:
+            return plan
+        if isinstance(plan, dict) and plan and all(isinstance(counts, dict) for counts in plan.values()):
+            return plan
+        if isinstance(plan, list) and plan and all(isinstance(combo, dict) for combo in plan):
+            return plan
+        raise ValueError("expected 'proportional', a Parquet URI of condition rows, "
+                         "{column: {value: count}} or a list of {column: value, ..., count: N}, "
+                         f"got {plan!r}")
+
+
+class RayConfig(Section):
+    address: str | None = None
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    mlflow: MLflowConfig = MLflowConfig()
+    generate: GenerateConfig = GenerateConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _default_model_name(self) -> "Config":
+        if self.mlflow.model_name is None:
+            stem = Path(self.data.path.rstrip("/")).name.split(".")[0] or "table"
+            object.__setattr__(self.mlflow, "model_name", f"{stem}-cvae")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, as logged to MLflow params."""
+        return _flatten(self.model_dump())
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read FILE (or the embedded default), apply `--set` overrides, validate once."""
+    source = path or "built-in defaults"
+    raw = _read_yaml(path) if path else {}
+    set_keys = []
+    for item in overrides:
+        key, value = _parse_override(item)
+        _assign(raw, key, value)
+        set_keys.append(key)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, source, set_keys)) from None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"config file {path}: cannot read it ({exc.strerror}); pass an existing YAML file to --config") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"config file {path}: malformed YAML{where}: {problem}; fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path}: top level must be a mapping of sections (data, train, ...), "
+                        f"got {type(raw).__name__}")
+    return raw
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
+    try:
+        return key, yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        return key, value
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _one_line(exc: ValidationError, source: str, set_keys: list[str]) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"] if not str(part).startswith(("function-", "union"))]
+    key = ".".join(loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        section = _section_fields(loc[:-1])
+        message = f"unknown key; valid keys here: {', '.join(section)}" if section else "unknown key"
+    elif error["type"] == "missing":
+        message = "required value is missing"
+    elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
+        message = f"{message} (got {error['input']!r})"
+    if error["type"] == "value_error" and _section_fields(loc) and ": " in message:
+        sub_key, _, message = message.partition(": ")
+        key = f"{key}.{sub_key}" if key else sub_key
+    origin = next((f"--set {k}" for k in set_keys if k == key or key.startswith(k + ".")), source)
+    return f"config error in {origin}: {key or 'config'}: {message}"
+
+
+def _section_fields(loc: list[str]) -> list[str]:
+    model: Any = Config
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and key != "conditions":
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,135 @@
+"""The Conditional VAE: encoder q(z|x,c), decoder p(x|z,c), prior N(0,I) or a learned p(z|c).
+
+Loss = negative ELBO = reconstruction + beta * KL. Reconstruction is a sum over
+the encoder's spans: Gaussian NLL (fixed or learned variance) for numeric
+values, cross-entropy for categories, BCE for null indicators.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.encoding import Span
+
+LOGVAR_BOUND = 10.0
+MIN_SIGMA = 0.01
+
+
+@dataclass
+class CVAEConfig:
+    """Everything needed to rebuild the network; saved as JSON next to the state_dict."""
+    x_dim: int
+    c_dim: int
+    spans: list[dict]
+    latent_dim: int = 32
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    prior: str = "conditional"
+    variance: str = "learned"
+    sigma: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kl_diag_gaussians(mu_q: torch.Tensor, logvar_q: torch.Tensor,
+                      mu_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) for diagonal Gaussians, summed over the last dimension (closed form)."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0).sum(-1)
+
+
+def mlp(widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class CVAE(nn.Module):
+    def __init__(self, config: CVAEConfig):
+        super().__init__()
+        self.config = config
+        spans = [Span(**s) for s in config.spans]
+        latent, hidden = config.latent_dim, list(config.hidden)
+        self.encoder = mlp([config.x_dim + config.c_dim, *hidden, 2 * latent])
+        self.decoder = mlp([latent + config.c_dim, *reversed(hidden), config.x_dim])
+        self.prior_net = mlp([config.c_dim, hidden[-1], 2 * latent]) if config.prior == "conditional" else None
+        self.register_buffer("gaussian_index", torch.tensor([s.start for s in spans if s.kind == "gaussian"], dtype=torch.long))
+        self.register_buffer("bernoulli_index", torch.tensor([s.start for s in spans if s.kind == "bernoulli"], dtype=torch.long))
+        self.softmax_spans = [(s.start, s.width) for s in spans if s.kind == "softmax"]
+        n_gaussian = len(self.gaussian_index)
+        if config.variance == "learned":
+            self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
+        else:
+            self.register_buffer("log_sigma", torch.full((n_gaussian,), math.log(config.sigma)))
+
+    def posterior(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(torch.cat([x, c], dim=1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+
+    def prior(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prior_net is None:
+            zeros = c.new_zeros(c.shape[0], self.config.latent_dim)
+            return zeros, zeros
+        mu, logvar = self.prior_net(c).chunk(2, dim=1)
+        return mu, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+
+    def sigma(self) -> torch.Tensor:
+        return self.log_sigma.exp().clamp(min=MIN_SIGMA)
+
+    def reconstruction(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of x under the decoder output, per row."""
+        nll = out.new_zeros(out.shape[0])
+        if len(self.gaussian_index):
+            sigma = self.sigma()
+            residual = (x[:, self.gaussian_index] - out[:, self.gaussian_index]) / sigma
+            nll = nll + (0.5 * residual ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)).sum(1)
+        if len(self.bernoulli_index):
+            nll = nll + F.binary_cross_entropy_with_logits(
+                out[:, self.bernoulli_index], x[:, self.bernoulli_index], reduction="none").sum(1)
+        for start, width in self.softmax_spans:
+            target = x[:, start: start + width]
+            nll = nll - (target * F.log_softmax(out[:, start: start + width], dim=1)).sum(1)
+        return nll
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
+        """Batch means of loss (recon + beta*KL), recon and KL; -(recon + KL) is the ELBO."""
+        mu_q, logvar_q = self.posterior(x, c)
+        z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q).exp()
+        out = self.decoder(torch.cat([z, c], dim=1))
+        recon = self.reconstruction(out, x).mean()
+        kl = kl_diag_gaussians(mu_q, logvar_q, *self.prior(c)).mean()
+        return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encoded rows drawn from p(x|z,c) with z ~ p(z|c): Gaussian values, one-hot categories, 0/1 nulls."""
+        mu_p, logvar_p = self.prior(c)
+        noise = torch.randn(mu_p.shape, generator=generator, device=c.device, dtype=mu_p.dtype)
+        out = self.decoder(torch.cat([mu_p + noise * (0.5 * logvar_p).exp(), c], dim=1))
+        x = torch.zeros_like(out)
+        if len(self.gaussian_index):
+            mean = out[:, self.gaussian_index]
+            noise = torch.randn(mean.shape, generator=generator, device=c.device, dtype=mean.dtype)
+            x[:, self.gaussian_index] = mean + noise * self.sigma()
+        if len(self.bernoulli_index):
+            probs = torch.sigmoid(out[:, self.bernoulli_index])
+            x[:, self.bernoulli_index] = torch.bernoulli(probs, generator=generator)
+        for start, width in self.softmax_spans:
+            probs = F.softmax(out[:, start: start + width].float(), dim=1)
+            choice = torch.multinomial(probs, 1, generator=generator)
+            x[:, start: start + width].scatter_(1, choice, 1.0)
+        return x
+
+
+def build_model(x_dim: int, c_dim: int, spans: list[Span], config: ModelConfig) -> CVAE:
+    """A fresh CVAE sized for an encoder's spans, shaped by the `model.*` config keys."""
+    return CVAE(CVAEConfig(x_dim=x_dim, c_dim=c_dim, spans=[asdict(s) for s in spans],
+                           latent_dim=config.latent_dim, hidden=list(config.hidden), prior=config.prior,
+                           variance=config.variance, sigma=config.sigma))
