@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
+from pipeline.storage import redact
 
 COMMANDS = {
     "train": ("fit the CVAE with Ray Train and register it in MLflow", 3),
@@ -23,7 +25,15 @@ def _not_built(command: str, issue: int) -> Callable[[Config], int]:
     return handler
 
 
+def _train(config: Config) -> int:
+    from pipeline.train import train
+
+    train(config)
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Config], int]] = {name: _not_built(name, issue) for name, (_, issue) in COMMANDS.items()}
+HANDLERS["train"] = _train
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,4 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return HANDLERS[args.command](config)
     except UserError as exc:
         print(f"cvae {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a scheduler needs one line and a non-zero exit, not a traceback
+        if os.environ.get("CVAE_TRACEBACK"):
+            raise
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        print(f"cvae {args.command}: failed: {type(exc).__name__}: {redact(reason)} "
+              "(set CVAE_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         return 1

@@ -81,6 +81,7 @@ class TrainConfig(Section):
     use_gpu: bool = False
     seed: int = Field(0, ge=0)
     storage_path: str = Field("./runs/train", min_length=1)
+    storage_options: dict[str, Any] = {}
     max_failures: int = Field(1, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping_patience: int = Field(0, ge=0)

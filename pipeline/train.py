@@ -1,14 +1,34 @@
-"""Training: the per-epoch loop shared by a single process and every Ray Train worker."""
+"""Training: the per-epoch loop, the Ray Train worker loop (DDP) and the driver that tracks it in MLflow.
+
+Rerunning the same job (same `train.name` and `train.storage_path`) resumes from
+its latest checkpoint and continues the same MLflow run and model version.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+import hashlib
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
 
+import ray
+import ray.train
+import ray.train.torch
 import torch
+import torch.distributed as dist
 
-from pipeline.config import ModelConfig
-from pipeline.model import CVAE
+from pipeline.config import Config, ModelConfig
+from pipeline.model import CVAE, CVAEConfig, build_model
+from pipeline.registry import (ARTIFACT_FILES, client_for, find_or_create_run, log_epoch_metrics, log_loss_curve,
+                               log_training_data, register, save_artifact)
+from pipeline.source import encoded_splits, fit_encoder, read_table
+from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+SHUFFLE_BUFFER_BATCHES = 20
 
 
 def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
@@ -18,13 +38,15 @@ def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
     return config.beta * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
 
 
-def run_epoch(model: CVAE, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], beta: float) -> dict[str, float]:
-    """One pass of gradient steps; returns row-weighted means of loss, recon and KL."""
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], beta: float,
+              amp: bool = False) -> dict[str, float]:
+    """One pass of gradient steps; returns row-weighted means of loss, recon and KL, and the row count."""
     model.train()
     totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
     rows = 0
     for x, c in batches:
-        terms = model(x, c, beta)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            terms = model(x, c, beta)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -36,7 +58,7 @@ def run_epoch(model: CVAE, optimizer: torch.optim.Optimizer, batches: Iterable[B
 
 @torch.no_grad()
 def validate(model: CVAE, batches: Iterable[Batch], seed: int = 0) -> dict[str, float]:
-    """Validation ELBO per row (higher is better), with a fixed noise seed so epochs compare fairly."""
+    """Validation ELBO per row (higher is better), with fixed noise so epochs compare fairly."""
     model.eval()
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -48,5 +70,177 @@ def validate(model: CVAE, batches: Iterable[Batch], seed: int = 0) -> dict[str, 
         kl += terms["kl"].item() * len(x)
         rows += len(x)
     torch.random.set_rng_state(state)
-    rows = max(rows, 1)
-    return {"val_elbo": -(recon + kl) / rows, "val_recon": recon / rows, "val_kl": kl / rows}
+    rows_or_one = max(rows, 1)
+    return {"val_elbo": -(recon + kl) / rows_or_one, "val_recon": recon / rows_or_one, "val_kl": kl / rows_or_one,
+            "rows": rows}
+
+
+def _global_means(terms: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Row-weighted means over all workers, so every rank sees (and decides on) the same numbers."""
+    if not dist.is_available() or not dist.is_initialized():
+        return terms
+    keys = sorted(key for key in terms if key != "rows")
+    packed = torch.tensor([terms[key] * terms["rows"] for key in keys] + [terms["rows"]],
+                          dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    rows = packed[-1].item()
+    return {key: packed[i].item() / max(rows, 1) for i, key in enumerate(keys)} | {"rows": int(rows)}
+
+
+def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None) -> Iterable[Batch]:
+    shuffle = {"local_shuffle_buffer_size": batch_size * SHUFFLE_BUFFER_BATCHES,
+               "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
+    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device, **shuffle):
+        yield batch["x"], batch["c"]
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    seed = loop["seed"]
+    torch.manual_seed(seed)
+    model = CVAE(CVAEConfig(**loop["model"]))
+    progress = {"epoch": -1, "best": -math.inf, "stale": 0}
+    optimizer_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            model.load_state_dict(torch.load(Path(directory) / "weights.pt", weights_only=True))
+            saved = torch.load(Path(directory) / "training_state.pt", weights_only=True)
+            optimizer_state, progress = saved["optimizer"], saved["progress"]
+    model = ray.train.torch.prepare_model(model)
+    core: CVAE = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    amp = device.type == "cuda"
+    train_shard = ray.train.get_dataset_shard("train")
+    holdout_shard = ray.train.get_dataset_shard("holdout") if loop["has_holdout"] else None
+    model_config = ModelConfig(**loop["model_config"])
+
+    for epoch in range(progress["epoch"] + 1, loop["epochs"]):
+        torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+        started = time.perf_counter()
+        batches = _shard_batches(train_shard, loop["batch_size"], device, shuffle_seed=seed * 7919 + epoch * 31 + rank)
+        metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp), device)
+        seconds = time.perf_counter() - started
+        metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
+                    "beta": beta_for_epoch(model_config, epoch)}
+        score = -metrics["loss"]
+        if holdout_shard is not None:
+            held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None), seed),
+                                 device)
+            metrics |= {key: value for key, value in held.items() if key != "rows"}
+            score = held["val_elbo"]
+        progress = {"epoch": epoch, "best": max(progress["best"], score),
+                    "stale": 0 if score > progress["best"] else progress["stale"] + 1}
+        metrics["score"] = score
+        with tempfile.TemporaryDirectory() as directory:
+            if rank == 0:
+                save_artifact(directory, core, loop["encoder_json"])
+                torch.save({"optimizer": optimizer.state_dict(), "progress": progress},
+                           Path(directory) / "training_state.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+        if loop["patience"] and progress["stale"] >= loop["patience"]:
+            break
+
+
+class EpochLogger(ray.train.UserCallback):
+    """On the Ray Train controller: each persisted epoch goes to MLflow once, and a progress line to the console."""
+
+    def __init__(self, tracking_uri: str, run_id: str, epochs: int):
+        self.tracking_uri, self.run_id, self.epochs = tracking_uri, run_id, epochs
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        epoch_metrics = metrics[0]
+        epoch = int(epoch_metrics["epoch"])
+        log_epoch_metrics(client_for(self.tracking_uri), self.run_id, epoch_metrics, epoch)
+        remaining = (self.epochs - epoch - 1) * epoch_metrics["epoch_seconds"]
+        validation = f"val_elbo {epoch_metrics['val_elbo']:.3f}  " if "val_elbo" in epoch_metrics else ""
+        print(f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  {validation}"
+              f"{epoch_metrics['rows_per_s']:,.0f} rows/s  {epoch_metrics['epoch_seconds']:.1f}s  "
+              f"ETA {remaining:.0f}s  checkpoint {checkpoint.path if checkpoint else '-'}", flush=True)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    version: str
+    checkpoint_dir: str
+
+
+def ensure_ray(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, logging_config=ray.LoggingConfig(log_level="WARNING"))
+    data_context = ray.data.DataContext.get_current()
+    data_context.execution_options.preserve_order = True
+    data_context.enable_progress_bars = False
+
+
+def train(config: Config) -> TrainOutcome:
+    """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow."""
+    tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
+    storage = absolute(config.train.storage_path)
+    train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
+    client = client_for(tracking_uri)
+    run_id, resumed = find_or_create_run(client, config, train_id)
+    print(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}", flush=True)
+
+    ensure_ray(config.ray.address)
+    data = config.data
+    fs, files = parquet_files(data.path, data.storage_options)
+    dataset = read_table(data)
+    started = time.perf_counter()
+    encoder = fit_encoder(dataset, data.conditions, config.encoder, data.columns, config.train.seed,
+                          data.holdout_fraction)
+    print(f"encoder fitted in {time.perf_counter() - started:.2f}s: {encoder.x_dim} feature and "
+          f"{encoder.c_dim} condition dimensions", flush=True)
+    if not resumed:
+        log_training_data(run_id, data.path, digest(fs, files), None)
+
+    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
+    loop = {"model": model.config.to_dict(), "model_config": config.model.model_dump(),
+            "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": config.train.epochs,
+            "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
+            "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    storage_fs, storage_path = filesystem(storage, config.train.storage_options)
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
+                                               resources_per_worker={"CPU": config.train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=config.train.name, storage_path=storage_path, storage_filesystem=arrow_filesystem(storage_fs),
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
+                                                         checkpoint_score_attribute="score",
+                                                         checkpoint_score_order="max"),
+            callbacks=[EpochLogger(tracking_uri, run_id, config.train.epochs)],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+        datasets=encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
+        dataset_config=ray.train.DataConfig(execution_options=ingest),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        client.set_terminated(run_id, status="FAILED")
+        raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
+                           f"{str(exc).strip().splitlines()[-1]}") from exc
+    best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
+    if best is None:
+        raise RuntimeError("training finished without a checkpoint")
+    with best.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as export:
+        for name in (*ARTIFACT_FILES, "artifact.json"):
+            shutil.copy(Path(checkpoint_dir) / name, Path(export) / name)
+        version = register(client, run_id, export, config)
+    log_loss_curve(client, run_id)
+    client.set_terminated(run_id)
+    model_uri = f"models:/{config.mlflow.model_name}/{version}"
+    alias = f" (alias @{config.mlflow.alias})" if config.mlflow.alias else ""
+    print(f"registered {model_uri}{alias}; run {run_id}; checkpoints in {redact(best.path)}", flush=True)
+    return TrainOutcome(run_id, model_uri, version, best.path)

@@ -1,7 +1,22 @@
+"""Shared real components: one local Ray cluster, one S3 endpoint (moto server) per test session."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BUNDLED_DATA
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+S3_KEYS = {"key": "testing", "secret": "testing"}
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +27,75 @@ def adult():
 @pytest.fixture(scope="session")
 def digits():
     return pq.read_table(BUNDLED_DATA / "digits.parquet")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {seconds}s")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster; 4 logical CPUs so 2 training workers and Ray Data never starve each other."""
+    import ray
+
+    ray.init(num_cpus=4, object_store_memory=300 * 1024 ** 2, include_dashboard=True,
+             logging_config=ray.LoggingConfig(log_level="WARNING"))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto server), reached through s3fs and pyarrow like real S3."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_options(s3_endpoint):
+    return {"endpoint_url": s3_endpoint, **S3_KEYS}
+
+
+@pytest.fixture(scope="session")
+def s3(s3_options):
+    import s3fs
+
+    return s3fs.S3FileSystem(**s3_options)
+
+
+@pytest.fixture(scope="session")
+def adult_on_s3(s3):
+    s3.mkdir("data")
+    s3.put(str(BUNDLED_DATA / "adult.parquet"), "data/adult/part-0.parquet")
+    return "s3://data/adult/"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Each test runs in its own folder: relative paths (./runs, sqlite:///mlflow.db) land there."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
