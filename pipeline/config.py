@@ -83,6 +83,7 @@ class TrainConfig(Section):
     storage_path: str = Field("./runs/train", min_length=1)
     storage_options: dict[str, Any] = {}
     max_failures: int = Field(1, ge=0)
+    cache: Literal["auto", "always", "never"] = "auto"
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping_patience: int = Field(0, ge=0)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, EncoderConfig
 from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
 from pipeline.storage import arrow_filesystem, parquet_files
@@ -73,7 +73,28 @@ def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fract
     return splits
 
 
-def fit_encoder(ds: ray.data.Dataset, conditions: list[str], config: Any, column_kinds: dict[str, str],
+def encoded_bytes(fs: Any, files: list[str], encoder: TableEncoder, max_files: int = 64) -> int | None:
+    """Size of the encoded matrices, from Parquet footers; None when there are too many files to ask cheaply."""
+    if len(files) > max_files:
+        return None
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in files:
+        with fs.open(path, "rb") as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows * (encoder.x_dim + encoder.c_dim) * 4
+
+
+def cache_if_small(splits: dict[str, ray.data.Dataset], size: int | None, policy: str) -> dict[str, ray.data.Dataset]:
+    """Encoded data that fits in a quarter of the object store is computed once, not re-read every epoch."""
+    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    if policy == "always" or (policy == "auto" and size is not None and size <= capacity / 4):
+        return {name: ds.materialize() for name, ds in splits.items()}
+    return splits
+
+
+def fit_encoder(ds: ray.data.Dataset, conditions: list[str], config: EncoderConfig, column_kinds: dict[str, str],
                 seed: int, fraction: float) -> TableEncoder:
     """One streaming pass over the training side of the split; Ray reads in parallel, the driver keeps sketches."""
     batches = (select_split(batch, "train", seed, fraction)

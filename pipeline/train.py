@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -24,7 +26,7 @@ from pipeline.config import Config, ModelConfig
 from pipeline.model import CVAE, CVAEConfig, build_model
 from pipeline.registry import (ARTIFACT_FILES, client_for, find_or_create_run, log_epoch_metrics, log_loss_curve,
                                log_training_data, register, save_artifact)
-from pipeline.source import encoded_splits, fit_encoder, read_table
+from pipeline.source import cache_if_small, encoded_bytes, encoded_splits, fit_encoder, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -42,7 +44,8 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
               amp: bool = False) -> dict[str, float]:
     """One pass of gradient steps; returns row-weighted means of loss, recon and KL, and the row count."""
     model.train()
-    totals = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
+    keys = ("loss", "recon", "kl")
+    totals = None
     rows = 0
     for x, c in batches:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -50,10 +53,11 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
-        for key in totals:
-            totals[key] += terms[key].item() * len(x)
+        step = torch.stack([terms[key].detach().float() for key in keys]) * len(x)
+        totals = step if totals is None else totals + step  # stays on the device: no sync per step
         rows += len(x)
-    return {key: value / max(rows, 1) for key, value in totals.items()} | {"rows": rows}
+    means = (totals / max(rows, 1)).tolist() if totals is not None else [0.0] * len(keys)
+    return dict(zip(keys, means)) | {"rows": rows}
 
 
 @torch.no_grad()
@@ -87,6 +91,14 @@ def _global_means(terms: dict[str, float], device: torch.device) -> dict[str, fl
     return {key: packed[i].item() / max(rows, 1) for i, key in enumerate(keys)} | {"rows": int(rows)}
 
 
+def _global_max(value: float, device: torch.device) -> float:
+    if not dist.is_available() or not dist.is_initialized():
+        return value
+    packed = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return packed.item()
+
+
 def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None) -> Iterable[Batch]:
     shuffle = {"local_shuffle_buffer_size": batch_size * SHUFFLE_BUFFER_BATCHES,
                "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
@@ -98,6 +110,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint."""
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // context.get_local_world_size()))
     device = ray.train.torch.get_device()
     seed = loop["seed"]
     torch.manual_seed(seed)
@@ -137,6 +150,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         progress = {"epoch": epoch, "best": max(progress["best"], score),
                     "stale": 0 if score > progress["best"] else progress["stale"] + 1}
         metrics["score"] = score
+        metrics["worker_peak_rss_mb"] = _global_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, device)
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:
                 save_artifact(directory, core, loop["encoder_json"])
@@ -206,6 +220,8 @@ def train(config: Config) -> TrainOutcome:
             "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": config.train.epochs,
             "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
+    splits = cache_if_small(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
+                            encoded_bytes(fs, files, encoder), config.train.cache)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
     storage_fs, storage_path = filesystem(storage, config.train.storage_options)
@@ -222,7 +238,7 @@ def train(config: Config) -> TrainOutcome:
                                                          checkpoint_score_order="max"),
             callbacks=[EpochLogger(tracking_uri, run_id, config.train.epochs)],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets=encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
+        datasets=splits,
         dataset_config=ray.train.DataConfig(execution_options=ingest),
     )
     try:

@@ -1,0 +1,125 @@
+"""Training benchmark on Adult: our CVAE (Ray Train, 1 and 2 workers) beside ctgan's TVAE, in one run.
+
+    python bench/train_bench.py [--epochs 10]
+
+Each system runs in its own process so peak RSS is its own. Needs the `bench`
+extra (ctgan). Prints a table; nothing here is a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+HIDDEN, LATENT, BATCH = 128, 128, 500  # TVAE's defaults: compress/decompress (128, 128), embedding 128, batch 500
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def encoder_fit() -> dict:
+    import pyarrow.parquet as pq
+
+    from pipeline.config import BUNDLED_DATA, EncoderConfig
+    from pipeline.encoding import TableEncoder
+
+    table = pq.read_table(BUNDLED_DATA / "adult.parquet")
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
+        times.append(time.perf_counter() - started)
+    return {"encoder_fit_s": min(times), "width": encoder.x_dim + encoder.c_dim}
+
+
+def cvae(workers: int, epochs: int) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import load_config
+    from pipeline.train import train
+
+    folder = tempfile.mkdtemp(prefix="cvae-bench-")
+    config = load_config(None, [f"train.num_workers={workers}", f"train.epochs={epochs}",
+                                f"train.storage_path={folder}/runs", f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+                                f"model.hidden=[{HIDDEN}, {HIDDEN}]", f"model.latent_dim={LATENT}",
+                                f"train.batch_size={BATCH}", "data.holdout_fraction=0.0", "mlflow.alias=null"])
+    started = time.perf_counter()
+    outcome = train(config)
+    wall = time.perf_counter() - started
+    client = MlflowClient(config.mlflow.tracking_uri)
+    history = {key: [m.value for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)]
+               for key in ("rows_per_s", "epoch_seconds", "worker_peak_rss_mb", "loss")}
+    steady = sorted(history["rows_per_s"][1:] or history["rows_per_s"])
+    return {"system": f"cvae, {workers} worker(s)", "rows_per_s": steady[len(steady) // 2],
+            "train_s": sum(history["epoch_seconds"]), "wall_s": wall, "driver_rss_mb": peak_rss_mb(),
+            "worker_rss_mb": max(history["worker_peak_rss_mb"]), "final_loss": history["loss"][-1]}
+
+
+def tvae(epochs: int) -> dict:
+    import pyarrow.parquet as pq
+    from ctgan import TVAE
+    from ctgan.data_transformer import DataTransformer
+
+    from pipeline.config import BUNDLED_DATA
+
+    frame = pq.read_table(BUNDLED_DATA / "adult.parquet").to_pandas()
+    discrete = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype).startswith("str")]
+    frame[discrete] = frame[discrete].fillna("<null>")
+    started = time.perf_counter()
+    DataTransformer().fit(frame, discrete)
+    transformer_s = time.perf_counter() - started
+    model = TVAE(epochs=epochs, batch_size=BATCH, compress_dims=(HIDDEN, HIDDEN), decompress_dims=(HIDDEN, HIDDEN),
+                 embedding_dim=LATENT)
+    started = time.perf_counter()
+    model.fit(frame, discrete)
+    fit_s = time.perf_counter() - started
+    train_s = fit_s - transformer_s
+    return {"system": "ctgan TVAE", "encoder_fit_s": transformer_s, "rows_per_s": len(frame) * epochs / train_s,
+            "train_s": train_s, "wall_s": fit_s, "driver_rss_mb": peak_rss_mb(), "worker_rss_mb": None}
+
+
+def child(name: str, epochs: int) -> dict:
+    output = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(epochs)],
+                            capture_output=True, text=True)
+    lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
+    if output.returncode or not lines:
+        raise SystemExit(f"{name} failed:\n{output.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        runs = {"encoder": encoder_fit, "cvae1": lambda: cvae(1, args.epochs), "cvae2": lambda: cvae(2, args.epochs),
+                "tvae": lambda: tvae(args.epochs)}
+        print(json.dumps(runs[args.one]()))
+        return
+    fit = child("encoder", args.epochs)
+    rows = [child("cvae1", args.epochs) | {"encoder_fit_s": fit["encoder_fit_s"]},
+            child("cvae2", args.epochs) | {"encoder_fit_s": fit["encoder_fit_s"]},
+            child("tvae", args.epochs)]
+    print(f"\nAdult, {args.epochs} epochs, hidden {HIDDEN}x2, latent {LATENT}, batch {BATCH}, "
+          f"{os.cpu_count()} CPUs; encoded width {fit['width']}")
+    header = f"{'system':<20}{'encoder fit s':>14}{'rows/s':>10}{'train s':>9}{'wall s':>8}{'driver MB':>11}{'worker MB':>11}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        worker = f"{row['worker_rss_mb']:.0f}" if row["worker_rss_mb"] else "-"
+        print(f"{row['system']:<20}{row['encoder_fit_s']:>14.3f}{row['rows_per_s']:>10,.0f}{row['train_s']:>9.1f}"
+              f"{row['wall_s']:>8.1f}{row['driver_rss_mb']:>11.0f}{worker:>11}")
+    print("\nrows/s: median epoch after the first; train s: sum of epoch times; wall s: the whole call "
+          "(Ray start, data read, encoder fit, checkpoints, MLflow logging and registration for the CVAE).")
+
+
+if __name__ == "__main__":
+    main()
