@@ -4,54 +4,74 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 from pipeline.storage import redact
 
 COMMANDS = {
-    "train": ("fit the CVAE with Ray Train and register it in MLflow", 3),
-    "generate": ("write a conditional synthetic table from a registered model", 4),
-    "evaluate": ("score a synthetic table against the real one and log the report", 6),
-    "run": ("train, then generate, then evaluate: the main job", 3),
+    "train": "fit the CVAE with Ray Train and register it in MLflow",
+    "generate": "write a conditional synthetic table from a registered model",
+    "evaluate": "score a synthetic table against the real one and log the report",
+    "run": "train, then generate, then evaluate: the main job",
 }
 
 
-def _not_built(command: str, issue: int) -> Callable[[Config], int]:
-    def handler(config: Config) -> int:
-        print(f"cvae {command}: not built yet (tracked in issue {issue}); the configuration is valid", file=sys.stderr)
-        return 2
-    return handler
-
-
-def _train(config: Config) -> int:
+def train_command(config: Config, overwrite: bool) -> int:
     from pipeline.train import train
 
     train(config)
     return 0
 
 
-HANDLERS: dict[str, Callable[[Config], int]] = {name: _not_built(name, issue) for name, (_, issue) in COMMANDS.items()}
-HANDLERS["train"] = _train
+def generate_command(config: Config, overwrite: bool) -> int:
+    from pipeline.generate import generate
+
+    generate(config, overwrite)
+    return 0
+
+
+def evaluate_command(config: Config, overwrite: bool) -> int:
+    print("cvae evaluate: not built yet (tracked in issue 6); the configuration is valid", file=sys.stderr)
+    return 2
+
+
+def run_command(config: Config, overwrite: bool) -> int:
+    """The main job: train, then generate from the version just registered, then evaluate."""
+    from pipeline.generate import generate
+    from pipeline.train import train
+
+    trained = train(config)
+    if config.generate.model_uri is None:
+        config = config.model_copy(update={"generate": config.generate.model_copy(update={"model_uri": trained.model_uri})})
+    generate(config, overwrite)
+    print("cvae run: evaluation is not built yet (issue 6); trained and generated", file=sys.stderr)
+    return 0
+
+
+HANDLERS = {"train": train_command, "generate": generate_command, "evaluate": evaluate_command, "run": run_command}
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cvae", description="Conditional synthetic data at cluster scale.")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, _) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument("--config", metavar="FILE", help="YAML config (default: the embedded default)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one dotted key, value parsed as YAML (repeatable)")
+        if name in ("generate", "run"):
+            command.add_argument("--overwrite", action="store_true",
+                                 help="replace a different synthetic dataset already at generate.output")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         config = load_config(args.config, args.overrides)
-        return HANDLERS[args.command](config)
+        return HANDLERS[args.command](config, getattr(args, "overwrite", False))
     except UserError as exc:
         print(f"cvae {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -100,10 +100,12 @@ class GenerateConfig(Section):
     num_rows: int = Field(10_000, ge=1)
     conditions: str | dict[str, Any] | list[dict[str, Any]] = "proportional"
     output: str = Field("./runs/synthetic", min_length=1)
+    storage_options: dict[str, Any] = {}
     seed: int = Field(0, ge=0)
     num_workers: int = Field(1, ge=1)
     rows_per_part: int = Field(100_000, ge=1)
     use_gpu: bool = False
+    allow_unseen_continuous: bool = False
 
     @field_validator("conditions", mode="before")
     @classmethod

@@ -339,6 +339,7 @@ class CategoricalCodec:
         self._value_type = pa.string() if pa.types.is_null(value_type) else value_type
         self._lookup = pa.array(categories, self._value_type)
         self._vocabulary = pa.array(categories + rare_values, self._value_type)
+        self._rare = pa.array(rare_values, self._value_type)
 
     @property
     def has_other(self) -> bool:
@@ -371,6 +372,10 @@ class CategoricalCodec:
         if self.nullable:
             out[is_null, self.width - 1] = 1.0
         unknown = ~found & ~(is_null & self.nullable)
+        if self.has_other and unknown.any():
+            rare = np.asarray(pc.is_in(arr.cast(self._value_type), value_set=self._rare), dtype=bool) & unknown
+            out[rare, len(self.categories)] = 1.0  # seen in training, below the cap: the rare bucket
+            unknown &= ~rare
         if unknown.any():
             if unseen == "error":
                 examples = sorted({str(v) for v in arr.filter(pa.array(unknown)).to_pylist()[:1000]})[:3]

@@ -1,19 +1,187 @@
-"""Generation: condition rows -> synthetic rows in the training schema."""
+"""Generation: a registered model -> a conditional synthetic table in Parquet parts, written by Ray Data actors.
+
+Part k holds plan rows [k * rows_per_part, (k+1) * rows_per_part) and is drawn
+with its own seed derived from (generate.seed, k): its bytes depend only on
+(seed, k, plan, model version), never on how many actors ran or in which order.
+A rerun skips parts already in the journal, so a crashed job resumes and ends
+byte-identical to an uninterrupted one.
+"""
 from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version as package_version
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
 import torch
 
-from pipeline.encoding import TableEncoder
-from pipeline.model import CVAE
+from pipeline.cluster import ensure_ray
+from pipeline.config import Config, MLflowConfig
+from pipeline.plan import Plan, build_plan
+from pipeline.registry import (client_for, fetch_model, load_artifact_files, log_metrics, resolve_model_uri,
+                               tagged_run)
+from pipeline.sampling import part_seed, synthesize
+from pipeline.sink import Sink, part_name
+from pipeline.storage import absolute, absolute_tracking_uri, redact
+
+GENERATION_TAG = "cvae.generation_id"
 
 
-@torch.no_grad()
-def synthesize(model: CVAE, encoder: TableEncoder, conditions: pa.Table, seed: int) -> pa.Table:
-    """One synthetic row per condition row; the same (model, conditions, seed) always gives the same rows."""
-    model.eval()
-    c = torch.from_numpy(encoder.encode_conditions(conditions))
-    generator = torch.Generator().manual_seed(seed)
-    x = model.sample(c, generator).numpy()
-    return encoder.inverse_transform(x, conditions, np.random.default_rng(seed))
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+class PartWriter:
+    """A Ray Data actor: loads the model once, then draws and writes whole parts."""
+
+    def __init__(self, model_files: dict[str, bytes], plan: Plan, output: str, storage_options: dict[str, Any],
+                 seed: int, rows_per_part: int, threads: int, use_gpu: bool):
+        torch.set_num_threads(threads)
+        self.device = "cuda" if use_gpu else "cpu"
+        self.model, self.encoder = load_artifact_files(model_files, self.device)
+        self.plan, self.seed, self.rows_per_part = plan, seed, rows_per_part
+        self.sink = Sink(output, storage_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        done: dict[str, list] = {"part": [], "rows": [], "seconds": []}
+        for part in batch["part"].tolist():
+            started = time.perf_counter()
+            start = part * self.rows_per_part
+            conditions = self.plan.rows(start, min(start + self.rows_per_part, self.plan.num_rows))
+            table = synthesize(self.model, self.encoder, conditions, part_seed(self.seed, part), self.device)
+            self.sink.write_part(part, parquet_bytes(table), table.num_rows)
+            done["part"].append(part)
+            done["rows"].append(table.num_rows)
+            done["seconds"].append(time.perf_counter() - started)
+        return {key: np.asarray(values) for key, values in done.items()}
+
+
+@dataclass(frozen=True)
+class GenerateOutcome:
+    output: str
+    model_uri: str
+    rows: int
+    parts: int
+    run_id: str | None
+    skipped: bool
+
+
+def default_model_uri(config: MLflowConfig) -> str:
+    """The model just registered under `mlflow.model_name`: its alias if set, else its latest version."""
+    return f"models:/{config.model_name}@{config.alias}" if config.alias else f"models:/{config.model_name}/latest"
+
+
+def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
+    gen = config.generate
+    client = client_for(absolute_tracking_uri(config.mlflow.tracking_uri))
+    requested = gen.model_uri or default_model_uri(config.mlflow)
+    model_uri, version = resolve_model_uri(client, requested)  # once: a moved alias cannot mix versions
+    model_files = fetch_model(model_uri)
+    _, encoder = load_artifact_files(model_files)
+    plan = build_plan(gen, encoder, gen.storage_options)
+    num_parts = math.ceil(plan.num_rows / gen.rows_per_part)
+    output = absolute(gen.output)
+    spec = {"format": "cvae-synthetic/1", "model": model_uri, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
+            "num_rows": plan.num_rows, "plan": plan.fingerprint(), "code_version": _code_version()}
+    sink = Sink(output, gen.storage_options)
+    if sink.claim(spec, overwrite) == "done":
+        print(f"{redact(output)} already holds this dataset ({plan.num_rows:,} rows from {model_uri}); nothing to do",
+              flush=True)
+        return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, None, skipped=True)
+
+    run_id = _generation_run(client, model_uri, version, output, spec, config)
+    started = time.perf_counter()
+    done = sink.completed_parts()
+    todo = [part for part in range(num_parts) if part not in done]
+    print(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into {redact(output)}"
+          f" ({len(done)} already done)", flush=True)
+    if todo:
+        _run_actors(config, model_files, plan, output, todo, plan.num_rows - sum(e["rows"] for e in done.values()))
+    parts = sink.completed_parts()
+    missing = sorted(set(range(num_parts)) - set(parts))
+    if missing:
+        raise RuntimeError(f"parts {missing[:5]} were not written; rerun the same command to finish them")
+    seconds = time.perf_counter() - started
+    sink.finish(_manifest(requested, model_uri, version, run_id, config, plan, encoder.schema,
+                          [parts[k] for k in range(num_parts)]))
+    new_rows = sum(parts[k]["rows"] for k in todo)
+    log_metrics(client, run_id, {"rows": plan.num_rows, "parts": num_parts, "seconds": seconds,
+                                 "rows_per_s": new_rows / seconds if seconds else 0.0}, step=0)
+    client.set_terminated(run_id)
+    print(f"wrote {plan.num_rows:,} rows in {num_parts} part(s) to {redact(output)} from {model_uri} "
+          f"in {seconds:.1f}s; mlflow run {run_id}", flush=True)
+    return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, run_id, skipped=False)
+
+
+def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
+                rows_todo: int) -> None:
+    gen = config.generate
+    ensure_ray(config.ray.address)
+    actors = min(gen.num_workers, len(todo))
+    threads = max(1, len(os.sched_getaffinity(0)) // actors)
+    parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
+    written = parts.map_batches(
+        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"model_files": model_files, "plan": plan, "output": output,
+                               "storage_options": gen.storage_options, "seed": gen.seed,
+                               "rows_per_part": gen.rows_per_part, "threads": threads, "use_gpu": gen.use_gpu},
+        num_gpus=1 if gen.use_gpu else 0, num_cpus=1)
+    started, rows, count = time.perf_counter(), 0, 0
+    for row in written.iter_rows():
+        rows += int(row["rows"])
+        count += 1
+        rate = rows / (time.perf_counter() - started)
+        print(f"part {part_name(int(row['part']))}  {count}/{len(todo)} parts  {rows:,}/{rows_todo:,} rows  "
+              f"{rate:,.0f} rows/s  ETA {(rows_todo - rows) / rate if rate else 0:.0f}s", flush=True)
+
+
+def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],
+                    config: Config) -> str:
+    """One MLflow run per dataset, in the model's experiment; a resumed job continues it."""
+    name = model_uri.removeprefix("models:/").split("/")[0]
+    experiment_id = client.get_run(client.get_model_version(name, version).run_id).info.experiment_id
+    generation_id = hashlib.sha256(json.dumps([output, spec], sort_keys=True).encode()).hexdigest()[:16]
+    params = {key: value for key, value in config.flat().items() if key.startswith("generate.")}
+    run_id, _ = tagged_run(client, experiment_id, GENERATION_TAG, generation_id, f"generate-{name}-v{version}", params,
+                           tags={"cvae.model_uri": model_uri, "cvae.model_version": version,
+                                 "cvae.output": redact(output)})
+    return run_id
+
+
+def _manifest(requested: str, model_uri: str, version: str, run_id: str, config: Config, plan: Plan,
+              schema: pa.Schema, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    gen = config.generate
+    return {
+        "format": "cvae-synthetic/1",
+        "model_uri": requested,
+        "model_version_uri": model_uri,
+        "model_version": version,
+        "run_id": run_id,
+        "seed": gen.seed,
+        "conditions": json.loads(redact(json.dumps(gen.conditions, default=str))),
+        "plan_fingerprint": plan.fingerprint(),
+        "num_rows": plan.num_rows,
+        "rows_per_part": gen.rows_per_part,
+        "parts": parts,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "code_version": _code_version(),
+    }
+
+
+def _code_version() -> str:
+    return f"cvae-synth {package_version('cvae-synth')}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,20 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config
 from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
-from pipeline.generate import synthesize
+from pipeline.sampling import part_seed, synthesize
 from pipeline.model import CVAE, CVAEConfig
 from pipeline.storage import redact
 
 ARTIFACT_FORMAT = "cvae-model/1"
 ARTIFACT_FILES = ("weights.pt", "model.json", "encoder.json")
+MODEL_ARTIFACT = "cvae"  # the artifact folder's name inside the logged pyfunc: artifacts/cvae/
 TRAIN_ID_TAG = "cvae.train_id"
 VERSION_TAG = "cvae.registered_version"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
@@ -65,19 +68,41 @@ def load_artifact(directory: str | Path, device: str = "cpu") -> tuple[CVAE, Tab
     return model, TableEncoder.from_json((directory / "encoder.json").read_text())
 
 
+def fetch_model(model_uri: str) -> dict[str, bytes]:
+    """The artifact files of a registered pyfunc, as bytes: shipped to Ray actors, which need no MLflow access."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
+        folder = root / "artifacts" / MODEL_ARTIFACT
+        if not folder.is_dir():
+            raise UserError(f"{model_uri} is not a cvae model (no artifacts/{MODEL_ARTIFACT}); register one with cvae train")
+        load_artifact(folder)
+        return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def load_artifact_files(files: dict[str, bytes], device: str = "cpu") -> tuple[CVAE, TableEncoder]:
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, data in files.items():
+            (Path(scratch) / Path(name).name).write_bytes(data)
+        return load_artifact(scratch, device)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class CVAEPyfunc(mlflow.pyfunc.PythonModel):
-    """`predict(conditions DataFrame, params={"seed": N})` -> synthetic rows with the training columns."""
+    """`predict(conditions DataFrame, params={"seed": S, "part": K})` -> synthetic rows with the training columns.
+
+    The rows equal part K of a `cvae generate` run with `generate.seed=S` over the same condition rows.
+    """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model, self.encoder = load_artifact(context.artifacts["cvae"])
+        self.model, self.encoder = load_artifact(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
         conditions = conditions_from_frame(self.encoder, model_input)
-        seed = int((params or {}).get("seed", 0))
+        seed = part_seed(int(params.get("seed", 0)), int(params.get("part", 0)))
         return synthesize(self.model, self.encoder, conditions, seed).to_pandas()
 
 
@@ -113,27 +138,32 @@ def find_or_create_run(client: MlflowClient, config: Config, train_id: str) -> t
     except MlflowException as exc:
         raise UserError(f"MLflow at {redact(config.mlflow.tracking_uri)} refused the request ({exc.message}); "
                         "check mlflow.tracking_uri and that the server is up") from None
-    existing = client.search_runs([experiment_id], filter_string=f"tags.`{TRAIN_ID_TAG}` = '{train_id}'",
+    return tagged_run(client, experiment_id, TRAIN_ID_TAG, train_id, config.train.name, config.flat())
+
+
+def tagged_run(client: MlflowClient, experiment_id: str, tag: str, value: str, run_name: str,
+               params: dict[str, Any], tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """(run id, found): the run carrying `tag=value`, else a new one with these params (secrets redacted)."""
+    existing = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
                                   max_results=1, order_by=["attributes.start_time ASC"])
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    run = client.create_run(experiment_id, run_name=config.train.name, tags={TRAIN_ID_TAG: train_id})
-    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, _param_value(k, v))
-                                              for k, v in config.flat().items()])
+    run = client.create_run(experiment_id, run_name=run_name, tags={tag: value, **(tags or {})})
+    client.log_batch(run.info.run_id, params=[Param(k, _param_value(k, v)) for k, v in params.items()])
     return run.info.run_id, False
 
 
 def _param_value(key: str, value: Any) -> str:
-    if ".storage_options" in key:
+    if "storage_options" in key:
         return "***"
     return redact(str(value))[:6000]
 
 
-def log_epoch_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], epoch: int) -> None:
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
     stamp = int(1000 * metrics.get("timestamp", 0)) or None
-    entries = [Metric(key, float(value), stamp or 0, epoch) for key, value in metrics.items()
+    entries = [Metric(key, float(value), stamp or int(time.time() * 1000), step) for key, value in metrics.items()
                if isinstance(value, (int, float)) and key not in ("epoch", "timestamp")]
     client.log_batch(run_id, metrics=entries)
 
@@ -176,10 +206,10 @@ def register(client: MlflowClient, run_id: str, artifact_dir: str, config: Confi
         model, encoder = load_artifact(artifact_dir)
         example = example_conditions(encoder)
         output = synthesize(model, encoder, conditions_from_frame(encoder, example), seed=0).to_pandas()
-        signature = mlflow.models.infer_signature(example, output, params={"seed": 0})
+        signature = mlflow.models.infer_signature(example, output, params={"seed": 0, "part": 0})
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_ENTRY), artifacts={"cvae": str(artifact_dir)},
+                name="model", python_model=str(PYFUNC_ENTRY), artifacts={MODEL_ARTIFACT: str(artifact_dir)},
                 signature=signature, input_example=example, pip_requirements=_requirements())
         version = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id}).version
         client.set_tag(run_id, VERSION_TAG, str(version))

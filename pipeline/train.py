@@ -22,9 +22,10 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipeline.cluster import ensure_ray
 from pipeline.config import Config, ModelConfig
 from pipeline.model import CVAE, CVAEConfig, build_model
-from pipeline.registry import (ARTIFACT_FILES, client_for, find_or_create_run, log_epoch_metrics, log_loss_curve,
+from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, client_for, find_or_create_run, log_metrics, log_loss_curve,
                                log_training_data, register, save_artifact)
 from pipeline.source import cache_if_small, encoded_bytes, encoded_splits, fit_encoder, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
@@ -170,7 +171,7 @@ class EpochLogger(ray.train.UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         epoch_metrics = metrics[0]
         epoch = int(epoch_metrics["epoch"])
-        log_epoch_metrics(client_for(self.tracking_uri), self.run_id, epoch_metrics, epoch)
+        log_metrics(client_for(self.tracking_uri), self.run_id, epoch_metrics, epoch)
         remaining = (self.epochs - epoch - 1) * epoch_metrics["epoch_seconds"]
         validation = f"val_elbo {epoch_metrics['val_elbo']:.3f}  " if "val_elbo" in epoch_metrics else ""
         print(f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  {validation}"
@@ -184,14 +185,6 @@ class TrainOutcome:
     model_uri: str
     version: str
     checkpoint_dir: str
-
-
-def ensure_ray(address: str | None) -> None:
-    if not ray.is_initialized():
-        ray.init(address=address, logging_config=ray.LoggingConfig(log_level="WARNING"))
-    data_context = ray.data.DataContext.get_current()
-    data_context.execution_options.preserve_order = True
-    data_context.enable_progress_bars = False
 
 
 def train(config: Config) -> TrainOutcome:
@@ -250,10 +243,12 @@ def train(config: Config) -> TrainOutcome:
     best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError("training finished without a checkpoint")
-    with best.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as export:
+    with best.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as scratch:
+        export = Path(scratch) / MODEL_ARTIFACT
+        export.mkdir()
         for name in (*ARTIFACT_FILES, "artifact.json"):
-            shutil.copy(Path(checkpoint_dir) / name, Path(export) / name)
-        version = register(client, run_id, export, config)
+            shutil.copy(Path(checkpoint_dir) / name, export / name)
+        version = register(client, run_id, str(export), config)
     log_loss_curve(client, run_id)
     client.set_terminated(run_id)
     model_uri = f"models:/{config.mlflow.model_name}/{version}"

@@ -99,3 +99,38 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+def base_overrides(mlflow_db, runs_dir):
+    return [f"mlflow.tracking_uri={mlflow_db}", "train.num_workers=2", "model.hidden=[64, 64]", "model.latent_dim=8",
+            f"train.storage_path={runs_dir}"]
+
+
+@pytest.fixture(scope="session")
+def trained_adult(ray_cluster, mlflow_db, tmp_path_factory):
+    """Adult conditioned on income and native-country, trained once per session (1 epoch: tests check mechanics)."""
+    from pipeline.config import load_config
+    from pipeline.train import train
+
+    overrides = base_overrides(mlflow_db, tmp_path_factory.mktemp("runs")) + [
+        "data.conditions=[income, native-country]", "train.epochs=1", "train.name=adult-shared",
+        "mlflow.model_name=adult-shared", "mlflow.alias=champion"]
+    outcome = train(load_config(None, overrides))
+    return overrides, outcome
+
+
+@pytest.fixture(scope="session")
+def trained_digits(ray_cluster, mlflow_db, tmp_path_factory):
+    from pipeline.config import load_config
+    from pipeline.train import train
+
+    overrides = base_overrides(mlflow_db, tmp_path_factory.mktemp("runs")) + [
+        f"data.path={BUNDLED_DATA / 'digits.parquet'}", "data.conditions=[digit]", "data.columns={digit: categorical}",
+        "train.epochs=2", "train.batch_size=128", "train.name=digits-shared", "mlflow.model_name=digits-shared"]
+    outcome = train(load_config(None, overrides))
+    return overrides, outcome

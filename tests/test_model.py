@@ -10,7 +10,7 @@ from torch.distributions import Normal, kl_divergence
 
 from pipeline.config import EncoderConfig, ModelConfig
 from pipeline.encoding import TableEncoder
-from pipeline.generate import synthesize
+from pipeline.sampling import synthesize
 from pipeline.model import CVAE, CVAEConfig, build_model, kl_diag_gaussians
 from pipeline.train import beta_for_epoch, run_epoch, validate
 

@@ -1,0 +1,35 @@
+"""Sampling: condition rows -> synthetic rows. Shared by the pyfunc's predict and the generation actors,
+so both give identical rows for the same seed and part."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.encoding import TableEncoder
+from pipeline.model import CVAE
+
+SAMPLE_BATCH = 65536
+
+
+def part_seed(seed: int, part: int) -> int:
+    """Part k's own seed: its rows never depend on other parts, worker count or scheduling."""
+    return int.from_bytes(hashlib.sha256(f"cvae:{seed}:{part}".encode()).digest()[:8], "little") >> 1
+
+
+@torch.no_grad()
+def synthesize(model: CVAE, encoder: TableEncoder, conditions: pa.Table, seed: int,
+               device: str | torch.device = "cpu") -> pa.Table:
+    """One synthetic row per condition row; the same (model, conditions, seed) always gives the same rows."""
+    model.eval()
+    generator = torch.Generator(device).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pieces = []
+    for start in range(0, max(conditions.num_rows, 1), SAMPLE_BATCH):
+        chunk = conditions.slice(start, SAMPLE_BATCH)
+        c = torch.from_numpy(encoder.encode_conditions(chunk)).to(device)
+        x = model.sample(c, generator).float().cpu().numpy()
+        pieces.append(encoder.inverse_transform(x, chunk, rng))
+    return pa.concat_tables(pieces)

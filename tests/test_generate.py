@@ -1,0 +1,179 @@
+"""Generation from a registered model on a real local Ray cluster, to local files and a real S3 endpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.generate import generate
+
+pytestmark = pytest.mark.slow
+
+
+def run_generate(trained, output, *overrides, overwrite=False, storage_options=None):
+    base, _ = trained
+    extra = [f"generate.output={output}", *overrides]
+    if storage_options:
+        extra.append("generate.storage_options={" + ", ".join(f"{k}: '{v}'" for k, v in storage_options.items()) + "}")
+    return generate(load_config(None, base + extra), overwrite=overwrite)
+
+
+def part_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("part-*.parquet"))}
+
+
+def test_one_and_two_actors_write_identical_parts(trained_adult, tmp_path, adult):
+    plan = "generate.conditions={income: {'>50K': 7000, '<=50K': 5000}}"
+    one = run_generate(trained_adult, tmp_path / "one", plan, "generate.rows_per_part=2500", "generate.num_workers=1")
+    run_generate(trained_adult, tmp_path / "two", plan, "generate.rows_per_part=2500", "generate.num_workers=2")
+    first, second = part_bytes(tmp_path / "one"), part_bytes(tmp_path / "two")
+    assert list(first) == [f"part-{k:05d}.parquet" for k in range(5)]
+    assert first == second
+
+    table = pq.read_table(tmp_path / "one")
+    assert table.schema.remove_metadata() == adult.schema.remove_metadata()
+    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(table["income"]).flatten()]))
+    assert counts == {">50K": 7000, "<=50K": 5000}
+
+    manifest = json.loads((tmp_path / "one" / "_manifest.json").read_text())
+    assert manifest["model_uri"] == "models:/adult-shared@champion"
+    assert manifest["model_version_uri"] == one.model_uri
+    assert [p["rows"] for p in manifest["parts"]] == [2500, 2500, 2500, 2500, 2000]
+    assert all(len(p["sha256"]) == 64 for p in manifest["parts"])
+    assert (tmp_path / "one" / "_SUCCESS").exists()
+    assert not list((tmp_path / "one").glob(".*")) and not (tmp_path / "one" / "_parts").exists()
+
+
+def test_complete_output_is_not_rewritten_and_a_different_spec_is_refused(trained_adult, tmp_path, capsys):
+    base, _ = trained_adult
+    args = ["generate", *sum([["--set", o] for o in base], []), "--set", f"generate.output={tmp_path / 'out'}",
+            "--set", "generate.num_rows=3000", "--set", "generate.rows_per_part=1000"]
+    assert main(args) == 0
+    stamp = (tmp_path / "out" / "_SUCCESS").stat().st_mtime_ns
+    assert main(args) == 0  # a scheduler may re-trigger: nothing happens
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "out" / "_SUCCESS").stat().st_mtime_ns == stamp
+
+    assert main([*args, "--set", "generate.seed=9"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "already holds a different synthetic dataset" in err and "--overwrite" in err and "\n" not in err
+    assert main([*args, "--set", "generate.seed=9", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["seed"] == 9
+
+
+def test_pyfunc_predict_equals_the_ray_part(trained_adult, tmp_path):
+    base, outcome = trained_adult
+    run_generate(trained_adult, tmp_path / "out", "generate.conditions={income: {'>50K': 300}}",
+                 "generate.rows_per_part=100", "generate.seed=4")
+    part = pq.read_table(tmp_path / "out" / "part-00002.parquet").to_pandas()
+    mlflow.set_tracking_uri(load_config(None, base).mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model(outcome.model_uri)
+    predicted = model.predict(pd.DataFrame({"income": [">50K"] * 100, "native-country": part["native-country"]}),
+                              params={"seed": 4, "part": 2})
+    pd.testing.assert_frame_equal(predicted, part)
+
+
+def test_condition_seen_once_in_training_is_honoured_in_every_row(trained_adult, tmp_path):
+    plan = ("generate.conditions=[{income: '<=50K', native-country: Holand-Netherlands, count: 2000}, "
+            "{income: '<=50K', native-country: United-States, count: 2000}]")
+    run_generate(trained_adult, tmp_path / "out", plan, "generate.rows_per_part=1500")
+    table = pq.read_table(tmp_path / "out")
+    for country in ("Holand-Netherlands", "United-States"):
+        rows = table.filter(pc.equal(table["native-country"], country))
+        assert rows.num_rows == 2000  # the same rate for the rare and the common value: every requested row
+        assert pc.all(pc.equal(rows["income"], "<=50K")).as_py()
+
+
+def test_partial_and_proportional_plans_keep_exact_counts(trained_adult, tmp_path, adult):
+    run_generate(trained_adult, tmp_path / "partial", "generate.conditions=[{income: '>50K', count: 5000}]")
+    partial = pq.read_table(tmp_path / "partial")
+    assert partial.num_rows == 5000 and pc.all(pc.equal(partial["income"], ">50K")).as_py()
+    assert pc.count_distinct(partial["native-country"]).as_py() > 5  # filled in from the training distribution
+
+    run_generate(trained_adult, tmp_path / "prop", "generate.num_rows=20000")
+    prop = pq.read_table(tmp_path / "prop")
+    assert prop.num_rows == 20000
+    real_share = pc.mean(pc.equal(adult["income"], ">50K")).as_py()
+    assert abs(pc.mean(pc.equal(prop["income"], ">50K")).as_py() - real_share) < 0.001
+
+
+def test_parquet_condition_rows_give_one_row_each(trained_adult, tmp_path, adult):
+    conditions = adult.select(["income", "native-country"]).slice(100, 3000)
+    pq.write_table(conditions, tmp_path / "conditions.parquet", row_group_size=700)
+    run_generate(trained_adult, tmp_path / "out", f"generate.conditions={tmp_path / 'conditions.parquet'}",
+                 "generate.rows_per_part=1000")
+    table = pq.read_table(tmp_path / "out")
+    assert table.select(["income", "native-country"]).equals(conditions)
+
+
+@pytest.mark.parametrize("plan,message", [
+    ("generate.conditions={sex: {Male: 10}}", "'sex' is not a condition column"),
+    ("generate.conditions={income: {'>70K': 10}}", "income='>70K' was never seen in training"),
+    ("generate.conditions={income: {'>50K': 0}}", "must be a positive integer"),
+    ("generate.conditions=[{income: '>50K'}]", "missing 'count'"),
+])
+def test_bad_plans_fail_before_anything_is_written(trained_adult, tmp_path, plan, message):
+    with pytest.raises(UserError, match=message):
+        run_generate(trained_adult, tmp_path / "out", plan)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_on_s3_reads_back_with_the_training_schema(trained_adult, s3, s3_options, adult):
+    s3.mkdir("synthetic")
+    plan = "generate.conditions={income: {'>50K': 1500, '<=50K': 2500}}"
+    run_generate(trained_adult, "s3://synthetic/adult", plan, "generate.rows_per_part=1000",
+                 storage_options=s3_options)
+    assert sorted(p.split("/")[-1] for p in s3.ls("synthetic/adult")) == [
+        "_SUCCESS", "_generation.json", "_manifest.json"] + [f"part-{k:05d}.parquet" for k in range(4)]
+    filesystem = pa.fs.S3FileSystem(endpoint_override=s3_options["endpoint_url"], access_key="testing",
+                                    secret_key="testing", scheme="http")
+    table = pq.read_table("synthetic/adult", filesystem=filesystem)
+    assert table.schema.remove_metadata() == adult.schema.remove_metadata()
+    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(table["income"]).flatten()]))
+    assert counts == {">50K": 1500, "<=50K": 2500}
+
+
+def test_digits_come_back_as_64_float_images_per_digit(trained_digits, tmp_path, digits):
+    run_generate(trained_digits, tmp_path / "out", "generate.conditions={digit: {0: 30, 7: 30}}")
+    table = pq.read_table(tmp_path / "out")
+    assert table.schema.field("pixels").type == pa.list_(pa.float32(), 64)
+    assert table["digit"].to_pylist() == [0] * 30 + [7] * 30
+    pixels = table["pixels"].combine_chunks().flatten().to_numpy()
+    assert len(pixels) == 60 * 64 and pixels.min() >= 0 and pixels.max() <= 16
+
+
+def test_killed_driver_resumes_to_the_same_bytes(trained_adult, ray_cluster, tmp_path):
+    base, _ = trained_adult
+    plan = ["generate.conditions={income: {'>50K': 40000}}", "generate.rows_per_part=1000"]
+    run_generate(trained_adult, tmp_path / "reference", *plan)
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    sets = sum([["--set", o] for o in [*base, *plan, f"generate.output={tmp_path / 'out'}",
+                                          f"ray.address={address}"]], [])
+    command = [sys.executable, "-m", "pipeline", "generate", *sets]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "out").glob("part-*.parquet"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    written = len(list((tmp_path / "out").glob("part-*.parquet")))
+    assert 3 <= written < 40, written
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert part_bytes(tmp_path / "out") == part_bytes(tmp_path / "reference")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in (tmp_path / "reference").iterdir())
