@@ -105,6 +105,7 @@ class GenerateConfig(Section):
     num_workers: int = Field(1, ge=1)
     rows_per_part: int = Field(100_000, ge=1)
     use_gpu: bool = False
+    precision: Literal["float32", "bfloat16"] = "float32"
     allow_unseen_continuous: bool = False
 
     @field_validator("conditions", mode="before")

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,24 +49,26 @@ class PartWriter:
     """A Ray Data actor: loads the model once, then draws and writes whole parts."""
 
     def __init__(self, model_files: dict[str, bytes], plan: Plan, output: str, storage_options: dict[str, Any],
-                 seed: int, rows_per_part: int, threads: int, use_gpu: bool):
+                 seed: int, rows_per_part: int, threads: int, use_gpu: bool, precision: str):
         torch.set_num_threads(threads)
         self.device = "cuda" if use_gpu else "cpu"
         self.model, self.encoder = load_artifact_files(model_files, self.device)
-        self.plan, self.seed, self.rows_per_part = plan, seed, rows_per_part
+        self.plan, self.seed, self.rows_per_part, self.precision = plan, seed, rows_per_part, precision
         self.sink = Sink(output, storage_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done: dict[str, list] = {"part": [], "rows": [], "seconds": []}
+        done: dict[str, list] = {"part": [], "rows": [], "seconds": [], "peak_rss_mb": []}
         for part in batch["part"].tolist():
             started = time.perf_counter()
             start = part * self.rows_per_part
             conditions = self.plan.rows(start, min(start + self.rows_per_part, self.plan.num_rows))
-            table = synthesize(self.model, self.encoder, conditions, part_seed(self.seed, part), self.device)
+            table = synthesize(self.model, self.encoder, conditions, part_seed(self.seed, part), self.device,
+                               self.precision)
             self.sink.write_part(part, parquet_bytes(table), table.num_rows)
             done["part"].append(part)
             done["rows"].append(table.num_rows)
             done["seconds"].append(time.perf_counter() - started)
+            done["peak_rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return {key: np.asarray(values) for key, values in done.items()}
 
 
@@ -77,6 +80,7 @@ class GenerateOutcome:
     parts: int
     run_id: str | None
     skipped: bool
+    actor_peak_rss_mb: float = 0.0
 
 
 def default_model_uri(config: MLflowConfig) -> str:
@@ -95,6 +99,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     num_parts = math.ceil(plan.num_rows / gen.rows_per_part)
     output = absolute(gen.output)
     spec = {"format": "cvae-synthetic/1", "model": model_uri, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
+            "precision": gen.precision,
             "num_rows": plan.num_rows, "plan": plan.fingerprint(), "code_version": _code_version()}
     sink = Sink(output, gen.storage_options)
     if sink.claim(spec, overwrite) == "done":
@@ -108,8 +113,8 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     todo = [part for part in range(num_parts) if part not in done]
     print(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into {redact(output)}"
           f" ({len(done)} already done)", flush=True)
-    if todo:
-        _run_actors(config, model_files, plan, output, todo, plan.num_rows - sum(e["rows"] for e in done.values()))
+    actor_rss = _run_actors(config, model_files, plan, output, todo,
+                            plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
     parts = sink.completed_parts()
     missing = sorted(set(range(num_parts)) - set(parts))
     if missing:
@@ -119,15 +124,18 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
                           [parts[k] for k in range(num_parts)]))
     new_rows = sum(parts[k]["rows"] for k in todo)
     log_metrics(client, run_id, {"rows": plan.num_rows, "parts": num_parts, "seconds": seconds,
-                                 "rows_per_s": new_rows / seconds if seconds else 0.0}, step=0)
+                                 "rows_per_s": new_rows / seconds if seconds else 0.0,
+                                 "actor_peak_rss_mb": actor_rss}, step=0)
     client.set_terminated(run_id)
     print(f"wrote {plan.num_rows:,} rows in {num_parts} part(s) to {redact(output)} from {model_uri} "
           f"in {seconds:.1f}s; mlflow run {run_id}", flush=True)
-    return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, run_id, skipped=False)
+    return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, run_id, skipped=False,
+                           actor_peak_rss_mb=actor_rss)
 
 
 def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
-                rows_todo: int) -> None:
+                rows_todo: int) -> float:
+    """Writes the parts in `todo` with an actor pool, printing progress; returns the largest actor peak RSS (MB)."""
     gen = config.generate
     ensure_ray(config.ray.address)
     actors = min(gen.num_workers, len(todo))
@@ -137,15 +145,18 @@ def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, outpu
         PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"model_files": model_files, "plan": plan, "output": output,
                                "storage_options": gen.storage_options, "seed": gen.seed,
-                               "rows_per_part": gen.rows_per_part, "threads": threads, "use_gpu": gen.use_gpu},
+                               "rows_per_part": gen.rows_per_part, "threads": threads, "use_gpu": gen.use_gpu,
+                               "precision": gen.precision},
         num_gpus=1 if gen.use_gpu else 0, num_cpus=1)
-    started, rows, count = time.perf_counter(), 0, 0
+    started, rows, count, peak_rss = time.perf_counter(), 0, 0, 0.0
     for row in written.iter_rows():
         rows += int(row["rows"])
         count += 1
+        peak_rss = max(peak_rss, float(row["peak_rss_mb"]))
         rate = rows / (time.perf_counter() - started)
         print(f"part {part_name(int(row['part']))}  {count}/{len(todo)} parts  {rows:,}/{rows_todo:,} rows  "
               f"{rate:,.0f} rows/s  ETA {(rows_todo - rows) / rate if rate else 0:.0f}s", flush=True)
+    return peak_rss
 
 
 def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],

@@ -47,7 +47,7 @@ def mlp(widths: list[int]) -> nn.Sequential:
     for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(widths) - 2:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -110,20 +110,22 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def sample(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Encoded rows drawn from p(x|z,c) with z ~ p(z|c): Gaussian values, one-hot categories, 0/1 nulls."""
-        mu_p, logvar_p = self.prior(c)
-        noise = torch.randn(mu_p.shape, generator=generator, device=c.device, dtype=mu_p.dtype)
-        out = self.decoder(torch.cat([mu_p + noise * (0.5 * logvar_p).exp(), c], dim=1))
+        mu_p, logvar_p = (t.float() for t in self.prior(c))  # float32 outside the matmuls, even under autocast
+        noise = torch.randn(mu_p.shape, generator=generator, device=c.device)
+        out = self.decoder(torch.cat([mu_p + noise * (0.5 * logvar_p).exp(), c], dim=1)).float()
         x = torch.zeros_like(out)
         if len(self.gaussian_index):
             mean = out[:, self.gaussian_index]
-            noise = torch.randn(mean.shape, generator=generator, device=c.device, dtype=mean.dtype)
+            noise = torch.randn(mean.shape, generator=generator, device=c.device)
             x[:, self.gaussian_index] = mean + noise * self.sigma()
         if len(self.bernoulli_index):
             probs = torch.sigmoid(out[:, self.bernoulli_index])
             x[:, self.bernoulli_index] = torch.bernoulli(probs, generator=generator)
         for start, width in self.softmax_spans:
-            probs = F.softmax(out[:, start: start + width].float(), dim=1)
-            choice = torch.multinomial(probs, 1, generator=generator)
+            logits = out[:, start: start + width]
+            cumulative = (logits - logits.max(dim=1, keepdim=True).values).exp().cumsum(dim=1)
+            draw = torch.rand((len(out), 1), generator=generator, device=c.device) * cumulative[:, -1:]
+            choice = (cumulative < draw).sum(dim=1, keepdim=True).clamp(max=width - 1)  # inverse CDF: one draw per row
             x[:, start: start + width].scatter_(1, choice, 1.0)
         return x
 

@@ -21,15 +21,21 @@ def part_seed(seed: int, part: int) -> int:
 
 @torch.no_grad()
 def synthesize(model: CVAE, encoder: TableEncoder, conditions: pa.Table, seed: int,
-               device: str | torch.device = "cpu") -> pa.Table:
-    """One synthetic row per condition row; the same (model, conditions, seed) always gives the same rows."""
+               device: str | torch.device = "cpu", precision: str = "float32") -> pa.Table:
+    """One synthetic row per condition row; the same (model, conditions, seed, precision) always gives the same rows.
+
+    `precision="bfloat16"` runs the networks' matrix products in bf16 (about 2x faster on CPUs with
+    AVX512-BF16 or AMX, and on GPUs); sampling and decoding stay in float32.
+    """
     model.eval()
+    device = torch.device(device)
     generator = torch.Generator(device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     pieces = []
-    for start in range(0, max(conditions.num_rows, 1), SAMPLE_BATCH):
-        chunk = conditions.slice(start, SAMPLE_BATCH)
-        c = torch.from_numpy(encoder.encode_conditions(chunk)).to(device)
-        x = model.sample(c, generator).float().cpu().numpy()
-        pieces.append(encoder.inverse_transform(x, chunk, rng))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        for start in range(0, max(conditions.num_rows, 1), SAMPLE_BATCH):
+            chunk = conditions.slice(start, SAMPLE_BATCH)
+            c = torch.from_numpy(encoder.encode_conditions(chunk)).to(device)
+            x = model.sample(c, generator).cpu().numpy()
+            pieces.append(encoder.inverse_transform(x, chunk, rng))
     return pa.concat_tables(pieces)
