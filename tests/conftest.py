@@ -134,3 +134,38 @@ def trained_digits(ray_cluster, mlflow_db, tmp_path_factory):
         "train.epochs=2", "train.batch_size=128", "train.name=digits-shared", "mlflow.model_name=digits-shared"]
     outcome = train(load_config(None, overrides))
     return overrides, outcome
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3, s3_options, tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied to the S3 endpoint.
+
+    Only the server holds S3 credentials; clients (and Ray workers) talk HTTP to it."""
+    import urllib.request
+
+    s3.mkdir("mlflow-artifacts")
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_options["endpoint_url"], "AWS_ACCESS_KEY_ID": S3_KEYS["key"],
+           "AWS_SECRET_ACCESS_KEY": S3_KEYS["secret"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(folder / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+             f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", "s3://mlflow-artifacts",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(20)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -53,6 +54,9 @@ def test_one_and_two_actors_write_identical_parts(trained_adult, tmp_path, adult
     assert [p["rows"] for p in manifest["parts"]] == [2500, 2500, 2500, 2500, 2000]
     assert all(len(p["sha256"]) == 64 for p in manifest["parts"])
     assert (tmp_path / "one" / "_SUCCESS").exists()
+    generation = MlflowClient(load_config(None, trained_adult[0]).mlflow.tracking_uri).get_run(manifest["run_id"])
+    assert generation.data.metrics["rows"] == 12000 and generation.data.metrics["rows_per_s"] > 0
+    assert generation.data.tags["cvae.model_version"] == one.model_uri.rsplit("/", 1)[-1]
     assert not list((tmp_path / "one").glob(".*")) and not (tmp_path / "one" / "_parts").exists()
 
 
