@@ -30,10 +30,10 @@ import torch
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
 from pipeline.plan import Plan, build_plan
-from pipeline.registry import (client_for, fetch_model, load_artifact_files, log_metrics, resolve_model_uri,
+from pipeline.registry import (check_tracking, client_for, fetch_model, load_artifact_files, log_metrics, resolve_model_uri,
                                tagged_run)
 from pipeline.sampling import part_seed, synthesize
-from pipeline.sink import Sink, part_name
+from pipeline.sink import Sink, failpoint, part_name
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
 GENERATION_TAG = "cvae.generation_id"
@@ -90,7 +90,9 @@ def default_model_uri(config: MLflowConfig) -> str:
 
 def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     gen = config.generate
-    client = client_for(absolute_tracking_uri(config.mlflow.tracking_uri))
+    tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
+    check_tracking(tracking_uri, must_exist=True)
+    client = client_for(tracking_uri)
     requested = gen.model_uri or default_model_uri(config.mlflow)
     model_uri, version = resolve_model_uri(client, requested)  # once: a moved alias cannot mix versions
     model_files = fetch_model(model_uri)
@@ -107,6 +109,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
               flush=True)
         return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, None, skipped=True)
 
+    failpoint("after_spec")
     run_id = _generation_run(client, model_uri, version, output, spec, config)
     started = time.perf_counter()
     done = sink.completed_parts()
@@ -120,6 +123,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     if missing:
         raise RuntimeError(f"parts {missing[:5]} were not written; rerun the same command to finish them")
     seconds = time.perf_counter() - started
+    failpoint("before_manifest")
     sink.finish(_manifest(requested, model_uri, version, run_id, config, plan, encoder.schema,
                           [parts[k] for k in range(num_parts)]))
     new_rows = sum(parts[k]["rows"] for k in todo)

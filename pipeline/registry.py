@@ -11,6 +11,7 @@ import hashlib
 import json
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,22 @@ def example_conditions(encoder: TableEncoder, rows: int = 3) -> pd.DataFrame:
     return pd.DataFrame(combos, columns=encoder.conditions)
 
 
+def check_tracking(tracking_uri: str, must_exist: bool = False) -> None:
+    """Fail fast, before any work: a server that does not answer, or (for generation) a store that is not there."""
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"MLflow at {redact(tracking_uri)} is unreachable ({redact(str(exc))}); check "
+                            "mlflow.tracking_uri and that the server is up") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if must_exist and not path.exists():
+            raise UserError(f"no MLflow store at {path}; train a model first or set mlflow.tracking_uri")
+        if not path.parent.is_dir():
+            raise UserError(f"mlflow.tracking_uri: folder {path.parent} does not exist; create it or fix the path")
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri)
@@ -168,7 +185,7 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
     client.log_batch(run_id, metrics=entries)
 
 
-def log_training_data(run_id: str, uri: str, digest: str, rows: int | None) -> None:
+def log_training_data(run_id: str, uri: str, digest: str, rows: int) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -176,6 +193,7 @@ def log_training_data(run_id: str, uri: str, digest: str, rows: int | None) -> N
     dataset = MetaDataset(resolve_dataset_source(source_uri), name=Path(uri.rstrip("/")).name, digest=digest)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         mlflow.log_input(dataset, context="training")
+        mlflow.log_param("data.rows", rows)
 
 
 def log_loss_curve(client: MlflowClient, run_id: str) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import signal
 import uuid
 from typing import Any
 
@@ -22,6 +24,12 @@ SPEC = "_generation.json"
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 JOURNAL = "_parts"
+
+
+def failpoint(name: str) -> None:
+    """Crash-recovery tests set CVAE_FAILPOINT=name to SIGKILL this process right here: a real death, not an exception."""
+    if os.environ.get("CVAE_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def part_name(part: int) -> str:
@@ -112,7 +120,8 @@ class Sink:
         return entry
 
     def completed_parts(self) -> dict[int, dict[str, Any]]:
-        """Journal entries whose part file is present with the recorded size."""
+        """Journal entries whose part file is present with the recorded size (listed afresh: actors write too)."""
+        self.fs.invalidate_cache(self.root)
         done = {}
         if not self.exists(JOURNAL):
             return done
@@ -128,6 +137,7 @@ class Sink:
     def finish(self, manifest: dict[str, Any]) -> None:
         """Manifest, then _SUCCESS; then the journal and any staging file a killed writer left behind go."""
         self.write_json(MANIFEST, manifest)
+        failpoint("before_success")
         self.write(SUCCESS, b"")
         self.fs.rm(self.path(JOURNAL), recursive=True)
         for path in self.fs.glob(self.path(".*.tmp")):

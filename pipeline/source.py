@@ -5,25 +5,60 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import DataConfig, EncoderConfig
-from pipeline.encoding import TableEncoder
+from pipeline.encoding import TableEncoder, infer_kind
 from pipeline.errors import UserError
-from pipeline.storage import arrow_filesystem, parquet_files
+from pipeline.storage import arrow_filesystem, redact
 
 ROW_HASH = "row_hash"
 SPLIT_BUCKETS = 1 << 20
 
 
-def read_table(config: DataConfig) -> ray.data.Dataset:
-    """Streams the Parquet files at `data.path`; each row carries Ray's deterministic row hash."""
-    fs, files = parquet_files(config.path, config.storage_options)
-    try:
-        return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), include_row_hash=True)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"data.path {config.path}: not readable as Parquet ({exc}); "
-                        "check the files are complete Parquet files") from None
+def check_table(fs: Any, files: list[str], config: DataConfig) -> int:
+    """Footers only, before any work: readable Parquet, one schema, rows present, condition columns usable."""
+    schema, rows = None, 0
+    nulls: dict[str, int | None] = {name: 0 for name in config.conditions}  # None: no statistics to tell
+    for path in files:
+        try:
+            with fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                file_schema, metadata = parquet.schema_arrow, parquet.metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"data.path: {redact(path)} is not a readable Parquet file ({exc}); "
+                            "replace or remove it") from None
+        if schema is None:
+            schema = file_schema
+        elif file_schema.names != schema.names:
+            raise UserError(f"data.path: {redact(path)} has columns {file_schema.names}, other files have "
+                            f"{schema.names}; every file must share one schema")
+        rows += metadata.num_rows
+        leaves = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
+        for name, count in nulls.items():
+            for group in range(metadata.num_row_groups):
+                statistics = metadata.row_group(group).column(leaves[name]).statistics if name in leaves else None
+                count = count + statistics.null_count if count is not None and statistics and \
+                    statistics.has_null_count else None
+            nulls[name] = count
+    if rows == 0:
+        raise UserError(f"data.path {redact(config.path)} holds an empty table (0 rows); point it at data with rows")
+    for name in [*config.conditions, *config.columns]:
+        if name not in schema.names:
+            raise UserError(f"column {name!r} is not in the table at {redact(config.path)}; its columns are: "
+                            f"{', '.join(schema.names)}")
+    for field in schema:
+        infer_kind(field, config.columns.get(field.name))
+    for name, count in nulls.items():
+        if count == rows:
+            raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
+    return rows
+
+
+def read_table(fs: Any, files: list[str]) -> ray.data.Dataset:
+    """Streams the Parquet files; each row carries Ray's deterministic row hash (for the holdout split)."""
+    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), include_row_hash=True)
 
 
 def holdout_mask(row_hash: np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -73,23 +108,10 @@ def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fract
     return splits
 
 
-def encoded_bytes(fs: Any, files: list[str], encoder: TableEncoder, max_files: int = 64) -> int | None:
-    """Size of the encoded matrices, from Parquet footers; None when there are too many files to ask cheaply."""
-    if len(files) > max_files:
-        return None
-    import pyarrow.parquet as pq
-
-    rows = 0
-    for path in files:
-        with fs.open(path, "rb") as handle:
-            rows += pq.ParquetFile(handle).metadata.num_rows
-    return rows * (encoder.x_dim + encoder.c_dim) * 4
-
-
-def cache_if_small(splits: dict[str, ray.data.Dataset], size: int | None, policy: str) -> dict[str, ray.data.Dataset]:
-    """Encoded data that fits in a quarter of the object store is computed once, not re-read every epoch."""
+def cache_if_small(splits: dict[str, ray.data.Dataset], size: int, policy: str) -> dict[str, ray.data.Dataset]:
+    """Encoded data (`size` bytes) that fits in a quarter of the object store is computed once, not every epoch."""
     capacity = ray.cluster_resources().get("object_store_memory", 0)
-    if policy == "always" or (policy == "auto" and size is not None and size <= capacity / 4):
+    if policy == "always" or (policy == "auto" and size <= capacity / 4):
         return {name: ds.materialize() for name, ds in splits.items()}
     return splits
 

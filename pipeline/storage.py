@@ -65,9 +65,14 @@ def parquet_files(uri: str, storage_options: dict[str, Any] | None = None) -> tu
             files = [path]
         else:
             raise UserError(f"data.path {redact(uri)} does not exist; point it at a Parquet file, folder or glob")
+    except UserError:
+        raise
     except PermissionError as exc:
-        raise UserError(f"data.path {redact(uri)}: access denied ({exc}); check the credentials in the "
+        raise UserError(f"data.path {redact(uri)}: access denied ({redact(str(exc))}); check the credentials in the "
                         "environment or data.storage_options") from None
+    except Exception as exc:  # noqa: BLE001 - botocore/gcsfs/adlfs raise their own types for bad credentials
+        raise UserError(f"data.path {redact(uri)}: cannot list it ({type(exc).__name__}: {redact(str(exc))}); check "
+                        "the credentials and endpoint in the environment or data.storage_options") from None
     if not files:
         raise UserError(f"data.path {redact(uri)} holds no Parquet files; point it at a folder of *.parquet files")
     return fs, files

@@ -25,9 +25,9 @@ import torch.distributed as dist
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, ModelConfig
 from pipeline.model import CVAE, CVAEConfig, build_model
-from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, client_for, find_or_create_run, log_metrics, log_loss_curve,
+from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, check_tracking, client_for, find_or_create_run, log_metrics, log_loss_curve,
                                log_training_data, register, save_artifact)
-from pipeline.source import cache_if_small, encoded_bytes, encoded_splits, fit_encoder, read_table
+from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -189,24 +189,28 @@ class TrainOutcome:
 
 def train(config: Config) -> TrainOutcome:
     """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow."""
-    tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
-    storage = absolute(config.train.storage_path)
-    train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
-    client = client_for(tracking_uri)
-    run_id, resumed = find_or_create_run(client, config, train_id)
-    print(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}", flush=True)
-
-    ensure_ray(config.ray.address)
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
-    dataset = read_table(data)
+    rows = check_table(fs, files, data)
+    tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
+    check_tracking(tracking_uri)
+    storage = absolute(config.train.storage_path)
+    storage_fs, storage_path = filesystem(storage, config.train.storage_options)
+
+    ensure_ray(config.ray.address)
+    dataset = read_table(fs, files)
     started = time.perf_counter()
     encoder = fit_encoder(dataset, data.conditions, config.encoder, data.columns, config.train.seed,
                           data.holdout_fraction)
-    print(f"encoder fitted in {time.perf_counter() - started:.2f}s: {encoder.x_dim} feature and "
+    print(f"encoder fitted in {time.perf_counter() - started:.2f}s on {rows:,} rows: {encoder.x_dim} feature and "
           f"{encoder.c_dim} condition dimensions", flush=True)
+
+    client = client_for(tracking_uri)
+    train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
+    run_id, resumed = find_or_create_run(client, config, train_id)
+    print(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}", flush=True)
     if not resumed:
-        log_training_data(run_id, data.path, digest(fs, files), None)
+        log_training_data(run_id, data.path, digest(fs, files), rows)
 
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
     loop = {"model": model.config.to_dict(), "model_config": config.model.model_dump(),
@@ -214,10 +218,9 @@ def train(config: Config) -> TrainOutcome:
             "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
     splits = cache_if_small(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
-                            encoded_bytes(fs, files, encoder), config.train.cache)
+                            rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
-    storage_fs, storage_path = filesystem(storage, config.train.storage_options)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,

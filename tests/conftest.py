@@ -52,7 +52,7 @@ def ray_cluster():
     """A real local Ray cluster; 4 logical CPUs so 2 training workers and Ray Data never starve each other."""
     import ray
 
-    ray.init(num_cpus=4, object_store_memory=300 * 1024 ** 2, include_dashboard=True,
+    ray.init(address="local", num_cpus=4, object_store_memory=300 * 1024 ** 2, include_dashboard=True,
              logging_config=ray.LoggingConfig(log_level="WARNING"))
     yield ray
     ray.shutdown()
