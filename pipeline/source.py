@@ -117,8 +117,8 @@ def cache_if_small(splits: dict[str, ray.data.Dataset], size: int, policy: str) 
 
 
 def fit_encoder(ds: ray.data.Dataset, conditions: list[str], config: EncoderConfig, column_kinds: dict[str, str],
-                seed: int, fraction: float) -> TableEncoder:
-    """One streaming pass over the training side of the split; Ray reads in parallel, the driver keeps sketches."""
-    batches = (select_split(batch, "train", seed, fraction)
-               for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536))
+                seed: int) -> TableEncoder:
+    """One streaming pass over every row (holdout included, so a category seen only there still encodes);
+    Ray reads in parallel, the driver keeps the bounded sketches."""
+    batches = (batch.drop_columns([ROW_HASH]) for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536))
     return TableEncoder.fit(batches, conditions, config, column_kinds, seed)

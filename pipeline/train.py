@@ -200,8 +200,7 @@ def train(config: Config) -> TrainOutcome:
     ensure_ray(config.ray.address)
     dataset = read_table(fs, files)
     started = time.perf_counter()
-    encoder = fit_encoder(dataset, data.conditions, config.encoder, data.columns, config.train.seed,
-                          data.holdout_fraction)
+    encoder = fit_encoder(dataset, data.conditions, config.encoder, data.columns, config.train.seed)
     print(f"encoder fitted in {time.perf_counter() - started:.2f}s on {rows:,} rows: {encoder.x_dim} feature and "
           f"{encoder.c_dim} condition dimensions", flush=True)
 
