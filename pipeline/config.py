@@ -128,13 +128,13 @@ class RayConfig(Section):
 
 
 class Config(Section):
-    data: DataConfig = DataConfig()
-    encoder: EncoderConfig = EncoderConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    mlflow: MLflowConfig = MLflowConfig()
-    generate: GenerateConfig = GenerateConfig()
-    ray: RayConfig = RayConfig()
+    data: DataConfig = Field(default_factory=DataConfig)  # a fresh section per config: validators fill in defaults
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _default_model_name(self) -> "Config":

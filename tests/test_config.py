@@ -30,6 +30,11 @@ def test_embedded_default_is_the_adult_demo():
     assert config.train.storage_path.startswith("./runs/")
 
 
+def test_defaults_derived_for_one_config_do_not_leak_into_the_next():
+    assert load_config(None, ["data.path=s3://b/sales.parquet", "data.conditions=[x]"]).mlflow.model_name == "sales-cvae"
+    assert load_config().mlflow.model_name == "adult-cvae"
+
+
 def test_adult_yaml_writes_out_the_embedded_default(monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
     from_file = load_config(str(CONFIGS / "adult.yaml")).model_dump()
