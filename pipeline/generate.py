@@ -116,12 +116,16 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     todo = [part for part in range(num_parts) if part not in done]
     print(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into {redact(output)}"
           f" ({len(done)} already done)", flush=True)
-    actor_rss = _run_actors(config, model_files, plan, output, todo,
-                            plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
-    parts = sink.completed_parts()
-    missing = sorted(set(range(num_parts)) - set(parts))
-    if missing:
-        raise RuntimeError(f"parts {missing[:5]} were not written; rerun the same command to finish them")
+    try:
+        actor_rss = _run_actors(config, model_files, plan, output, todo,
+                                plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
+        parts = sink.completed_parts()
+        missing = sorted(set(range(num_parts)) - set(parts))
+        if missing:
+            raise RuntimeError(f"parts {missing[:5]} were not written; rerun the same command to finish them")
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")  # the rerun finds this run by its tag and continues it
+        raise
     seconds = time.perf_counter() - started
     failpoint("before_manifest")
     sink.finish(_manifest(requested, model_uri, version, run_id, config, plan, encoder.schema,

@@ -112,8 +112,12 @@ def conditions_from_frame(encoder: TableEncoder, frame: pd.DataFrame) -> pa.Tabl
     if missing:
         raise UserError(f"condition column(s) {', '.join(missing)} missing from the input; "
                         f"pass a DataFrame with columns {encoder.conditions}")
-    return pa.table({name: pa.array(frame[name].tolist()).cast(_plain_type(encoder.schema.field(name).type))
-                     for name in encoder.conditions})
+    try:
+        return pa.table({name: pa.array(frame[name], from_pandas=True).cast(_plain_type(encoder.schema.field(name).type))
+                         for name in encoder.conditions})  # from_pandas: NaN/None are nulls, as pandas means them
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise UserError(f"condition values do not fit the training types ({exc}); pass values like the training "
+                        "table's") from None
 
 
 def _plain_type(arrow_type: pa.DataType) -> pa.DataType:

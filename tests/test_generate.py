@@ -82,6 +82,7 @@ def test_pyfunc_predict_equals_the_ray_part(trained_adult, tmp_path):
     run_generate(trained_adult, tmp_path / "out", "generate.conditions={income: {'>50K': 300}}",
                  "generate.rows_per_part=100", "generate.seed=4")
     part = pq.read_table(tmp_path / "out" / "part-00002.parquet").to_pandas()
+    assert part["native-country"].isna().any()  # null condition values (filled in from training) go through pandas
     mlflow.set_tracking_uri(load_config(None, base).mlflow.tracking_uri)
     model = mlflow.pyfunc.load_model(outcome.model_uri)
     predicted = model.predict(pd.DataFrame({"income": [">50K"] * 100, "native-country": part["native-country"]}),
