@@ -94,6 +94,7 @@ def test_generate_without_any_trained_model(capsys, workdir, inputs):
     assert "no MLflow store" in fails(capsys, workdir, "generate")
 
 
+@pytest.mark.slow
 def test_unreadable_credentials(capsys, workdir, inputs, adult_on_s3, s3_options):
     options = f"{{endpoint_url: '{s3_options['endpoint_url']}', profile: no-such-profile}}"
     err = fails(capsys, workdir, "train", f"data.path={adult_on_s3}", "data.conditions=[income]",
@@ -107,6 +108,7 @@ def generation(trained_adult, workdir):
     return base
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,expected", [
     (["generate.model_uri=models:/adult-shared@no-such-alias"], "not found in the registry"),
     (["generate.model_uri=models:/no-such-model/latest"], "no registered versions"),
@@ -119,6 +121,7 @@ def test_bad_generation_requests(capsys, workdir, generation, overrides, expecte
     assert expected in err
 
 
+@pytest.mark.slow
 def test_condition_rows_with_the_wrong_schema(capsys, workdir, generation):
     pq.write_table(pa.table({"income": [1, 2], "native-country": ["Cuba", "Peru"]}), workdir / "conds.parquet")
     err = fails(capsys, workdir, "generate", *generation, f"generate.output={workdir}/out",
@@ -126,6 +129,7 @@ def test_condition_rows_with_the_wrong_schema(capsys, workdir, generation):
     assert "income" in err and ("was never seen" in err or "do not fit the training types" in err)
 
 
+@pytest.mark.slow
 def test_output_holding_foreign_files_is_refused(capsys, workdir, generation):
     (workdir / "out").mkdir()
     (workdir / "out" / "report.csv").write_text("someone else's file")
