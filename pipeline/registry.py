@@ -28,6 +28,7 @@ from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
 from pipeline.sampling import part_seed, synthesize
 from pipeline.model import CVAE, CVAEConfig
+from pipeline.plan import condition_schema
 from pipeline.storage import redact
 
 ARTIFACT_FORMAT = "cvae-model/1"
@@ -112,16 +113,13 @@ def conditions_from_frame(encoder: TableEncoder, frame: pd.DataFrame) -> pa.Tabl
     if missing:
         raise UserError(f"condition column(s) {', '.join(missing)} missing from the input; "
                         f"pass a DataFrame with columns {encoder.conditions}")
+    schema = condition_schema(encoder)
     try:
-        return pa.table({name: pa.array(frame[name], from_pandas=True).cast(_plain_type(encoder.schema.field(name).type))
-                         for name in encoder.conditions})  # from_pandas: NaN/None are nulls, as pandas means them
+        return pa.table([pa.array(frame[f.name], from_pandas=True).cast(f.type) for f in schema],
+                        schema=schema)  # from_pandas: NaN/None are nulls, as pandas means them
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise UserError(f"condition values do not fit the training types ({exc}); pass values like the training "
                         "table's") from None
-
-
-def _plain_type(arrow_type: pa.DataType) -> pa.DataType:
-    return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
 
 
 def example_conditions(encoder: TableEncoder, rows: int = 3) -> pd.DataFrame:
