@@ -32,20 +32,23 @@ def generate_command(config: Config, overwrite: bool) -> int:
 
 
 def evaluate_command(config: Config, overwrite: bool) -> int:
-    print("cvae evaluate: not built yet (tracked in issue 6); the configuration is valid", file=sys.stderr)
-    return 2
+    from pipeline.evaluate import evaluate
+
+    evaluate(config)
+    return 0
 
 
 def run_command(config: Config, overwrite: bool) -> int:
     """The main job: train, then generate from the version just registered, then evaluate."""
+    from pipeline.evaluate import evaluate
     from pipeline.generate import generate
     from pipeline.train import train
 
     trained = train(config)
     if config.generate.model_uri is None:
         config = config.model_copy(update={"generate": config.generate.model_copy(update={"model_uri": trained.model_uri})})
-    generate(config, overwrite)
-    print("cvae run: evaluation is not built yet (issue 6); trained and generated", file=sys.stderr)
+    generated = generate(config, overwrite)
+    evaluate(config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"synthetic": generated.output})}))
     return 0
 
 

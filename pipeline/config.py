@@ -123,6 +123,22 @@ class GenerateConfig(Section):
                          f"got {plan!r}")
 
 
+class EvaluateConfig(Section):
+    synthetic: str | None = Field(None, min_length=1)
+    sample_rows: int = Field(50_000, ge=100)
+    privacy_rows: int = Field(5_000, ge=10)
+    target: str | None = Field(None, min_length=1)
+    seed: int = Field(0, ge=0)
+    promote_alias: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    min_quality: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _gate_complete(self) -> "EvaluateConfig":
+        if self.promote_alias is not None and self.min_quality is None:
+            raise ValueError("min_quality: required when evaluate.promote_alias is set; e.g. --set evaluate.min_quality=0.9")
+        return self
+
+
 class RayConfig(Section):
     address: str | None = None
 
@@ -134,6 +150,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -52,8 +52,9 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def parquet_files(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-    """The Parquet files behind a file, folder or glob; a clear error when there are none."""
+def parquet_files(uri: str, storage_options: dict[str, Any] | None = None,
+                  key: str = "data.path") -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """The Parquet files behind a file, folder or glob; a clear error, naming the config `key`, when there are none."""
     fs, path = filesystem(uri, storage_options)
     try:
         if GLOB_CHARS.search(path):
@@ -64,17 +65,17 @@ def parquet_files(uri: str, storage_options: dict[str, Any] | None = None) -> tu
         elif fs.isfile(path):
             files = [path]
         else:
-            raise UserError(f"data.path {redact(uri)} does not exist; point it at a Parquet file, folder or glob")
+            raise UserError(f"{key} {redact(uri)} does not exist; point it at a Parquet file, folder or glob")
     except UserError:
         raise
     except PermissionError as exc:
-        raise UserError(f"data.path {redact(uri)}: access denied ({redact(str(exc))}); check the credentials in the "
-                        "environment or data.storage_options") from None
+        raise UserError(f"{key} {redact(uri)}: access denied ({redact(str(exc))}); check the credentials in the "
+                        "environment or the storage_options for it") from None
     except Exception as exc:  # noqa: BLE001 - botocore/gcsfs/adlfs raise their own types for bad credentials
-        raise UserError(f"data.path {redact(uri)}: cannot list it ({type(exc).__name__}: {redact(str(exc))}); check "
-                        "the credentials and endpoint in the environment or data.storage_options") from None
+        raise UserError(f"{key} {redact(uri)}: cannot list it ({type(exc).__name__}: {redact(str(exc))}); check "
+                        "the credentials and endpoint in the environment or the storage_options for it") from None
     if not files:
-        raise UserError(f"data.path {redact(uri)} holds no Parquet files; point it at a folder of *.parquet files")
+        raise UserError(f"{key} {redact(uri)} holds no Parquet files; point it at a folder of *.parquet files")
     return fs, files
 
 

@@ -1,0 +1,330 @@
+"""Evaluation: a synthetic table against the real one, streamed with Ray Data, reported to MLflow.
+
+Both tables are read once by Ray Data workers. Each batch yields exact column
+statistics (null counts, bounds, categories; for the synthetic side the values
+outside the real bounds or categories) and a seeded sample picked by Ray's
+deterministic row hash, so the cost of scoring is bounded by
+`evaluate.sample_rows` whatever the table size, and a rerun scores the same rows.
+The real table is split exactly as training split it (`data.holdout_fraction`,
+`train.seed`): fidelity and utility are judged on the holdout the model never
+saw, privacy compares synthetic rows' distances to training records with the
+holdout's.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.cluster import ensure_ray
+from pipeline.config import Config
+from pipeline.encoding import infer_kind
+from pipeline.errors import UserError
+from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
+                              utility)
+from pipeline.registry import check_tracking, client_for, log_metrics, tagged_run
+from pipeline.sink import MANIFEST, SPEC, SUCCESS, Sink
+from pipeline.source import ROW_HASH, check_table, holdout_mask, read_table
+from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
+
+EVALUATION_TAG = "cvae.evaluation_id"
+MIN_HOLDOUT_ROWS = 500
+SAMPLE_SEED_OFFSET = 0x5EED
+
+
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    run_id: str
+    quality: float
+    report: dict[str, Any]
+    promoted: bool
+
+
+def column_kinds(schema: pa.Schema, overrides: dict[str, str]) -> dict[str, str]:
+    """numeric | categorical | list per column, as the encoder would see it."""
+    kinds = {}
+    for field in schema:
+        kind = infer_kind(field, overrides.get(field.name))
+        kinds[field.name] = "numeric" if kind in ("integer", "continuous") else kind
+    return kinds
+
+
+def summarize_batch(batch: pa.Table, kinds: dict[str, str], fractions: dict[str, float], split_seed: int,
+                    holdout_fraction: float, sample_seed: int, real_stats: str | None) -> pa.Table:
+    """Ray Data map: one output row per batch with its column statistics, invalid-value counts and samples."""
+    hashes = batch.column(ROW_HASH).to_numpy()
+    table = batch.drop_columns([ROW_HASH]).select(list(kinds))
+    invalid = invalid_counts(table, kinds, ColumnStats.from_dict(json.loads(real_stats))) if real_stats else {}
+    in_holdout = holdout_mask(hashes, split_seed, holdout_fraction)
+    row = {"stats": [json.dumps(ColumnStats.of_batch(table, kinds).to_dict())], "invalid": [json.dumps(invalid)]}
+    for side, fraction in fractions.items():
+        rows = in_holdout if side == "holdout" else ~in_holdout
+        picked = table.filter(pa.array(rows & holdout_mask(hashes, sample_seed, fraction)))
+        sink = io.BytesIO()
+        pq.write_table(picked, sink)
+        row[side] = [sink.getvalue()]
+    return pa.table(row)
+
+
+def _stream(fs: Any, files: list[str], kinds: dict[str, str], fractions: dict[str, float], config: Config,
+            real_stats: ColumnStats | None) -> tuple[ColumnStats, dict[str, int], dict[str, pa.Table]]:
+    """(merged statistics, invalid counts, samples by side) for one table, in one streaming pass."""
+    summaries = read_table(fs, files).map_batches(
+        summarize_batch, batch_format="pyarrow", zero_copy_batch=True,
+        fn_kwargs={"kinds": kinds, "fractions": fractions, "split_seed": config.train.seed,
+                   "holdout_fraction": config.data.holdout_fraction if real_stats is None else 0.0,
+                   "sample_seed": config.evaluate.seed + SAMPLE_SEED_OFFSET,
+                   "real_stats": json.dumps(real_stats.to_dict()) if real_stats else None})
+    stats, invalid = ColumnStats(), {name: 0 for name in kinds}
+    pieces: dict[str, list[pa.Table]] = {side: [] for side in fractions}
+    for row in summaries.iter_rows():
+        stats.merge(ColumnStats.from_dict(json.loads(row["stats"])))
+        for name, count in json.loads(row["invalid"]).items():
+            invalid[name] += count
+        for side in fractions:
+            pieces[side].append(pq.read_table(io.BytesIO(row[side])))
+    return stats, invalid, {side: pa.concat_tables(tables, promote_options="permissive") for side, tables in pieces.items()}
+
+
+def _synthetic_dataset(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    """The cvae manifest of a finished dataset; None for a plain Parquet table; an error for an unfinished one."""
+    sink = Sink(uri, storage_options)
+    if not sink.exists(SPEC) and not sink.exists(MANIFEST):
+        return None
+    if not sink.exists(SUCCESS):
+        raise UserError(f"evaluate.synthetic {redact(uri)} is an unfinished cvae dataset (no {SUCCESS}); rerun the same "
+                        "cvae generate to complete it, then evaluate")
+    return sink.read_json(MANIFEST)
+
+
+def _footer_rows(fs: Any, files: list[str], real: pa.Schema, kinds: dict[str, str], overrides: dict[str, str]) -> int:
+    rows = 0
+    for path in files:
+        try:
+            with fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                schema, rows = parquet.schema_arrow, rows + parquet.metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UserError(f"evaluate.synthetic: {redact(path)} is not a readable Parquet file ({exc}); "
+                            "replace or remove it") from None
+        missing = [name for name in real.names if name not in schema.names]
+        if missing:
+            raise UserError(f"evaluate.synthetic: {redact(path)} lacks the real table's column(s) {', '.join(missing)}; "
+                            "evaluate a table generated from a model of this data")
+        mismatched = [f"{name} ({schema.field(name).type} vs {real.field(name).type})" for name in real.names
+                      if column_kinds(pa.schema([schema.field(name)]), overrides)[name] != kinds[name]]
+        if mismatched:
+            raise UserError(f"evaluate.synthetic: {redact(path)} has column types unlike the real table's: "
+                            f"{', '.join(mismatched)}; cast them to the real types")
+    if rows == 0:
+        raise UserError("evaluate.synthetic holds no rows; generate some first")
+    return rows
+
+
+def _fraction(sample_rows: int, rows: float) -> float:
+    return min(1.0, sample_rows / rows) if rows > 0 else 1.0
+
+
+def evaluate(config: Config) -> EvaluateOutcome:
+    """Score `evaluate.synthetic` (default `generate.output`) against `data.path`; log the report to MLflow."""
+    ev, data = config.evaluate, config.data
+    synthetic_uri = absolute(ev.synthetic or config.generate.output)
+    synthetic_options = config.generate.storage_options
+    manifest = _synthetic_dataset(synthetic_uri, synthetic_options)
+    fs, files = parquet_files(data.path, data.storage_options)
+    real_rows = check_table(fs, files, data)
+    with fs.open(files[0], "rb") as handle:
+        real_schema = pq.ParquetFile(handle).schema_arrow
+    kinds = column_kinds(real_schema, data.columns)
+    target = ev.target or data.conditions[0]
+    if target not in kinds or kinds[target] == "list":
+        raise UserError(f"evaluate.target {target!r} is not a scalar column of the real table; choose one of "
+                        f"{', '.join(name for name, kind in kinds.items() if kind != 'list')}")
+    synthetic_fs, synthetic_files = parquet_files(synthetic_uri, synthetic_options, key="evaluate.synthetic")
+    synthetic_rows = _footer_rows(synthetic_fs, synthetic_files, real_schema, kinds, data.columns)
+    if ev.promote_alias and not (manifest and manifest.get("model_version")):
+        raise UserError("evaluate.promote_alias needs a cvae dataset with a manifest naming its model version; "
+                        "evaluate the output of cvae generate or unset evaluate.promote_alias")
+    tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
+    check_tracking(tracking_uri)
+
+    ensure_ray(config.ray.address)
+    holdout_rows = real_rows * data.holdout_fraction
+    fractions = {"train": _fraction(ev.sample_rows, real_rows - holdout_rows)}
+    if holdout_rows:
+        fractions["holdout"] = _fraction(ev.sample_rows, holdout_rows)
+    real_stats, _, real_samples = _stream(fs, files, kinds, fractions, config, None)
+    synthetic_stats, invalid, synthetic_samples = _stream(
+        synthetic_fs, synthetic_files, kinds, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)}, config, real_stats)
+    report = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions, target, ev.privacy_rows,
+                          ev.seed)
+    report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
+    report |= {"format": "cvae-evaluation/1", "synthetic": redact(synthetic_uri), "real": redact(data.path),
+               "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
+                                                                          in {**real_samples, **synthetic_samples}.items()}},
+               "model_version_uri": (manifest or {}).get("model_version_uri"),
+               "generation_run_id": (manifest or {}).get("run_id")}
+    client = client_for(tracking_uri)
+    run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
+    log_report(client, run_id, report, real_samples, synthetic_samples["synthetic"], kinds, data.conditions)
+    promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
+    client.set_terminated(run_id)
+    print_summary(report, run_id)
+    return EvaluateOutcome(run_id, report["quality"]["overall"], report, promoted)
+
+
+def build_report(real: dict[str, pa.Table], synthetic_table: pa.Table, kinds: dict[str, str], conditions: list[str],
+                 target: str, privacy_rows: int, seed: int) -> dict[str, Any]:
+    """Fidelity (against the holdout when it has enough rows), per-condition fidelity, utility and privacy."""
+    holdout_table = real.get("holdout")
+    has_holdout = holdout_table is not None and holdout_table.num_rows >= MIN_HOLDOUT_ROWS
+    if not has_holdout:  # no unseen rows: a seeded fifth of the training sample stands in as the test set
+        test_mask = np.random.default_rng(seed).random(real["train"].num_rows) < 0.2
+        train_table, holdout_table = real["train"].filter(pa.array(~test_mask)), real["train"].filter(pa.array(test_mask))
+    else:
+        train_table = real["train"]
+    train, holdout, synthetic = prepare([train_table, holdout_table, synthetic_table], kinds)
+    reference = holdout if has_holdout else train
+    fidelity = quality(reference, synthetic)
+    report: dict[str, Any] = {
+        "reference": "holdout" if has_holdout else "training rows (no holdout)",
+        "quality": {"overall": fidelity["overall"], "column_shapes": fidelity["column_shapes"],
+                    "column_pair_trends": fidelity["column_pair_trends"],
+                    "overall_vs_training": quality(train, synthetic)["overall"] if has_holdout else fidelity["overall"],
+                    "real_holdout_vs_training": quality(train, holdout)["overall"] if has_holdout else None},
+        "columns": fidelity["columns"], "pairs": fidelity["pairs"],
+        "conditions": per_condition(reference, synthetic, conditions),
+        "utility": utility(train, synthetic, holdout, target, seed),
+    }
+    rng = np.random.default_rng(seed)
+    report["privacy"] = privacy(train, _subsample(synthetic, privacy_rows, rng),
+                                _subsample(holdout, privacy_rows, rng) if has_holdout else None)
+    return report
+
+
+def _subsample(sample: Sample, rows: int, rng: np.random.Generator) -> Sample:
+    if sample.rows <= rows:
+        return sample
+    mask = np.zeros(sample.rows, dtype=bool)
+    mask[rng.choice(sample.rows, rows, replace=False)] = True
+    return sample.subset(mask)
+
+
+def validity(real: ColumnStats, synthetic: ColumnStats, invalid: dict[str, int], kinds: dict[str, str]) -> dict[str, Any]:
+    """Exact over every synthetic row: null-rate agreement, values outside the real bounds, unknown categories."""
+    columns = {}
+    for name, kind in kinds.items():
+        real_rate = real.nulls[name] / max(real.rows, 1)
+        synthetic_rate = synthetic.nulls[name] / max(synthetic.rows, 1)
+        checked = kind != "categorical" or real.categories.get(name) is not None
+        columns[name] = {"null_rate_real": real_rate, "null_rate_synthetic": synthetic_rate,
+                         "null_rate_agreement": 1.0 - abs(real_rate - synthetic_rate),
+                         ("unknown_categories" if kind == "categorical" else "out_of_bounds"):
+                             invalid.get(name) if checked else None}
+    bad = sum(count for count in invalid.values())
+    return {"columns": columns, "invalid_values": bad,
+            "null_rate_agreement": float(np.mean([c["null_rate_agreement"] for c in columns.values()]))}
+
+
+def _evaluation_run(client: Any, config: Config, manifest: dict[str, Any] | None, synthetic_uri: str,
+                    synthetic_fs: Any, synthetic_files: list[str], real_fs: Any, real_files: list[str]) -> str:
+    """One MLflow run per (synthetic dataset, real table, evaluation settings); a rerun reuses it."""
+    if manifest and manifest.get("run_id"):
+        experiment_id = client.get_run(manifest["run_id"]).info.experiment_id
+    else:
+        experiment = client.get_experiment_by_name(config.mlflow.experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
+    params = {key: value for key, value in config.flat().items()
+              if key.startswith("evaluate.") or key in ("data.path", "data.conditions", "data.holdout_fraction", "train.seed")}
+    identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files), params]
+    evaluation_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    version = (manifest or {}).get("model_version")
+    name = (manifest or {}).get("model_version_uri", "").removeprefix("models:/").split("/")[0]
+    tags = {"cvae.synthetic": redact(synthetic_uri)}
+    if manifest:
+        tags |= {"cvae.model_uri": manifest.get("model_version_uri", ""), "cvae.model_version": str(version),
+                 "cvae.generation_run_id": manifest.get("run_id", "")}
+    run_id, _ = tagged_run(client, experiment_id, EVALUATION_TAG, evaluation_id,
+                           f"evaluate-{name}-v{version}" if manifest else "evaluate", params, tags)
+    return run_id
+
+
+def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers as flat MLflow metric names."""
+    metrics = {f"quality_{key}": value for key, value in report["quality"].items() if value is not None}
+    metrics |= {f"shape.{name}": score for name, score in report["columns"].items()}
+    utility_report = report["utility"]
+    for side in ("trtr", "tstr"):
+        metrics |= {f"utility_{side}_{key}": value for key, value in utility_report.get(side, {}).items()
+                    if isinstance(value, float)}
+    if "ratio" in utility_report:
+        metrics["utility_ratio"] = utility_report["ratio"]
+    metrics |= {f"privacy_{key}": value for key, value in report["privacy"].items()}
+    metrics |= {"validity_invalid_values": report["validity"]["invalid_values"],
+                "validity_null_rate_agreement": report["validity"]["null_rate_agreement"]}
+    return {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(float(value))}
+
+
+def log_report(client: Any, run_id: str, report: dict[str, Any], real: dict[str, pa.Table], synthetic: pa.Table,
+               kinds: dict[str, str], conditions: list[str]) -> None:
+    from pipeline.plots import report_figures
+
+    log_metrics(client, run_id, headline_metrics(report), step=0)
+    client.log_dict(run_id, report, "evaluation/report.json")
+    reference = real["holdout"] if report["reference"] == "holdout" else real["train"]
+    for path, figure in report_figures(reference, synthetic, kinds, conditions, report):
+        client.log_figure(run_id, figure, f"evaluation/{path}")
+
+
+def promote(client: Any, config: Config, manifest: dict[str, Any] | None, score: float, run_id: str) -> bool:
+    """The promotion gate: move `evaluate.promote_alias` to the evaluated version only if quality clears the bar."""
+    ev = config.evaluate
+    if not manifest or not manifest.get("model_version"):
+        return False
+    name = manifest["model_version_uri"].removeprefix("models:/").split("/")[0]
+    version = str(manifest["model_version"])
+    client.set_model_version_tag(name, version, "cvae.quality", f"{score:.4f}")
+    if not ev.promote_alias:
+        return False
+    promoted = score >= ev.min_quality
+    client.set_tag(run_id, "cvae.promotion", f"@{ev.promote_alias} -> v{version}" if promoted else "refused")
+    if promoted:
+        client.set_registered_model_alias(name, ev.promote_alias, version)
+        print(f"promoted models:/{name}/{version} to @{ev.promote_alias}: quality {score:.4f} >= "
+              f"evaluate.min_quality {ev.min_quality}", flush=True)
+    else:
+        print(f"not promoted: quality {score:.4f} < evaluate.min_quality {ev.min_quality}; @{ev.promote_alias} "
+              "stays where it was", flush=True)
+    return promoted
+
+
+def print_summary(report: dict[str, Any], run_id: str) -> None:
+    q, utility_report, private = report["quality"], report["utility"], report["privacy"]
+    baseline = q["real_holdout_vs_training"]
+    print(f"quality {q['overall']:.4f} (column shapes {q['column_shapes']:.4f}, pair trends "
+          f"{q['column_pair_trends']:.4f}) against the {report['reference']}"
+          + (f"; real holdout vs training rows: {baseline:.4f}" if baseline is not None else ""), flush=True)
+    worst = sorted(report["columns"].items(), key=lambda item: item[1])[:3]
+    print("weakest columns: " + ", ".join(f"{name} {score:.3f}" for name, score in worst), flush=True)
+    for column, entries in report["conditions"].items():
+        scored = [f"{e['value']} {e['overall']:.3f}" for e in entries if "overall" in e][:6]
+        print(f"per {column}: " + ", ".join(scored), flush=True)
+    headline = "macro_f1" if utility_report["task"] == "classification" else "r2"
+    tstr, trtr = utility_report.get("tstr", {}), utility_report.get("trtr", {})
+    if headline in tstr and headline in trtr:
+        print(f"utility ({utility_report['target']}, {headline}): train on synthetic {tstr[headline]:.3f}, "
+              f"train on real {trtr[headline]:.3f}", flush=True)
+    closer = private.get("share_closer_than_holdout_p5")
+    print(f"privacy: {private['synthetic_exact_copies']} exact copies of training rows in "
+          f"{private['synthetic_rows']:,} sampled; "
+          + (f"{closer:.1%} of synthetic rows closer to a training row than the holdout's 5th percentile (5% expected)"
+             if closer is not None else "no holdout to compare distances with"), flush=True)
+    print(f"validity: {report['validity']['invalid_values']:,} values outside the real bounds or categories; "
+          f"report logged to mlflow run {run_id}", flush=True)
