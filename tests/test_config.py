@@ -111,8 +111,3 @@ def test_cli_reports_one_line_and_nonzero_exit(capsys):
     assert main(["train", "--set", "train.lr=-1"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.lr" in err
-
-
-def test_cli_commands_not_built_yet_exit_2(capsys):
-    assert main(["evaluate"]) == 2
-    assert "not built yet" in capsys.readouterr().err

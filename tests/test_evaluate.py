@@ -1,0 +1,149 @@
+"""`cvae evaluate` and `cvae run` on a real local Ray cluster with MLflow: the report, plots, gate and bad input."""
+import json
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import main
+from pipeline.config import BUNDLED_DATA, load_config
+from pipeline.evaluate import evaluate
+from pipeline.generate import generate
+from tests.test_bad_input import fails
+
+pytestmark = pytest.mark.slow
+
+
+def cli(command: str, *overrides: str) -> int:
+    return main([command, *sum([["--set", o] for o in overrides], [])])
+
+
+@pytest.fixture(scope="module")
+def adult_dataset(trained_adult, tmp_path_factory):
+    """A finished synthetic dataset from the session's Adult model, as `cvae generate` writes it."""
+    base, _ = trained_adult
+    output = tmp_path_factory.mktemp("evaluate") / "synthetic"
+    overrides = base + [f"generate.output={output}", "generate.num_rows=6000", "generate.rows_per_part=2500"]
+    outcome = generate(load_config(None, overrides), overwrite=False)
+    return overrides, outcome
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
+    return {entry.path for entry in client.list_artifacts(run_id, path)}
+
+
+def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_dataset, capsys):
+    overrides, generated = adult_dataset
+    config = load_config(None, overrides)
+    first = evaluate(config)
+    out = capsys.readouterr().out
+    assert "quality" in out and "per income" in out and "utility (income" in out and "privacy" in out
+
+    report = first.report
+    assert report["reference"] == "holdout" and 0.5 < report["quality"]["overall"] <= 1
+    assert report["quality"]["real_holdout_vs_training"] > 0.95  # the ceiling a model could reach
+    assert report["rows"]["synthetic"] == 6000 and report["rows"]["sampled_synthetic"] == 6000
+    assert set(report["columns"]) == set(pq.read_schema(BUNDLED_DATA / "adult.parquet").names)
+    assert [e["value"] for e in report["conditions"]["income"]] == ["<=50K", ">50K"]
+    assert report["utility"]["target"] == "income" and 0 < report["utility"]["tstr"]["accuracy"] <= 1
+    assert report["privacy"]["synthetic_rows"] == 5000 and "share_closer_than_holdout_p5" in report["privacy"]
+    assert report["validity"]["invalid_values"] == 0  # the decoder clips to the training bounds and categories
+    assert report["model_version_uri"] == generated.model_uri
+
+    client = MlflowClient(config.mlflow.tracking_uri)
+    run = client.get_run(first.run_id)
+    assert run.data.metrics["quality_overall"] == pytest.approx(report["quality"]["overall"])
+    assert {"shape.age", "utility_tstr_macro_f1", "privacy_share_closer_than_holdout_p5"} <= set(run.data.metrics)
+    assert run.data.tags["cvae.model_uri"] == generated.model_uri
+    assert run.info.experiment_id == client.get_run(generated.run_id).info.experiment_id
+    assert artifacts(client, first.run_id, "evaluation") >= {"evaluation/report.json", "evaluation/associations.png",
+                                                             "evaluation/histograms"}
+    assert len(artifacts(client, first.run_id, "evaluation/histograms")) == 15
+    logged = mlflow.artifacts.load_dict(f"runs:/{first.run_id}/evaluation/report.json")
+    assert logged["quality"] == report["quality"]
+    name, version = generated.model_uri.removeprefix("models:/").split("/")
+    assert client.get_model_version(name, version).tags["cvae.quality"] == f"{report['quality']['overall']:.4f}"
+
+    again = evaluate(config)
+    assert again.run_id == first.run_id  # the same evaluation: no second run
+    assert json.dumps(again.report, sort_keys=True) == json.dumps(report, sort_keys=True)
+
+
+def test_promotion_gate_moves_the_alias_only_when_quality_clears_it(adult_dataset, capsys):
+    overrides, generated = adult_dataset
+    name, version = generated.model_uri.removeprefix("models:/").split("/")
+    client = MlflowClient(load_config(None, overrides).mlflow.tracking_uri)
+    assert cli("evaluate", *overrides, "evaluate.promote_alias=gated", "evaluate.min_quality=0.999") == 0
+    assert "not promoted" in capsys.readouterr().out
+    assert "gated" not in client.get_registered_model(name).aliases
+    assert cli("evaluate", *overrides, "evaluate.promote_alias=gated", "evaluate.min_quality=0.1") == 0
+    assert "promoted models:/" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias(name, "gated").version) == version
+
+
+def test_digits_report_holds_image_grids_and_pixel_correlations(trained_digits, tmp_path):
+    base, _ = trained_digits
+    overrides = base + [f"generate.output={tmp_path / 'digits'}"]
+    generate(load_config(None, overrides), overwrite=False)
+    config = load_config(None, overrides)
+    outcome = evaluate(config)
+    assert set(outcome.report["columns"]) == {"pixels", "digit"}
+    assert len(outcome.report["conditions"]["digit"]) == 10
+    client = MlflowClient(config.mlflow.tracking_uri)
+    assert artifacts(client, outcome.run_id, "evaluation") >= {"evaluation/images_pixels.png",
+                                                               "evaluation/correlations_pixels.png"}
+
+
+def test_a_plain_parquet_table_from_another_tool_can_be_scored(adult_dataset, tmp_path, adult):
+    overrides, _ = adult_dataset
+    pq.write_table(adult.slice(0, 3000), tmp_path / "other-tool.parquet")
+    outcome = evaluate(load_config(None, overrides + [f"evaluate.synthetic={tmp_path / 'other-tool.parquet'}"]))
+    assert outcome.report["model_version_uri"] is None and not outcome.promoted
+    assert outcome.report["quality"]["overall"] > 0.9  # real rows score like real rows
+    assert outcome.report["privacy"]["synthetic_exact_copy_share"] > 0.5  # ... and are flagged as copies
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["evaluate.target=salary"], "evaluate.target 'salary' is not a scalar column"),
+    (["evaluate.promote_alias=champion"], "evaluate.min_quality: required when evaluate.promote_alias is set"),
+])
+def test_bad_evaluation_settings(adult_dataset, capsys, workdir, extra, expected):
+    overrides, _ = adult_dataset
+    assert expected in fails(capsys, workdir, "evaluate", *overrides, *extra)
+
+
+def test_missing_unfinished_and_foreign_synthetic_tables(adult_dataset, capsys, workdir, adult):
+    overrides, _ = adult_dataset
+    err = fails(capsys, workdir, "evaluate", *overrides, f"evaluate.synthetic={workdir}/nothing-here")
+    assert "evaluate.synthetic" in err and "does not exist" in err
+
+    unfinished = workdir / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "_generation.json").write_text("{}")
+    pq.write_table(adult.slice(0, 10), unfinished / "part-00000.parquet")
+    err = fails(capsys, workdir, "evaluate", *overrides, f"evaluate.synthetic={unfinished}")
+    assert "unfinished cvae dataset" in err and "rerun the same cvae generate" in err
+
+    pq.write_table(adult.drop_columns(["age"]).slice(0, 10), workdir / "narrow.parquet")
+    err = fails(capsys, workdir, "evaluate", *overrides, f"evaluate.synthetic={workdir}/narrow.parquet")
+    assert "lacks the real table's column(s) age" in err
+
+    pq.write_table(adult.slice(0, 10), workdir / "plain.parquet")
+    err = fails(capsys, workdir, "evaluate", *overrides, f"evaluate.synthetic={workdir}/plain.parquet",
+                "evaluate.promote_alias=champion", "evaluate.min_quality=0.5")
+    assert "needs a cvae dataset with a manifest" in err
+
+
+def test_run_trains_generates_evaluates_and_gates(ray_cluster, workdir, capsys):
+    """The main job, as `make demo` runs it, with a promotion gate (small model, 2 epochs)."""
+    overrides = ["model.hidden=[64, 64]", "model.latent_dim=8", "train.epochs=2", "train.name=run-e2e",
+                 "mlflow.model_name=run-e2e", "generate.num_rows=3000", "evaluate.promote_alias=champion",
+                 "evaluate.min_quality=0.5"]
+    assert cli("run", *overrides) == 0
+    out = capsys.readouterr().out
+    assert "registered models:/run-e2e/1" in out and "wrote 3,000 rows" in out and "quality 0." in out
+    assert "promoted models:/run-e2e/1 to @champion" in out
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert str(client.get_model_version_by_alias("run-e2e", "champion").version) == "1"
+    assert (workdir / "runs" / "synthetic" / "_SUCCESS").exists()
