@@ -74,7 +74,7 @@ class TrainConfig(Section):
     name: str = Field("cvae", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(500, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0.0)

@@ -96,6 +96,7 @@ def _stream(fs: Any, files: list[str], kinds: dict[str, str], fractions: dict[st
 def _synthetic_dataset(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     """The cvae manifest of a finished dataset; None for a plain Parquet table; an error for an unfinished one."""
     sink = Sink(uri, storage_options)
+    sink.fs.invalidate_cache()  # actors may have just written the parts this process lists next
     if not sink.exists(SPEC) and not sink.exists(MANIFEST):
         return None
     if not sink.exists(SUCCESS):
@@ -173,8 +174,12 @@ def evaluate(config: Config) -> EvaluateOutcome:
                "generation_run_id": (manifest or {}).get("run_id")}
     client = client_for(tracking_uri)
     run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
-    log_report(client, run_id, report, real_samples, synthetic_samples["synthetic"], kinds, data.conditions)
-    promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
+    try:
+        log_report(client, run_id, report, real_samples, synthetic_samples["synthetic"], kinds, data.conditions)
+        promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
     client.set_terminated(run_id)
     print_summary(report, run_id)
     return EvaluateOutcome(run_id, report["quality"]["overall"], report, promoted)

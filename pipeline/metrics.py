@@ -5,9 +5,10 @@ like the ones users know: column shapes are 1 - KS statistic (numeric) or
 1 - total variation distance (categorical, null as a category); pair trends are
 1 - |r_real - r_synthetic| / 2 for Pearson r of numeric pairs, and 1 - total
 variation distance of the joint frequencies for categorical and mixed pairs,
-numbers binned into 10 equal-width bins. Unlike SDMetrics, both tables are
-binned with the real table's edges, so a shifted synthetic range cannot move its
-own bins. Overall quality = mean(column shapes, pair trends). A fixed-size list
+numbers binned into 10 equal-width bins, averaged over the pairs related in the
+real data (|r| > 0.5, Cramér's V > 0.3) as SDMetrics' QualityReport does (0.32).
+Unlike SDMetrics, both tables are binned with the real table's edges, so a
+shifted synthetic range cannot move its own bins. Overall quality = mean(column shapes, pair trends). A fixed-size list
 column (an image) counts as one numeric column per element.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ import pyarrow.compute as pc
 NUMERIC_BINS = 10
 MAX_CONDITION_VALUES = 25
 MIN_GROUP_ROWS = 20
+CORRELATION_THRESHOLD = 0.5  # SDMetrics' QualityReport defaults: only pairs related in the real data count
+ASSOCIATION_THRESHOLD = 0.3
 PRIVACY_MAX_CATEGORIES = 100
 
 
@@ -163,7 +166,10 @@ def _discrete(reference: Sample, samples: list[Sample]) -> tuple[list[dict[str, 
 
 
 def quality(real: Sample, synthetic: Sample, exclude: set[str] = frozenset()) -> dict[str, Any]:
-    """Column shapes, pair trends and their mean, with per-column and per-column-pair breakdowns."""
+    """Column shapes, pair trends and their mean, with per-column and per-column-pair breakdowns.
+
+    As in SDMetrics' QualityReport, pair trends average only the pairs related in the real data
+    (|Pearson r| > 0.5, or Cramér's V > 0.3); every pair's score is still reported."""
     names = [name for name in real.columns if real.parent[name] not in exclude]
     shapes = {}
     for name in names:
@@ -172,28 +178,31 @@ def quality(real: Sample, synthetic: Sample, exclude: set[str] = frozenset()) ->
         else:
             shapes[name] = tv_complement(real.columns[name], synthetic.columns[name], len(real.labels[name]))
     (real_codes, synthetic_codes), sizes = _discrete(real, [real, synthetic])
-    pairs: dict[tuple[str, str], list[float]] = {}
+    pairs: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if real.kinds[a] == real.kinds[b] == "numeric":
-                score = correlation_similarity(np.stack([real.columns[a], real.columns[b]], axis=1),
-                                               np.stack([synthetic.columns[a], synthetic.columns[b]], axis=1))
+                real_pair = np.stack([real.columns[a], real.columns[b]], axis=1)
+                score = correlation_similarity(real_pair, np.stack([synthetic.columns[a], synthetic.columns[b]], axis=1))
+                related = score is not None and abs(_pearson(real_pair)) > CORRELATION_THRESHOLD
             else:
                 score = contingency_similarity((real_codes[a], real_codes[b]), (synthetic_codes[a], synthetic_codes[b]),
                                                (sizes[a], sizes[b]))
+                association = _cramers_v(real_codes[a], real_codes[b], sizes[a], sizes[b])
+                related = association is not None and association > ASSOCIATION_THRESHOLD
             if score is not None:
-                key = tuple(sorted((real.parent[a], real.parent[b])))
-                pairs.setdefault(key, []).append(score)
+                pairs.setdefault(tuple(sorted((real.parent[a], real.parent[b]))), []).append((score, related))
     column_shapes = float(np.mean(list(shapes.values()))) if shapes else math.nan
-    pair_scores = [score for scores in pairs.values() for score in scores]
-    pair_trends = float(np.mean(pair_scores)) if pair_scores else math.nan
+    counted = [score for scores in pairs.values() for score, related in scores if related]
+    pair_trends = float(np.mean(counted)) if counted else math.nan
     overall = float(np.nanmean([column_shapes, pair_trends])) if shapes else math.nan
     by_column: dict[str, list[float]] = {}
     for name, score in shapes.items():
         by_column.setdefault(real.parent[name], []).append(score)
     return {"overall": overall, "column_shapes": column_shapes, "column_pair_trends": pair_trends,
             "columns": {name: float(np.mean(scores)) for name, scores in by_column.items()},
-            "pairs": [{"columns": list(key), "score": float(np.mean(scores)), "pairs": len(scores)}
+            "pairs": [{"columns": list(key), "score": float(np.mean([score for score, _ in scores])),
+                       "pairs": len(scores), "related_pairs": sum(related for _, related in scores)}
                       for key, scores in pairs.items()]}
 
 

@@ -72,7 +72,7 @@ def sets(*pairs):
     return " ".join(f"--set \"{pair}\"" for pair in pairs)
 
 
-def test_jobs_train_then_generate_from_champion_through_mlflow_server_and_s3(
+def test_jobs_train_generate_from_champion_and_evaluate_through_mlflow_server_and_s3(
         ray_head, mlflow_server, adult_on_s3, s3, s3_options):
     s3.mkdir("jobs")
     options = "{" + ", ".join(f"{k}: {v}" for k, v in s3_options.items()) + "}"
@@ -102,3 +102,13 @@ def test_jobs_train_then_generate_from_champion_through_mlflow_server_and_s3(
 
     rerun = submit_and_wait(ray_head, generate)  # a re-triggered schedule: exit 0, nothing rewritten
     assert "nothing to do" in rerun
+
+    evaluate_logs = submit_and_wait(ray_head, "python jobs/evaluate.py " + sets(
+        *common, f"data.path={adult_on_s3}", "data.conditions=[income]", f"data.storage_options={options}",
+        "generate.output=s3://jobs/synthetic", f"generate.storage_options={options}", "evaluate.sample_rows=5000",
+        "evaluate.privacy_rows=1000"))
+    assert "quality 0." in evaluate_logs and "per income" in evaluate_logs
+    evaluation = client.search_runs([client.get_experiment_by_name("jobs").experiment_id],
+                                    filter_string="tags.`cvae.model_version` = '1' and attributes.run_name LIKE 'evaluate%'")
+    assert len(evaluation) == 1 and 0 < evaluation[0].data.metrics["quality_overall"] <= 1
+    assert any(path.endswith("evaluation/report.json") for path in s3.find("mlflow-artifacts"))
