@@ -5,10 +5,10 @@ statistics (null counts, bounds, categories; for the synthetic side the values
 outside the real bounds or categories) and a seeded sample picked by Ray's
 deterministic row hash, so the cost of scoring is bounded by
 `evaluate.sample_rows` whatever the table size, and a rerun scores the same rows.
-The real table is split exactly as training split it (`data.holdout_fraction`,
-`train.seed`): fidelity and utility are judged on the holdout the model never
-saw, privacy compares synthetic rows' distances to training records with the
-holdout's.
+The real table is split exactly as training split it (the training run's recorded
+`data.holdout_fraction` and `train.seed`, else the config's): fidelity and
+utility are judged on the holdout the model never saw, privacy compares
+synthetic rows' distances to training records with the holdout's.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from mlflow.exceptions import MlflowException
 
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config
@@ -37,6 +38,14 @@ from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_fi
 EVALUATION_TAG = "cvae.evaluation_id"
 MIN_HOLDOUT_ROWS = 500
 SAMPLE_SEED_OFFSET = 0x5EED
+
+
+@dataclass(frozen=True)
+class Split:
+    """How training cut its holdout: the evaluator must cut the very same rows."""
+    seed: int
+    holdout_fraction: float
+    source: str
 
 
 @dataclass(frozen=True)
@@ -73,14 +82,13 @@ def summarize_batch(batch: pa.Table, kinds: dict[str, str], fractions: dict[str,
     return pa.table(row)
 
 
-def _stream(fs: Any, files: list[str], kinds: dict[str, str], fractions: dict[str, float], config: Config,
-            real_stats: ColumnStats | None) -> tuple[ColumnStats, dict[str, int], dict[str, pa.Table]]:
+def _stream(fs: Any, files: list[str], kinds: dict[str, str], fractions: dict[str, float], split: Split,
+            sample_seed: int, real_stats: ColumnStats | None) -> tuple[ColumnStats, dict[str, int], dict[str, pa.Table]]:
     """(merged statistics, invalid counts, samples by side) for one table, in one streaming pass."""
     summaries = read_table(fs, files).map_batches(
         summarize_batch, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs={"kinds": kinds, "fractions": fractions, "split_seed": config.train.seed,
-                   "holdout_fraction": config.data.holdout_fraction if real_stats is None else 0.0,
-                   "sample_seed": config.evaluate.seed + SAMPLE_SEED_OFFSET,
+        fn_kwargs={"kinds": kinds, "fractions": fractions, "split_seed": split.seed,
+                   "holdout_fraction": split.holdout_fraction, "sample_seed": sample_seed + SAMPLE_SEED_OFFSET,
                    "real_stats": json.dumps(real_stats.to_dict()) if real_stats else None})
     stats, invalid = ColumnStats(), {name: 0 for name in kinds}
     pieces: dict[str, list[pa.Table]] = {side: [] for side in fractions}
@@ -129,6 +137,26 @@ def _footer_rows(fs: Any, files: list[str], real: pa.Schema, kinds: dict[str, st
     return rows
 
 
+def training_split(client: Any, manifest: dict[str, Any] | None, config: Config) -> Split:
+    """The split recorded by the model's training run when it trained on this table, else the config's."""
+    own = Split(config.train.seed, config.data.holdout_fraction, "config (data.holdout_fraction, train.seed)")
+    if not manifest or not manifest.get("model_version"):
+        return own
+    name = manifest["model_version_uri"].removeprefix("models:/").split("/")[0]
+    try:
+        run = client.get_run(client.get_model_version(name, str(manifest["model_version"])).run_id)
+    except MlflowException:
+        return own
+    params = run.data.params
+    if params.get("data.path") != redact(config.data.path) or "train.seed" not in params:
+        return own
+    split = Split(int(params["train.seed"]), float(params["data.holdout_fraction"]), f"training run {run.info.run_id}")
+    if (split.seed, split.holdout_fraction) != (own.seed, own.holdout_fraction):
+        print(f"holdout: the model trained with data.holdout_fraction={split.holdout_fraction} and "
+              f"train.seed={split.seed}; evaluating on that holdout, not the config's", flush=True)
+    return split
+
+
 def _fraction(sample_rows: int, rows: float) -> float:
     return min(1.0, sample_rows / rows) if rows > 0 else 1.0
 
@@ -155,24 +183,27 @@ def evaluate(config: Config) -> EvaluateOutcome:
                         "evaluate the output of cvae generate or unset evaluate.promote_alias")
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
     check_tracking(tracking_uri)
+    client = client_for(tracking_uri)
+    split = training_split(client, manifest, config)
 
     ensure_ray(config.ray.address)
-    holdout_rows = real_rows * data.holdout_fraction
+    holdout_rows = real_rows * split.holdout_fraction
     fractions = {"train": _fraction(ev.sample_rows, real_rows - holdout_rows)}
     if holdout_rows:
         fractions["holdout"] = _fraction(ev.sample_rows, holdout_rows)
-    real_stats, _, real_samples = _stream(fs, files, kinds, fractions, config, None)
+    real_stats, _, real_samples = _stream(fs, files, kinds, fractions, split, ev.seed, None)
     synthetic_stats, invalid, synthetic_samples = _stream(
-        synthetic_fs, synthetic_files, kinds, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)}, config, real_stats)
+        synthetic_fs, synthetic_files, kinds, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)},
+        Split(0, 0.0, "none: every synthetic row"), ev.seed, real_stats)
     report = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions, target, ev.privacy_rows,
                           ev.seed)
     report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
     report |= {"format": "cvae-evaluation/1", "synthetic": redact(synthetic_uri), "real": redact(data.path),
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
                                                                           in {**real_samples, **synthetic_samples}.items()}},
+               "split": {"holdout_fraction": split.holdout_fraction, "seed": split.seed, "from": split.source},
                "model_version_uri": (manifest or {}).get("model_version_uri"),
                "generation_run_id": (manifest or {}).get("run_id")}
-    client = client_for(tracking_uri)
     run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
     try:
         log_report(client, run_id, report, real_samples, synthetic_samples["synthetic"], kinds, data.conditions)

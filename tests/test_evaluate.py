@@ -95,6 +95,16 @@ def test_digits_report_holds_image_grids_and_pixel_correlations(trained_digits, 
                                                                "evaluation/correlations_pixels.png"}
 
 
+def test_the_holdout_is_the_one_the_model_never_saw_whatever_the_config_says(adult_dataset, capsys):
+    overrides, generated = adult_dataset
+    outcome = evaluate(load_config(None, overrides + ["data.holdout_fraction=0.5", "train.seed=7"]))
+    assert "evaluating on that holdout, not the config's" in capsys.readouterr().out
+    split = outcome.report["split"]
+    assert (split["holdout_fraction"], split["seed"]) == (0.1, 0)
+    assert split["from"].startswith("training run")
+    assert outcome.report["rows"]["sampled_holdout"] < 0.15 * 48842
+
+
 def test_a_plain_parquet_table_from_another_tool_can_be_scored(adult_dataset, tmp_path, adult):
     overrides, _ = adult_dataset
     pq.write_table(adult.slice(0, 3000), tmp_path / "other-tool.parquet")
