@@ -25,4 +25,4 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache
+	rm -rf $(VENV) runs mlflow.db mlruns mlartifacts .pytest_cache
