@@ -30,7 +30,7 @@ from pipeline.encoding import infer_kind
 from pipeline.errors import UserError
 from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
-from pipeline.registry import check_tracking, client_for, log_metrics, tagged_run
+from pipeline.registry import check_tracking, client_for, experiment_id, log_metrics, registered_name, tagged_run
 from pipeline.sink import MANIFEST, SPEC, SUCCESS, Sink
 from pipeline.source import ROW_HASH, check_table, holdout_mask, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
@@ -142,7 +142,7 @@ def training_split(client: Any, manifest: dict[str, Any] | None, config: Config)
     own = Split(config.train.seed, config.data.holdout_fraction, "config (data.holdout_fraction, train.seed)")
     if not manifest or not manifest.get("model_version"):
         return own
-    name = manifest["model_version_uri"].removeprefix("models:/").split("/")[0]
+    name = registered_name(manifest["model_version_uri"])
     try:
         run = client.get_run(client.get_model_version(name, str(manifest["model_version"])).run_id)
     except MlflowException:
@@ -273,21 +273,20 @@ def _evaluation_run(client: Any, config: Config, manifest: dict[str, Any] | None
                     synthetic_fs: Any, synthetic_files: list[str], real_fs: Any, real_files: list[str]) -> str:
     """One MLflow run per (synthetic dataset, real table, evaluation settings); a rerun reuses it."""
     if manifest and manifest.get("run_id"):
-        experiment_id = client.get_run(manifest["run_id"]).info.experiment_id
+        experiment = client.get_run(manifest["run_id"]).info.experiment_id
     else:
-        experiment = client.get_experiment_by_name(config.mlflow.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
+        experiment = experiment_id(client, config)
     params = {key: value for key, value in config.flat().items()
               if key.startswith("evaluate.") or key in ("data.path", "data.conditions", "data.holdout_fraction", "train.seed")}
     identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files), params]
     evaluation_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
     version = (manifest or {}).get("model_version")
-    name = (manifest or {}).get("model_version_uri", "").removeprefix("models:/").split("/")[0]
+    name = registered_name((manifest or {}).get("model_version_uri", ""))
     tags = {"cvae.synthetic": redact(synthetic_uri)}
     if manifest:
         tags |= {"cvae.model_uri": manifest.get("model_version_uri", ""), "cvae.model_version": str(version),
                  "cvae.generation_run_id": manifest.get("run_id", "")}
-    run_id, _ = tagged_run(client, experiment_id, EVALUATION_TAG, evaluation_id,
+    run_id, _ = tagged_run(client, experiment, EVALUATION_TAG, evaluation_id,
                            f"evaluate-{name}-v{version}" if manifest else "evaluate", params, tags)
     return run_id
 
@@ -324,7 +323,7 @@ def promote(client: Any, config: Config, manifest: dict[str, Any] | None, score:
     ev = config.evaluate
     if not manifest or not manifest.get("model_version"):
         return False
-    name = manifest["model_version_uri"].removeprefix("models:/").split("/")[0]
+    name = registered_name(manifest["model_version_uri"])
     version = str(manifest["model_version"])
     client.set_model_version_tag(name, version, "cvae.quality", f"{score:.4f}")
     if not ev.promote_alias:

@@ -30,8 +30,8 @@ import torch
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
 from pipeline.plan import Plan, build_plan
-from pipeline.registry import (check_tracking, client_for, fetch_model, load_artifact_files, log_metrics, resolve_model_uri,
-                               tagged_run)
+from pipeline.registry import (check_tracking, client_for, fetch_model, load_artifact_files, log_metrics, registered_name,
+                               resolve_model_uri, tagged_run)
 from pipeline.sampling import part_seed, synthesize
 from pipeline.sink import Sink, failpoint, part_name
 from pipeline.storage import absolute, absolute_tracking_uri, redact
@@ -170,7 +170,7 @@ def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, outpu
 def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],
                     config: Config) -> str:
     """One MLflow run per dataset, in the model's experiment; a resumed job continues it."""
-    name = model_uri.removeprefix("models:/").split("/")[0]
+    name = registered_name(model_uri)
     experiment_id = client.get_run(client.get_model_version(name, version).run_id).info.experiment_id
     generation_id = hashlib.sha256(json.dumps([output, spec], sort_keys=True).encode()).hexdigest()[:16]
     params = {key: value for key, value in config.flat().items() if key.startswith("generate.")}

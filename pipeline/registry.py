@@ -149,15 +149,19 @@ def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
 
 
-def find_or_create_run(client: MlflowClient, config: Config, train_id: str) -> tuple[str, bool]:
-    """(run id, resumed): a rerun of the same training job continues its MLflow run instead of adding one."""
+def experiment_id(client: MlflowClient, config: Config) -> str:
+    """`mlflow.experiment`'s id, created on first use."""
     try:
         experiment = client.get_experiment_by_name(config.mlflow.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
+        return experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
     except MlflowException as exc:
         raise UserError(f"MLflow at {redact(config.mlflow.tracking_uri)} refused the request ({exc.message}); "
                         "check mlflow.tracking_uri and that the server is up") from None
-    return tagged_run(client, experiment_id, TRAIN_ID_TAG, train_id, config.train.name, config.flat())
+
+
+def find_or_create_run(client: MlflowClient, config: Config, train_id: str) -> tuple[str, bool]:
+    """(run id, resumed): a rerun of the same training job continues its MLflow run instead of adding one."""
+    return tagged_run(client, experiment_id(client, config), TRAIN_ID_TAG, train_id, config.train.name, config.flat())
 
 
 def tagged_run(client: MlflowClient, experiment_id: str, tag: str, value: str, run_name: str,
@@ -243,6 +247,11 @@ def _requirements() -> list[str]:
 
     return [f"{package}=={version(package)}" for package in ("torch", "pyarrow", "numpy", "pandas", "mlflow")] + [
         f"cvae-synth=={version('cvae-synth')}"]
+
+
+def registered_name(model_uri: str) -> str:
+    """NAME from `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
+    return model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
 
 
 def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str, str]:
