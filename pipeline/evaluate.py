@@ -195,8 +195,8 @@ def evaluate(config: Config) -> EvaluateOutcome:
     synthetic_stats, invalid, synthetic_samples = _stream(
         synthetic_fs, synthetic_files, kinds, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)},
         Split(0, 0.0, "none: every synthetic row"), ev.seed, real_stats)
-    report = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions, target, ev.privacy_rows,
-                          ev.seed)
+    report, reference, synthetic = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions,
+                                                target, ev.privacy_rows, ev.seed)
     report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
     report |= {"format": "cvae-evaluation/1", "synthetic": redact(synthetic_uri), "real": redact(data.path),
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
@@ -206,7 +206,7 @@ def evaluate(config: Config) -> EvaluateOutcome:
                "generation_run_id": (manifest or {}).get("run_id")}
     run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
     try:
-        log_report(client, run_id, report, real_samples, synthetic_samples["synthetic"], kinds, data.conditions)
+        log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
         promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
@@ -217,8 +217,9 @@ def evaluate(config: Config) -> EvaluateOutcome:
 
 
 def build_report(real: dict[str, pa.Table], synthetic_table: pa.Table, kinds: dict[str, str], conditions: list[str],
-                 target: str, privacy_rows: int, seed: int) -> dict[str, Any]:
-    """Fidelity (against the holdout when it has enough rows), per-condition fidelity, utility and privacy."""
+                 target: str, privacy_rows: int, seed: int) -> tuple[dict[str, Any], Sample, Sample]:
+    """Fidelity (against the holdout when it has enough rows), per-condition fidelity, utility and privacy;
+    with the reference and synthetic samples they were scored on, for the plots."""
     holdout_table = real.get("holdout")
     has_holdout = holdout_table is not None and holdout_table.num_rows >= MIN_HOLDOUT_ROWS
     if not has_holdout:  # no unseen rows: a seeded fifth of the training sample stands in as the test set
@@ -242,7 +243,7 @@ def build_report(real: dict[str, pa.Table], synthetic_table: pa.Table, kinds: di
     rng = np.random.default_rng(seed)
     report["privacy"] = privacy(train, _subsample(synthetic, privacy_rows, rng),
                                 _subsample(holdout, privacy_rows, rng) if has_holdout else None)
-    return report
+    return report, reference, synthetic
 
 
 def _subsample(sample: Sample, rows: int, rng: np.random.Generator) -> Sample:
@@ -307,13 +308,12 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(float(value))}
 
 
-def log_report(client: Any, run_id: str, report: dict[str, Any], real: dict[str, pa.Table], synthetic: pa.Table,
+def log_report(client: Any, run_id: str, report: dict[str, Any], reference: Sample, synthetic: Sample,
                kinds: dict[str, str], conditions: list[str]) -> None:
     from pipeline.plots import report_figures
 
     log_metrics(client, run_id, headline_metrics(report), step=0)
     client.log_dict(run_id, report, "evaluation/report.json")
-    reference = real["holdout"] if report["reference"] == "holdout" else real["train"]
     for path, figure in report_figures(reference, synthetic, kinds, conditions, report):
         client.log_figure(run_id, figure, f"evaluation/{path}")
 

@@ -123,15 +123,8 @@ def tv_complement(real: np.ndarray, synthetic: np.ndarray, size: int) -> float:
     return float(1.0 - 0.5 * np.abs(p - q).sum())
 
 
-def correlation_similarity(real: np.ndarray, synthetic: np.ndarray) -> float | None:
-    """Over rows where both columns are present; None when either correlation is undefined (a constant column)."""
-    r, s = _pearson(real), _pearson(synthetic)
-    if r is None or s is None:
-        return None
-    return float(1.0 - abs(r - s) / 2.0)
-
-
 def _pearson(pair: np.ndarray) -> float | None:
+    """Over rows where both columns are present; None when undefined (a constant column)."""
     pair = pair[~np.isnan(pair).any(axis=1)]
     if len(pair) < 2 or (pair.std(axis=0) == 0).any():
         return None
@@ -181,10 +174,11 @@ def quality(real: Sample, synthetic: Sample, exclude: set[str] = frozenset()) ->
     pairs: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if real.kinds[a] == real.kinds[b] == "numeric":
-                real_pair = np.stack([real.columns[a], real.columns[b]], axis=1)
-                score = correlation_similarity(real_pair, np.stack([synthetic.columns[a], synthetic.columns[b]], axis=1))
-                related = score is not None and abs(_pearson(real_pair)) > CORRELATION_THRESHOLD
+            if real.kinds[a] == real.kinds[b] == "numeric":  # correlation similarity
+                r = _pearson(np.stack([real.columns[a], real.columns[b]], axis=1))
+                s = _pearson(np.stack([synthetic.columns[a], synthetic.columns[b]], axis=1))
+                score = None if r is None or s is None else 1.0 - abs(r - s) / 2.0
+                related = r is not None and abs(r) > CORRELATION_THRESHOLD
             else:
                 score = contingency_similarity((real_codes[a], real_codes[b]), (synthetic_codes[a], synthetic_codes[b]),
                                                (sizes[a], sizes[b]))

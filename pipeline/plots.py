@@ -5,9 +5,8 @@ import math
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
 
-from pipeline.metrics import NUMERIC_BINS, association_matrix, condition_groups, prepare
+from pipeline.metrics import NUMERIC_BINS, Sample, association_matrix, condition_groups
 
 MAX_BARS = 20
 IMAGES_PER_CONDITION = 8
@@ -21,11 +20,10 @@ def _pyplot():
     return plt
 
 
-def report_figures(real: pa.Table, synthetic: pa.Table, kinds: dict[str, str], conditions: list[str],
+def report_figures(real_sample: Sample, synthetic_sample: Sample, kinds: dict[str, str], conditions: list[str],
                    report: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """(artifact path, figure) pairs; each figure is closed once the caller moves on."""
+    """(artifact path, figure) pairs for the samples the report scored; each figure is closed once the caller moves on."""
     plt = _pyplot()
-    real_sample, synthetic_sample = prepare([real, synthetic], kinds)
     for name, kind in kinds.items():
         figure = _histogram(plt, real_sample, synthetic_sample, name, kind, report["columns"].get(name))
         yield f"histograms/{name}.png", figure
