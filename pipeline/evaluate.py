@@ -12,6 +12,7 @@ synthetic rows' distances to training records with the holdout's.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition
                               utility)
 from pipeline.registry import check_tracking, client_for, experiment_id, log_metrics, registered_name, tagged_run
 from pipeline.sink import MANIFEST, SPEC, SUCCESS, Sink
-from pipeline.source import ROW_HASH, check_table, holdout_mask, read_table
+from pipeline.source import ROW_HASH, check_table, holdout_mask, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
 
 EVALUATION_TAG = "cvae.evaluation_id"
@@ -65,12 +66,18 @@ def column_kinds(schema: pa.Schema, overrides: dict[str, str]) -> dict[str, str]
     return kinds
 
 
+@functools.lru_cache(maxsize=1)
+def _parsed_stats(text: str) -> ColumnStats:
+    """The real table's statistics, parsed once per worker process instead of once per batch."""
+    return ColumnStats.from_dict(json.loads(text))
+
+
 def summarize_batch(batch: pa.Table, kinds: dict[str, str], fractions: dict[str, float], split_seed: int,
                     holdout_fraction: float, sample_seed: int, real_stats: str | None) -> pa.Table:
     """Ray Data map: one output row per batch with its column statistics, invalid-value counts and samples."""
     hashes = batch.column(ROW_HASH).to_numpy()
     table = batch.drop_columns([ROW_HASH]).select(list(kinds))
-    invalid = invalid_counts(table, kinds, ColumnStats.from_dict(json.loads(real_stats))) if real_stats else {}
+    invalid = invalid_counts(table, kinds, _parsed_stats(real_stats)) if real_stats else {}
     in_holdout = holdout_mask(hashes, split_seed, holdout_fraction)
     row = {"stats": [json.dumps(ColumnStats.of_batch(table, kinds).to_dict())], "invalid": [json.dumps(invalid)]}
     for side, fraction in fractions.items():
@@ -116,13 +123,8 @@ def _synthetic_dataset(uri: str, storage_options: dict[str, Any]) -> dict[str, A
 def _footer_rows(fs: Any, files: list[str], real: pa.Schema, kinds: dict[str, str], overrides: dict[str, str]) -> int:
     rows = 0
     for path in files:
-        try:
-            with fs.open(path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                schema, rows = parquet.schema_arrow, rows + parquet.metadata.num_rows
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise UserError(f"evaluate.synthetic: {redact(path)} is not a readable Parquet file ({exc}); "
-                            "replace or remove it") from None
+        schema, metadata = parquet_footer(fs, path, key="evaluate.synthetic")
+        rows += metadata.num_rows
         missing = [name for name in real.names if name not in schema.names]
         if missing:
             raise UserError(f"evaluate.synthetic: {redact(path)} lacks the real table's column(s) {', '.join(missing)}; "
@@ -168,9 +170,7 @@ def evaluate(config: Config) -> EvaluateOutcome:
     synthetic_options = config.generate.storage_options
     manifest = _synthetic_dataset(synthetic_uri, synthetic_options)
     fs, files = parquet_files(data.path, data.storage_options)
-    real_rows = check_table(fs, files, data)
-    with fs.open(files[0], "rb") as handle:
-        real_schema = pq.ParquetFile(handle).schema_arrow
+    real_rows, real_schema = check_table(fs, files, data)
     kinds = column_kinds(real_schema, data.columns)
     target = ev.target or data.conditions[0]
     if target not in kinds or kinds[target] == "list":

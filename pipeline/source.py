@@ -17,18 +17,23 @@ ROW_HASH = "row_hash"
 SPLIT_BUCKETS = 1 << 20
 
 
-def check_table(fs: Any, files: list[str], config: DataConfig) -> int:
-    """Footers only, before any work: readable Parquet, one schema, rows present, condition columns usable."""
+def parquet_footer(fs: Any, path: str, key: str = "data.path") -> tuple[pa.Schema, pq.FileMetaData]:
+    """A file's schema and metadata, read from its footer; a one-line error naming `key` when it is not Parquet."""
+    try:
+        with fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            return parquet.schema_arrow, parquet.metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{key}: {redact(path)} is not a readable Parquet file ({exc}); replace or remove it") from None
+
+
+def check_table(fs: Any, files: list[str], config: DataConfig) -> tuple[int, pa.Schema]:
+    """Footers only, before any work: readable Parquet, one schema, rows present, condition columns usable.
+    Returns the row count and the schema."""
     schema, rows = None, 0
     nulls: dict[str, int | None] = {name: 0 for name in config.conditions}  # None: no statistics to tell
     for path in files:
-        try:
-            with fs.open(path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                file_schema, metadata = parquet.schema_arrow, parquet.metadata
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise UserError(f"data.path: {redact(path)} is not a readable Parquet file ({exc}); "
-                            "replace or remove it") from None
+        file_schema, metadata = parquet_footer(fs, path)
         if schema is None:
             schema = file_schema
         elif file_schema.names != schema.names:
@@ -53,7 +58,7 @@ def check_table(fs: Any, files: list[str], config: DataConfig) -> int:
     for name, count in nulls.items():
         if count == rows:
             raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
-    return rows
+    return rows, schema
 
 
 def read_table(fs: Any, files: list[str]) -> ray.data.Dataset:

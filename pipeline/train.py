@@ -191,7 +191,7 @@ def train(config: Config) -> TrainOutcome:
     """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow."""
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
-    rows = check_table(fs, files, data)
+    rows, _ = check_table(fs, files, data)
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
     check_tracking(tracking_uri)
     storage = absolute(config.train.storage_path)
