@@ -6,7 +6,7 @@ import os
 import sys
 
 from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, user_error_in
 from pipeline.storage import redact
 
 COMMANDS = {
@@ -17,37 +17,37 @@ COMMANDS = {
 }
 
 
-def train_command(config: Config, overwrite: bool) -> int:
+def train_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.train import train
 
-    train(config)
+    train(config, args.restart)
     return 0
 
 
-def generate_command(config: Config, overwrite: bool) -> int:
+def generate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.generate import generate
 
-    generate(config, overwrite)
+    generate(config, args.overwrite)
     return 0
 
 
-def evaluate_command(config: Config, overwrite: bool) -> int:
+def evaluate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate
 
     evaluate(config)
     return 0
 
 
-def run_command(config: Config, overwrite: bool) -> int:
+def run_command(config: Config, args: argparse.Namespace) -> int:
     """The main job: train, then generate from the version just registered, then evaluate."""
     from pipeline.evaluate import evaluate
     from pipeline.generate import generate
     from pipeline.train import train
 
-    trained = train(config)
+    trained = train(config, args.restart)
     if config.generate.model_uri is None:
         config = config.model_copy(update={"generate": config.generate.model_copy(update={"model_uri": trained.model_uri})})
-    generated = generate(config, overwrite)
+    generated = generate(config, args.overwrite)
     evaluate(config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"synthetic": generated.output})}))
     return 0
 
@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
         if name in ("generate", "run"):
             command.add_argument("--overwrite", action="store_true",
                                  help="replace a different synthetic dataset already at generate.output")
+        if name in ("train", "run"):
+            command.add_argument("--restart", action="store_true",
+                                 help="discard the checkpoints of another job under the same train.name and start over")
     return root
 
 
@@ -74,13 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         config = load_config(args.config, args.overrides)
-        return HANDLERS[args.command](config, getattr(args, "overwrite", False))
+        return HANDLERS[args.command](config, args)
     except UserError as exc:
         print(f"cvae {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a scheduler needs one line and a non-zero exit, not a traceback
         if os.environ.get("CVAE_TRACEBACK"):
             raise
+        found = user_error_in(exc)  # the data problem a Ray task or worker found, as the driver would say it
+        if found is not None:
+            print(f"cvae {args.command}: error: {found}", file=sys.stderr)
+            return 1
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         print(f"cvae {args.command}: failed: {type(exc).__name__}: {redact(reason)} "
               "(set CVAE_TRACEBACK=1 for the full traceback)", file=sys.stderr)

@@ -18,7 +18,7 @@ BUNDLED_DATA = resources.files("pipeline") / "data"
 DEFAULT_DATA_PATH = str(BUNDLED_DATA / "adult.parquet")
 DEFAULT_CONDITIONS = ["income"]
 
-ColumnKind = Literal["continuous", "integer", "categorical", "list"]
+ColumnKind = Literal["continuous", "integer", "categorical", "list", "id"]
 
 
 class Section(BaseModel):
@@ -29,6 +29,7 @@ class DataConfig(Section):
     path: str = Field(DEFAULT_DATA_PATH, min_length=1)
     conditions: list[str] | None = None
     columns: dict[str, ColumnKind] = {}
+    exclude: list[str] = []
     storage_options: dict[str, Any] = {}
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -43,12 +44,17 @@ class DataConfig(Section):
             raise ValueError("conditions: must name at least one column")
         if len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"conditions: repeated column in {self.conditions}")
+        both = [name for name in self.exclude if name in self.conditions or name in self.columns]
+        if both:
+            raise ValueError(f"exclude: {both[0]!r} is also in data.conditions or data.columns; a column is either "
+                             "modelled or left out")
         return self
 
 
 class EncoderConfig(Section):
     max_categories: int = Field(100, ge=2, le=100_000)
-    unseen: Literal["error", "other"] = "error"
+    min_value_count: int = Field(5, ge=1)  # k: a value seen in fewer training rows never leaves in a model or output
+    rare_replacement: Literal["token", "frequent"] = "token"
     sample_size: int = Field(100_000, ge=100)
     quantiles: int = Field(1000, ge=10, le=100_000)
     max_condition_combinations: int = Field(10_000, ge=1)

@@ -1,18 +1,31 @@
 """Table encoder: Arrow table <-> float32 matrices, with a fit / transform / inverse_transform contract.
 
-Numeric values get a quantile-to-normal transform fitted on a bounded uniform
-sample (bottom-k by random key: one pass, fixed memory, mergeable across
-workers). It copes with skew and point masses (Adult's capital-gain is 92%
-zeros) because every tied value owns a z interval and decodes back to itself;
-knots are evenly spaced in z, which keeps float32 round trips exact for
-integers. Categories are one-hot with a frequency cap and a rare-value bucket;
-a categorical null is one more class. Numeric nulls get their own indicator.
+The encoder is fitted on the training split only, in one streaming pass of
+mergeable sketches, and it is safe by default: nothing it stores lets a single
+person's value out (`encoder.min_value_count` = k).
+
+- Numbers (ints, floats, decimals, dates, times, timestamps, durations) get a
+  quantile-to-normal transform fitted on a bounded uniform sample. It copes with
+  skew and point masses (Adult's capital-gain is 92% zeros) because every tied
+  value owns a z interval and decodes back to itself. Outside condition columns
+  the bounds are the k-th smallest and k-th largest values, not the min and max,
+  and there are at most rows/k knots.
+- Categories are one-hot over the values seen at least k times (at most
+  `encoder.max_categories`), then one "other" class: the frequent tail beyond
+  the cap, and every protected value, which decodes to a token or a frequent
+  value (`encoder.rare_replacement`). A categorical null is one more class.
+  Condition columns keep every value, since users request them by name.
+- Identifiers (near-unique strings, unique integers named like ids, or
+  `data.columns.NAME: id`) are not modelled: generated row i gets a fresh value
+  (prefix + i, or base + i) that no training value equals.
+Numeric and id nulls get their own indicator.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -25,8 +38,15 @@ from pipeline.errors import UserError
 
 Z_MAX = 4.0
 MAX_SAMPLE_VALUES = 8_000_000
-RARE_VALUES_KEPT = 1000
-OTHER = "__other__"
+TAIL_VALUES_KEPT = 1000
+PROTECTED_TOKEN = "_RARE_"
+ID_PREFIXES = ("syn-", "syn_", "SYN-", "synthetic-", "x-syn-", "cvae-", "gen-", "s0-")
+ID_NAME_TOKENS = {"id", "ids", "uuid", "guid", "key", "code", "number", "no", "num", "nr"}
+NEAR_UNIQUE = 0.9        # distinct / non-null rows above which a string column is an identifier
+ID_NAMED_UNIQUE = 0.3    # the same, for a column named like an id (order ids repeat over an order's lines)
+INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
+MAX_ID_COVERAGE = 0.5    # ...unless values seen k times or more still cover this share of its rows
+FORMAT = "cvae-table-encoder/2"
 
 
 @dataclass(frozen=True)
@@ -38,40 +58,67 @@ class Span:
     width: int
 
 
+def is_string_like(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_numeric_temporal(t: pa.DataType) -> bool:
+    """Dates, times, timestamps and durations: integers underneath. Intervals are not."""
+    return (pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_timestamp(t)
+            or pa.types.is_duration(t))
+
+
 def infer_kind(field: pa.Field, override: str | None = None) -> str:
     """The column kind from its Arrow type, or the user's override if the type allows it."""
     t = field.type
-    if pa.types.is_temporal(t):
+    if _is_numeric_temporal(t):
         allowed, default = ("integer", "continuous"), "integer"
     elif pa.types.is_integer(t):
-        allowed, default = ("integer", "continuous", "categorical"), "integer"
-    elif pa.types.is_floating(t):
+        allowed, default = ("integer", "continuous", "categorical", "id"), "integer"
+    elif pa.types.is_floating(t) or pa.types.is_decimal(t):
         allowed, default = ("continuous", "categorical"), "continuous"
-    elif (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_boolean(t)
-          or pa.types.is_dictionary(t) or pa.types.is_null(t) or pa.types.is_string_view(t)):
+    elif is_string_like(t):
+        allowed, default = ("categorical", "id"), "categorical"
+    elif pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_dictionary(t):
         allowed, default = ("categorical",), "categorical"
     elif pa.types.is_fixed_size_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)):
         allowed, default = ("list",), "list"
     else:
-        raise UserError(f"column {field.name!r} has Arrow type {t}, which the encoder cannot model; "
-                        "cast it to a number, string or fixed-size numeric list before training")
+        raise UserError(f"column {field.name!r} has Arrow type {t}, which the model cannot represent; add it to "
+                        "data.exclude to leave it out of the model and the output, or cast it to a number, string, "
+                        "date, time or fixed-size numeric list")
     if override is None:
         return default
     if override not in allowed:
         raise UserError(f"data.columns.{field.name}: kind {override!r} does not fit Arrow type {t}; "
                         f"use one of {', '.join(allowed)}")
-    return "integer" if override == "continuous" and not pa.types.is_floating(t) else override
+    return "integer" if override == "continuous" and not (pa.types.is_floating(t) or pa.types.is_decimal(t)) else override
 
 
 def _storage_type(t: pa.DataType) -> pa.DataType:
-    """Temporal values live as their integer storage, so one numeric path serves both."""
-    if pa.types.is_temporal(t):
+    """Temporal values live as their integer storage (date64 as days, the unit its values come in) and
+    decimals as doubles, so one numeric path serves all."""
+    if pa.types.is_date64(t):
+        return pa.int32()
+    if _is_numeric_temporal(t):
         return pa.int32() if t.bit_width == 32 else pa.int64()
+    if pa.types.is_decimal(t):
+        return pa.float64()
     return t
 
 
 def _numeric_storage(arr: pa.Array) -> pa.Array:
+    if pa.types.is_date64(arr.type):
+        arr = arr.cast(pa.date32())
     return arr.cast(_storage_type(arr.type))
+
+
+def _from_storage(arr: pa.Array, arrow_type: pa.DataType) -> pa.Array:
+    if pa.types.is_date64(arrow_type):
+        return arr.cast(pa.date32()).cast(arrow_type)
+    return arr.cast(arrow_type)
 
 
 def _plain(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -87,22 +134,38 @@ def _numeric_values(arr: pa.Array, name: str) -> np.ndarray:
         flat = valid.flatten()
         if flat.null_count:
             raise UserError(f"column {name!r} has nulls inside its lists; fill them or null the whole list")
-        return flat.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(valid), arr.type.list_size)
-    return _numeric_storage(valid).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 1)
+        values = flat.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(valid), arr.type.list_size)
+    else:
+        values = _numeric_storage(valid).to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 1)
+    if not np.isfinite(values).all():
+        raise UserError(f"column {name!r} holds NaN or infinite values; replace them with nulls or numbers")
+    return values
+
+
+def named_like_id(name: str) -> bool:
+    """`id`, `order_id`, `Individual ID`, `customerId`, `case number`, ..."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).lower()
+    return bool(ID_NAME_TOKENS & set(re.split(r"[^a-z0-9]+", words)))
 
 
 class NumericSketch:
-    """One pass over a numeric column: counts, exact bounds and a bounded uniform sample."""
+    """One pass over a numeric column: counts, exact bounds, the k smallest and largest values per element,
+    and a bounded uniform sample (bottom-k by random key: fixed memory, mergeable across workers)."""
 
-    def __init__(self, width: int, sample_size: int, seed: int):
+    def __init__(self, width: int, sample_size: int, seed: int, extremes: int):
         self.rows = 0
         self.nulls = 0
         self.capacity = max(100, min(sample_size, MAX_SAMPLE_VALUES // width))
         self.keys = np.empty(0)
         self.sample = np.empty((0, width))
-        self.low = np.full(width, np.inf)
-        self.high = np.full(width, -np.inf)
+        self.extremes = extremes
+        self.smallest = np.empty((0, width))
+        self.largest = np.empty((0, width))
         self.rng = np.random.default_rng(seed)
+
+    @property
+    def values(self) -> int:
+        return self.rows - self.nulls
 
     def update(self, arr: pa.Array, name: str) -> None:
         self.rows += len(arr)
@@ -110,18 +173,14 @@ class NumericSketch:
         values = _numeric_values(arr, name)
         if not len(values):
             return
-        if not np.isfinite(values).all():
-            raise UserError(f"column {name!r} holds NaN or infinite values; replace them with nulls or numbers")
-        self.low = np.minimum(self.low, values.min(axis=0))
-        self.high = np.maximum(self.high, values.max(axis=0))
         self._keep(self.rng.random(len(values)), values)
+        self._keep_extremes(values, values)
 
     def merge(self, other: "NumericSketch") -> None:
         self.rows += other.rows
         self.nulls += other.nulls
-        self.low = np.minimum(self.low, other.low)
-        self.high = np.maximum(self.high, other.high)
         self._keep(other.keys, other.sample)
+        self._keep_extremes(other.smallest, other.largest)
 
     def _keep(self, keys: np.ndarray, values: np.ndarray) -> None:
         keys = np.concatenate([self.keys, keys])
@@ -131,26 +190,52 @@ class NumericSketch:
             keys, values = keys[keep], values[keep]
         self.keys, self.sample = keys, values
 
+    def _keep_extremes(self, low: np.ndarray, high: np.ndarray) -> None:
+        k = self.extremes
+        self.smallest = np.sort(np.concatenate([self.smallest, low]), axis=0)[:k]
+        self.largest = np.sort(np.concatenate([self.largest, high]), axis=0)[-k:]
+
+    def bounds(self, protect: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Exact min and max, or the k-th smallest and k-th largest: no single extreme value."""
+        if not protect:
+            return self.smallest[0], self.largest[-1]
+        return self.smallest[-1], self.largest[0]
+
+    def distinct_share(self) -> float:
+        return len(np.unique(self.sample[:, 0])) / len(self.sample) if len(self.sample) else 0.0
+
 
 class CategorySketch:
-    """Value counts, pruned to a bound so a high-cardinality column never grows without limit."""
+    """Value counts, pruned to a bound so a high-cardinality column never grows without limit.
 
-    def __init__(self, bound: int):
+    Pruning only drops counts, so every kept count is a lower bound: a value is never thought
+    more frequent than it is (value protection stays safe). String columns also record which
+    candidate id prefixes some value starts with, so fresh ids can avoid all of them."""
+
+    def __init__(self, bound: int, strings: bool):
         self.rows = 0
         self.nulls = 0
         self.counts: dict[Any, int] = {}
         self.bound = bound
+        self.pruned = False
+        self.prefixes_used: set[str] = set()
+        self.strings = strings
 
     def update(self, arr: pa.Array, name: str) -> None:
         arr = _plain(arr)
         self.rows += len(arr)
         self.nulls += arr.null_count
-        counted = pc.value_counts(pc.drop_null(arr))
+        present = pc.drop_null(arr)
+        counted = pc.value_counts(present)
         self._add(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+        if self.strings and len(present):
+            self.prefixes_used |= {p for p in ID_PREFIXES if pc.any(pc.starts_with(present, p)).as_py()}
 
     def merge(self, other: "CategorySketch") -> None:
         self.rows += other.rows
         self.nulls += other.nulls
+        self.pruned |= other.pruned
+        self.prefixes_used |= other.prefixes_used
         self._add(other.counts.items())
 
     def _add(self, pairs: Iterable[tuple[Any, int]]) -> None:
@@ -158,6 +243,17 @@ class CategorySketch:
             self.counts[value] = self.counts.get(value, 0) + count
         if len(self.counts) > 2 * self.bound:
             self.counts = dict(sorted(self.counts.items(), key=lambda kv: -kv[1])[: self.bound])
+            self.pruned = True
+
+    def looks_like_id(self, name: str, min_count: int) -> bool:
+        """Near-unique (or id-named and mostly unique) and not covered by values seen k times or more."""
+        present = self.rows - self.nulls
+        if not present:
+            return False
+        distinct = 1.0 if self.pruned else len(self.counts) / present
+        covered = sum(count for count in self.counts.values() if count >= min_count) / present
+        unique_enough = distinct >= NEAR_UNIQUE or (named_like_id(name) and distinct >= ID_NAMED_UNIQUE)
+        return unique_enough and covered < MAX_ID_COVERAGE
 
 
 class EncoderSketch:
@@ -165,24 +261,28 @@ class EncoderSketch:
 
     def __init__(self, schema: pa.Schema, conditions: list[str], config: EncoderConfig,
                  column_kinds: dict[str, str] | None = None, seed: int = 0):
-        column_kinds = column_kinds or {}
-        for name in [*conditions, *column_kinds]:
+        self.overrides = dict(column_kinds or {})
+        for name in [*conditions, *self.overrides]:
             if name not in schema.names:
                 raise UserError(f"column {name!r} is not in the table; its columns are: {', '.join(schema.names)}")
         self.schema = schema
         self.conditions = list(conditions)
         self.config = config
-        self.kinds = {f.name: infer_kind(f, column_kinds.get(f.name)) for f in schema}
+        self.kinds = {f.name: infer_kind(f, self.overrides.get(f.name)) for f in schema}
         for name in conditions:
-            if self.kinds[name] == "list":
-                raise UserError(f"data.conditions: {name!r} is a list column; condition on scalar columns only")
+            if self.kinds[name] in ("list", "id"):
+                raise UserError(f"data.conditions: {name!r} is a {self.kinds[name]} column; condition on scalar "
+                                "columns that are not identifiers")
         self.sketches: dict[str, NumericSketch | CategorySketch] = {}
         for i, field in enumerate(schema):
-            if self.kinds[field.name] == "categorical":
-                self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * RARE_VALUES_KEPT))
+            kind = self.kinds[field.name]
+            if kind == "categorical" or (kind == "id" and is_string_like(field.type)):
+                self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * TAIL_VALUES_KEPT),
+                                                           is_string_like(field.type))
             else:
-                width = field.type.list_size if self.kinds[field.name] == "list" else 1
-                self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i)
+                width = field.type.list_size if kind == "list" else 1
+                self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i,
+                                                          config.min_value_count)
         self.combinations: dict[tuple, int] = {}
 
     def update(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -210,23 +310,43 @@ class EncoderSketch:
         if len(self.combinations) > 2 * limit:
             self.combinations = dict(sorted(self.combinations.items(), key=lambda kv: -kv[1])[:limit])
 
-    def finalize(self) -> "TableEncoder":
+    def final_kind(self, field: pa.Field) -> str:
+        """The inferred kind, with identifiers recognised where the user gave no kind."""
+        name, kind, sketch = field.name, self.kinds[field.name], self.sketches[field.name]
+        if name in self.conditions or name in self.overrides:
+            return kind
+        k = self.config.min_value_count
+        if kind == "categorical" and is_string_like(field.type) and sketch.looks_like_id(name, k):
+            return "id"
+        if (kind == "integer" and pa.types.is_integer(field.type) and field.type.bit_width >= 32
+                and named_like_id(name) and sketch.values >= 2 * k and sketch.distinct_share() >= INT_ID_UNIQUE):
+            return "id"
+        return kind
+
+    def finalize(self, excluded: list[str] = ()) -> "TableEncoder":
         rows = next(iter(self.sketches.values())).rows
         if rows == 0:
-            raise UserError("the training table has no rows; point data.path at a non-empty table")
+            raise UserError("the training split has no rows; point data.path at a non-empty table or lower "
+                            "data.holdout_fraction")
         for name in self.conditions:
             if self.sketches[name].nulls == rows:
                 raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
-        codecs = {}
+        config, codecs = self.config, {}
         for field in self.schema:
-            sketch = self.sketches[field.name]
-            if isinstance(sketch, CategorySketch):
-                codecs[field.name] = CategoricalCodec.fit(field, sketch, self.config.max_categories)
+            sketch, kind = self.sketches[field.name], self.final_kind(field)
+            protect = None if field.name in self.conditions else config.min_value_count  # None: keep every value
+            if kind == "id":
+                codecs[field.name] = IdCodec.fit(field, sketch)
+            elif isinstance(sketch, CategorySketch):
+                codecs[field.name] = CategoricalCodec.fit(field, sketch, config.max_categories, protect,
+                                                          config.rare_replacement)
             else:
-                codecs[field.name] = NumericCodec.fit(field, self.kinds[field.name], sketch, self.config.quantiles)
-        top = sorted(self.combinations.items(), key=lambda kv: -kv[1])[: self.config.max_condition_combinations]
+                codecs[field.name] = NumericCodec.fit(field, kind, sketch, config.quantiles,
+                                                      protect if protect and protect > 1 else None)
+        top = sorted(self.combinations.items(), key=lambda kv: -kv[1])[: config.max_condition_combinations]
         distribution = [{"values": list(combo), "count": count} for combo, count in top]
-        return TableEncoder(self.schema, self.conditions, codecs, distribution, self.config.unseen)
+        return TableEncoder(self.schema, self.conditions, codecs, distribution, list(excluded),
+                            config.min_value_count)
 
 
 class NumericCodec:
@@ -242,7 +362,7 @@ class NumericCodec:
 
     @property
     def size(self) -> int:
-        """Numeric elements per row (1, or the list length); 0 for a column that was all null."""
+        """Numeric elements per row (1, or the list length); 0 for a column with no value to model."""
         return len(self.knots)
 
     @property
@@ -250,22 +370,29 @@ class NumericCodec:
         return self.size + self.nullable
 
     @classmethod
-    def fit(cls, field: pa.Field, kind: str, sketch: NumericSketch, quantiles: int) -> "NumericCodec":
-        knots = []
-        if len(sketch.sample):
-            z_grid = np.linspace(-Z_MAX, Z_MAX, quantiles + 1)
+    def fit(cls, field: pa.Field, kind: str, sketch: NumericSketch, quantiles: int,
+            protect: int | None) -> "NumericCodec":
+        """`protect` = k: bounds are the k-th smallest and largest values and each knot stands for about k rows
+        or more; a column with fewer than 2k - 1 values keeps none (it decodes to nulls). None: exact bounds."""
+        knots: list[dict[str, list[float]]] = []
+        low = high = np.empty(0)
+        usable = len(sketch.sample) > 0 and (protect is None or sketch.values >= 2 * protect - 1)
+        if usable:
+            low, high = sketch.bounds(protect is not None)
+            levels = quantiles if protect is None else max(2, min(quantiles, sketch.values // protect))
+            z_grid = np.linspace(-Z_MAX, Z_MAX, levels + 1)
             probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
-            ordered = np.sort(sketch.sample, axis=0)
+            ordered = np.sort(np.clip(sketch.sample, low, high), axis=0)
             index = np.clip(np.ceil(probs * len(ordered)).astype(int) - 1, 0, len(ordered) - 1)
             for j in range(ordered.shape[1]):
                 values = ordered[index, j]
-                values[0], values[-1] = sketch.low[j], sketch.high[j]
+                values[0], values[-1] = low[j], high[j]
                 unique, first = np.unique(values, return_index=True)
                 last = len(values) - 1 - np.unique(values[::-1], return_index=True)[1]
                 knots.append({"values": unique.tolist(), "z_low": z_grid[first].tolist(), "z_high": z_grid[last].tolist()})
-        low = sketch.low.tolist() if len(sketch.sample) else []
-        high = sketch.high.tolist() if len(sketch.sample) else []
-        return cls(field.name, field.type, kind, knots, low, high, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0)
+        nullable = sketch.nulls > 0 or (sketch.values > 0 and not usable)
+        null_rate = sketch.nulls / max(sketch.rows, 1) if usable else 1.0
+        return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable)
 
     def spans(self, start: int) -> list[Span]:
         spans = [Span(self.name, "gaussian", start + j, 1) for j in range(self.size)]
@@ -281,7 +408,7 @@ class NumericCodec:
             for j, (unique, z_low, z_high) in enumerate(self._encode):
                 out[valid, j] = _to_z(values[:, j], unique, z_low, z_high)
         if self.nullable:
-            out[:, self.size] = np.asarray(arr.is_null(), dtype=np.float32)
+            out[:, self.size] = 1.0 if not self.size else np.asarray(arr.is_null(), dtype=np.float32)
         return out
 
     def decode(self, block: np.ndarray, rng: np.random.Generator) -> pa.Array:
@@ -291,13 +418,19 @@ class NumericCodec:
             return pa.nulls(n, self.arrow_type)
         values = np.stack([np.interp(block[:, j].astype(np.float64), z_knots, x_knots)
                            for j, (z_knots, x_knots) in enumerate(self._decode)], axis=1)
-        value_type = self.arrow_type.value_type if self.kind == "list" else _storage_type(self.arrow_type)
-        if pa.types.is_integer(value_type):
-            values = np.clip(np.rint(values), self.low, self.high)
         if self.kind == "list":
+            value_type = self.arrow_type.value_type
+            if pa.types.is_integer(value_type):
+                values = np.clip(np.rint(values), self.low, self.high)
             child = pa.array(values.ravel()).cast(value_type, safe=False)
             return pa.FixedSizeListArray.from_arrays(child, type=self.arrow_type, mask=pa.array(is_null))
-        return pa.array(values[:, 0], mask=is_null).cast(value_type, safe=False).cast(self.arrow_type)
+        column = pa.array(values[:, 0], mask=is_null)
+        if pa.types.is_decimal(self.arrow_type):
+            return pc.round(column, self.arrow_type.scale).cast(self.arrow_type)
+        storage = _storage_type(self.arrow_type)
+        if pa.types.is_integer(storage):
+            column = pa.array(np.clip(np.rint(values[:, 0]), self.low, self.high), mask=is_null)
+        return _from_storage(column.cast(storage, safe=False), self.arrow_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "knots": self.knots, "low": self.low, "high": self.high,
@@ -305,7 +438,8 @@ class NumericCodec:
 
 
 def _to_z(x: np.ndarray, unique: np.ndarray, z_low: np.ndarray, z_high: np.ndarray) -> np.ndarray:
-    """Ties map to the middle of their z interval; values between knots interpolate linearly in z."""
+    """Ties map to the middle of their z interval; values between knots interpolate linearly in z;
+    values beyond the (protected) bounds clip to the ends."""
     upper = np.clip(np.searchsorted(unique, x, side="left"), 0, len(unique) - 1)
     lower = np.clip(upper - 1, 0, len(unique) - 1)
     gap = unique[upper] - unique[lower]
@@ -327,42 +461,54 @@ def _decoding_knots(knots: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarr
 
 
 class CategoricalCodec:
-    """One-hot over the kept categories, then an optional rare-value bucket, then an optional null class."""
+    """One-hot over the kept categories, then an optional "other" class, then an optional null class.
+
+    "Other" stands for the frequent tail beyond `max_categories` (decoded to one of `tail_values` by
+    weight) and for protected values seen fewer than k times (decoded to `replacement`: a token for
+    string columns, else a frequent value drawn by frequency). Values the training split never held
+    encode as "other" too, or as no class at all when the column has no "other"."""
 
     def __init__(self, name: str, arrow_type: pa.DataType, categories: list[Any], frequencies: list[float],
-                 rare_values: list[Any], rare_weights: list[float], nullable: bool):
+                 tail_values: list[Any], tail_weights: list[float], has_other: bool, replacement: str,
+                 nullable: bool):
         self.name, self.arrow_type = name, arrow_type
         self.categories, self.frequencies = categories, frequencies
-        self.rare_values, self.rare_weights = rare_values, rare_weights
-        self.nullable = nullable
+        self.tail_values, self.tail_weights = tail_values, tail_weights
+        self.has_other, self.replacement, self.nullable = has_other, replacement, nullable
         value_type = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
         self._value_type = pa.string() if pa.types.is_null(value_type) else value_type
         self._lookup = pa.array(categories, self._value_type)
-        self._vocabulary = pa.array(categories + rare_values, self._value_type)
-        self._rare = pa.array(rare_values, self._value_type)
-
-    @property
-    def has_other(self) -> bool:
-        return bool(self.rare_values)
+        token = [PROTECTED_TOKEN] if replacement == "token" else []
+        self._vocabulary = pa.array(categories + tail_values + token, self._value_type)
 
     @property
     def width(self) -> int:
         return len(self.categories) + self.has_other + self.nullable
 
     @classmethod
-    def fit(cls, field: pa.Field, sketch: CategorySketch, max_categories: int) -> "CategoricalCodec":
+    def fit(cls, field: pa.Field, sketch: CategorySketch, max_categories: int, protect: int | None,
+            replacement: str) -> "CategoricalCodec":
         ranked = sorted(sketch.counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-        kept = len(ranked) if len(ranked) <= max_categories else max_categories - 1
-        rare = ranked[kept: kept + RARE_VALUES_KEPT]
-        rare_total = sum(count for _, count in rare) or 1
-        return cls(field.name, field.type, [v for v, _ in ranked[:kept]],
-                   [c / max(sketch.rows, 1) for _, c in ranked[:kept]],
-                   [v for v, _ in rare], [c / rare_total for _, c in rare], sketch.nulls > 0)
+        present = sketch.rows - sketch.nulls
+        eligible = ranked if protect is None else [(v, c) for v, c in ranked if c >= protect]
+        unprotected = sum(c for _, c in eligible)
+        if protect is None or (len(eligible) <= max_categories and unprotected == present):
+            kept = len(eligible)  # every value has its own class (condition columns always)
+        else:
+            kept = min(len(eligible), max_categories - 1)
+        tail = eligible[kept: kept + TAIL_VALUES_KEPT]
+        other_rows = present - sum(c for _, c in eligible[:kept])
+        if replacement == "token" and not is_string_like(field.type):
+            replacement = "frequent"  # a token only fits a string column
+        return cls(field.name, field.type, [v for v, _ in eligible[:kept]],
+                   [c / max(sketch.rows, 1) for _, c in eligible[:kept]],
+                   [v for v, _ in tail], [c / max(other_rows, 1) for _, c in tail],
+                   other_rows > 0, replacement, sketch.nulls > 0)
 
     def spans(self, start: int) -> list[Span]:
         return [Span(self.name, "softmax", start, self.width)]
 
-    def encode(self, arr: pa.Array, unseen: str) -> np.ndarray:
+    def encode(self, arr: pa.Array) -> np.ndarray:
         arr = _plain(arr)
         index = pc.index_in(arr.cast(self._value_type), value_set=self._lookup)
         out = np.zeros((len(arr), self.width), dtype=np.float32)
@@ -371,18 +517,8 @@ class CategoricalCodec:
         is_null = np.asarray(arr.is_null(), dtype=bool)
         if self.nullable:
             out[is_null, self.width - 1] = 1.0
-        unknown = ~found & ~(is_null & self.nullable)
-        if self.has_other and unknown.any():
-            rare = np.asarray(pc.is_in(arr.cast(self._value_type), value_set=self._rare), dtype=bool) & unknown
-            out[rare, len(self.categories)] = 1.0  # seen in training, below the cap: the rare bucket
-            unknown &= ~rare
-        if unknown.any():
-            if unseen == "error":
-                examples = sorted({str(v) for v in arr.filter(pa.array(unknown)).to_pylist()[:1000]})[:3]
-                raise UserError(f"column {self.name!r}: {int(unknown.sum())} value(s) not seen in training "
-                                f"(e.g. {', '.join(examples)}); set encoder.unseen=other to map them to the rare bucket")
-            if self.has_other:
-                out[unknown, len(self.categories)] = 1.0
+        if self.has_other:
+            out[~found & ~is_null, len(self.categories)] = 1.0
         return out
 
     def decode(self, block: np.ndarray, rng: np.random.Generator) -> pa.Array:
@@ -390,37 +526,118 @@ class CategoricalCodec:
             return pa.nulls(len(block))
         choice = block.argmax(axis=1).astype(np.int64)
         kept = len(self.categories)
+        is_null = choice == self.width - 1 if self.nullable else np.zeros(len(block), dtype=bool)
         if self.has_other:
-            rare_rows = choice == kept
-            choice[rare_rows] = kept + rng.choice(len(self.rare_values), size=int(rare_rows.sum()), p=self.rare_weights)
-        is_null = choice == self.width - 1 if self.nullable else None
+            other = np.flatnonzero(choice == kept)
+            # one draw per "other" row over the tail values and, with the rest of the mass, the replacement
+            weights = np.append(self.tail_weights, max(0.0, 1.0 - sum(self.tail_weights)))
+            drawn = rng.choice(len(weights), size=len(other), p=weights / weights.sum())
+            replaced = drawn == len(self.tail_values)
+            choice[other] = kept + drawn
+            if self.replacement == "frequent":
+                if kept:
+                    p = np.asarray(self.frequencies) / sum(self.frequencies)
+                    choice[other[replaced]] = rng.choice(kept, size=int(replaced.sum()), p=p)
+                else:
+                    is_null[other[replaced]] = True  # nothing frequent to draw from
+                    choice[other[replaced]] = 0
         return pc.take(self._vocabulary, pa.array(choice, mask=is_null)).cast(self.arrow_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "categorical", "categories": self.categories, "frequencies": self.frequencies,
-                "rare_values": self.rare_values, "rare_weights": self.rare_weights, "nullable": self.nullable}
+                "tail_values": self.tail_values, "tail_weights": self.tail_weights, "has_other": self.has_other,
+                "replacement": self.replacement, "nullable": self.nullable}
 
 
-Codec = NumericCodec | CategoricalCodec
+class IdCodec:
+    """An identifier column: not modelled, only its nulls. Generated row i (counted over the whole
+    dataset) gets `prefix + i` for strings or `start + i` for integers: unique within a dataset,
+    deterministic, and never a training value (no training string starts with the prefix; every
+    training integer is below `start`, a power of ten, the only trace of the training values kept)."""
+
+    def __init__(self, name: str, arrow_type: pa.DataType, prefix: str | None, start: int | None,
+                 null_rate: float, nullable: bool):
+        self.name, self.arrow_type = name, arrow_type
+        self.prefix, self.start = prefix, start
+        self.null_rate, self.nullable = null_rate, nullable
+
+    @property
+    def width(self) -> int:
+        return int(self.nullable)
+
+    @classmethod
+    def fit(cls, field: pa.Field, sketch: NumericSketch | CategorySketch) -> "IdCodec":
+        prefix = start = None
+        if isinstance(sketch, CategorySketch):
+            free = [p for p in ID_PREFIXES if p not in sketch.prefixes_used]
+            if not free:
+                raise UserError(f"column {field.name!r}: every fresh-id prefix ({', '.join(ID_PREFIXES)}) starts some "
+                                f"training value; set data.columns.{field.name}=categorical")
+            prefix = free[0]
+        else:
+            largest = max(abs(float(sketch.smallest[0, 0])), abs(float(sketch.largest[-1, 0]))) if sketch.values else 0
+            start = 10 ** len(str(int(largest)))
+        return cls(field.name, field.type, prefix, start, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0)
+
+    def spans(self, start: int) -> list[Span]:
+        return [Span(self.name, "bernoulli", start, 1)] if self.nullable else []
+
+    def encode(self, arr: pa.Array) -> np.ndarray:
+        return np.asarray(arr.is_null(), dtype=np.float32).reshape(-1, 1)[:, : self.width]
+
+    def capacity(self) -> int | None:
+        """How many rows fit before integer ids overflow the column's type (None: unbounded)."""
+        if self.start is None:
+            return None
+        return np.iinfo(self.arrow_type.to_pandas_dtype()).max - self.start + 1
+
+    def decode(self, block: np.ndarray, row_offset: int) -> pa.Array:
+        n = len(block)
+        is_null = block[:, 0] > 0.5 if self.nullable else None
+        index = np.arange(row_offset, row_offset + n, dtype=np.int64)
+        if self.prefix is not None:
+            values = pc.binary_join_element_wise(self.prefix, pa.array(index).cast(pa.string()), "")
+            if is_null is not None:
+                values = pc.if_else(pa.array(is_null), pa.scalar(None, pa.string()), values)
+            return values.cast(self.arrow_type)
+        return pa.array(self.start + index, mask=is_null).cast(self.arrow_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "id", "prefix": self.prefix, "start": self.start, "null_rate": self.null_rate,
+                "nullable": self.nullable}
+
+
+Codec = NumericCodec | CategoricalCodec | IdCodec
+
+
+def codec_from_dict(field: pa.Field, spec: dict[str, Any]) -> Codec:
+    if spec["kind"] == "categorical":
+        return CategoricalCodec(field.name, field.type, spec["categories"], spec["frequencies"], spec["tail_values"],
+                                spec["tail_weights"], spec["has_other"], spec["replacement"], spec["nullable"])
+    if spec["kind"] == "id":
+        return IdCodec(field.name, field.type, spec["prefix"], spec["start"], spec["null_rate"], spec["nullable"])
+    return NumericCodec(field.name, field.type, spec["kind"], spec["knots"], spec["low"], spec["high"],
+                        spec["null_rate"], spec["nullable"])
 
 
 class TableEncoder:
     """A fitted encoder: feature matrix x for the columns the model reconstructs, condition matrix c for the rest."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], codecs: dict[str, Codec],
-                 condition_distribution: list[dict[str, Any]], unseen: str = "error"):
+                 condition_distribution: list[dict[str, Any]], excluded: list[str] = (), min_value_count: int = 1):
         self.schema = schema
         self.conditions = list(conditions)
         self.features = [name for name in schema.names if name not in conditions]
         self.codecs = codecs
         self.condition_distribution = condition_distribution
-        self.unseen = unseen
+        self.excluded = list(excluded)
+        self.min_value_count = min_value_count
         self.feature_spans = self._spans(self.features)
         self.condition_spans = self._spans(self.conditions)
 
     @classmethod
     def fit(cls, batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str], config: EncoderConfig,
-            column_kinds: dict[str, str] | None = None, seed: int = 0) -> "TableEncoder":
+            column_kinds: dict[str, str] | None = None, seed: int = 0, excluded: list[str] = ()) -> "TableEncoder":
         """One pass over the batches in bounded memory."""
         sketch = None
         for batch in batches:
@@ -429,7 +646,7 @@ class TableEncoder:
             sketch.update(batch)
         if sketch is None:
             raise UserError("the training table has no rows; point data.path at a non-empty table")
-        return sketch.finalize()
+        return sketch.finalize(excluded)
 
     def _spans(self, names: list[str]) -> list[Span]:
         spans, start = [], 0
@@ -447,6 +664,30 @@ class TableEncoder:
     def c_dim(self) -> int:
         return sum(self.codecs[name].width for name in self.conditions)
 
+    @property
+    def id_columns(self) -> list[str]:
+        return [name for name, codec in self.codecs.items() if isinstance(codec, IdCodec)]
+
+    def kinds(self) -> dict[str, str]:
+        """Each column's kind as fitted: id, categorical, integer, continuous or list."""
+        return {name: "id" if isinstance(codec, IdCodec) else "categorical" if isinstance(codec, CategoricalCodec)
+                else codec.kind for name, codec in self.codecs.items()}
+
+    def protection(self) -> dict[str, Any]:
+        """What stands in for protected values, as the manifest and README describe it."""
+        token = any(isinstance(c, CategoricalCodec) and c.has_other and c.replacement == "token"
+                    for c in self.codecs.values())
+        return {"min_value_count": self.min_value_count, "replacement_token": PROTECTED_TOKEN if token else None,
+                "condition_columns_unprotected": self.conditions}
+
+    def check_capacity(self, num_rows: int) -> None:
+        """Integer ids must fit their type for every row of a dataset."""
+        for name in self.id_columns:
+            capacity = self.codecs[name].capacity()
+            if capacity is not None and num_rows > capacity:
+                raise UserError(f"generate.num_rows: {num_rows:,} rows need more fresh ids than column {name!r} "
+                                f"({self.schema.field(name).type}) can hold ({capacity:,}); generate fewer rows")
+
     def transform(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         """(x, c) float32 matrices for the feature and condition columns."""
         missing = [name for name in self.schema.names if name not in table.schema.names]
@@ -459,24 +700,23 @@ class TableEncoder:
         return self._encode(table, self.conditions)
 
     def _encode(self, table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
-        blocks = []
-        for name in names:
-            codec = self.codecs[name]
-            column = _plain(table.column(name))
-            blocks.append(codec.encode(column, self.unseen) if isinstance(codec, CategoricalCodec) else codec.encode(column))
+        blocks = [self.codecs[name].encode(_plain(table.column(name))) for name in names]
         if not blocks:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1)
 
-    def inverse_transform(self, x: np.ndarray, conditions: pa.Table, rng: np.random.Generator | None = None) -> pa.Table:
-        """Rows in the training schema: features decoded from x, condition columns copied from `conditions` exactly."""
+    def inverse_transform(self, x: np.ndarray, conditions: pa.Table, rng: np.random.Generator | None = None,
+                          row_offset: int = 0) -> pa.Table:
+        """Rows in the training schema: features decoded from x, condition columns copied from `conditions` exactly.
+        `row_offset` is the first row's index in the whole generated dataset (fresh ids count from it)."""
         rng = rng or np.random.default_rng(0)
         if x.shape != (conditions.num_rows, self.x_dim):
             raise ValueError(f"x has shape {x.shape}, expected ({conditions.num_rows}, {self.x_dim})")
         columns, start = {}, 0
         for name in self.features:
             codec = self.codecs[name]
-            columns[name] = codec.decode(x[:, start: start + codec.width], rng)
+            block = x[:, start: start + codec.width]
+            columns[name] = codec.decode(block, row_offset) if isinstance(codec, IdCodec) else codec.decode(block, rng)
             start += codec.width
         for name in self.conditions:
             columns[name] = _plain(conditions.column(name)).cast(self.schema.field(name).type)
@@ -484,34 +724,28 @@ class TableEncoder:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": "cvae-table-encoder/1",
+            "format": FORMAT,
             "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
             "columns": [{"name": f.name, "type": str(f.type)} for f in self.schema],
             "conditions": self.conditions,
-            "unseen": self.unseen,
+            "excluded": self.excluded,
+            "min_value_count": self.min_value_count,
             "codecs": {name: codec.to_dict() for name, codec in self.codecs.items()},
             "condition_distribution": self.condition_distribution,
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        return json.dumps(self.to_dict(), default=_json_value)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TableEncoder":
-        if not isinstance(data, dict) or data.get("format") != "cvae-table-encoder/1":
-            raise UserError("encoder JSON is not a cvae-table-encoder/1 document; re-export the model")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UserError(f"encoder JSON is not a {FORMAT} document; retrain the model with this version")
         try:
             schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
-            codecs: dict[str, Codec] = {}
-            for field in schema:
-                spec = data["codecs"][field.name]
-                if spec["kind"] == "categorical":
-                    codecs[field.name] = CategoricalCodec(field.name, field.type, spec["categories"], spec["frequencies"],
-                                                          spec["rare_values"], spec["rare_weights"], spec["nullable"])
-                else:
-                    codecs[field.name] = NumericCodec(field.name, field.type, spec["kind"], spec["knots"], spec["low"],
-                                                      spec["high"], spec["null_rate"], spec["nullable"])
-            return cls(schema, data["conditions"], codecs, data["condition_distribution"], data["unseen"])
+            codecs = {field.name: codec_from_dict(field, data["codecs"][field.name]) for field in schema}
+            return cls(schema, data["conditions"], codecs, data["condition_distribution"], data["excluded"],
+                       data["min_value_count"])
         except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
             raise UserError(f"encoder JSON is malformed ({type(exc).__name__}: {exc}); re-export the model") from None
 
@@ -521,3 +755,9 @@ class TableEncoder:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise UserError(f"encoder JSON does not parse ({exc}); re-export the model") from None
+
+
+def _json_value(value: Any) -> Any:
+    """Category and condition values JSON has no type for (dates, times, decimals, bytes) as strings;
+    they are cast back to the column's Arrow type when read."""
+    return str(value)

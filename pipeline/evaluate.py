@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 
 from pipeline.cluster import ensure_ray
-from pipeline.config import Config
+from pipeline.config import Config, DataConfig
 from pipeline.encoding import infer_kind
 from pipeline.errors import UserError
 from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
@@ -66,6 +66,15 @@ def column_kinds(schema: pa.Schema, overrides: dict[str, str]) -> dict[str, str]
     return kinds
 
 
+def scored_kinds(schema: pa.Schema, data: DataConfig, manifest: dict[str, Any] | None) -> dict[str, str]:
+    """The columns fidelity is judged on: not those left out (`data.exclude`), not identifiers (fresh values
+    by design: the manifest's `generated_ids`, or `data.columns.NAME: id`)."""
+    ids = set((manifest or {}).get("generated_ids", [])) | {name for name, kind in data.columns.items() if kind == "id"}
+    excluded = set(data.exclude) | set((manifest or {}).get("excluded_columns", []))
+    kept = pa.schema([field for field in schema if field.name not in excluded | ids])
+    return column_kinds(kept, data.columns)
+
+
 @functools.lru_cache(maxsize=1)
 def _parsed_stats(text: str) -> ColumnStats:
     """The real table's statistics, parsed once per worker process instead of once per batch."""
@@ -92,7 +101,7 @@ def summarize_batch(batch: pa.Table, kinds: dict[str, str], fractions: dict[str,
 def _stream(fs: Any, files: list[str], kinds: dict[str, str], fractions: dict[str, float], split: Split,
             sample_seed: int, real_stats: ColumnStats | None) -> tuple[ColumnStats, dict[str, int], dict[str, pa.Table]]:
     """(merged statistics, invalid counts, samples by side) for one table, in one streaming pass."""
-    summaries = read_table(fs, files).map_batches(
+    summaries = read_table(fs, files, list(kinds)).map_batches(
         summarize_batch, batch_format="pyarrow", zero_copy_batch=True,
         fn_kwargs={"kinds": kinds, "fractions": fractions, "split_seed": split.seed,
                    "holdout_fraction": split.holdout_fraction, "sample_seed": sample_seed + SAMPLE_SEED_OFFSET,
@@ -125,11 +134,11 @@ def _footer_rows(fs: Any, files: list[str], real: pa.Schema, kinds: dict[str, st
     for path in files:
         schema, metadata = parquet_footer(fs, path, key="evaluate.synthetic")
         rows += metadata.num_rows
-        missing = [name for name in real.names if name not in schema.names]
+        missing = [name for name in kinds if name not in schema.names]
         if missing:
             raise UserError(f"evaluate.synthetic: {redact(path)} lacks the real table's column(s) {', '.join(missing)}; "
                             "evaluate a table generated from a model of this data")
-        mismatched = [f"{name} ({schema.field(name).type} vs {real.field(name).type})" for name in real.names
+        mismatched = [f"{name} ({schema.field(name).type} vs {real.field(name).type})" for name in kinds
                       if column_kinds(pa.schema([schema.field(name)]), overrides)[name] != kinds[name]]
         if mismatched:
             raise UserError(f"evaluate.synthetic: {redact(path)} has column types unlike the real table's: "
@@ -171,7 +180,7 @@ def evaluate(config: Config) -> EvaluateOutcome:
     manifest = _synthetic_dataset(synthetic_uri, synthetic_options)
     fs, files = parquet_files(data.path, data.storage_options)
     real_rows, real_schema = check_table(fs, files, data)
-    kinds = column_kinds(real_schema, data.columns)
+    kinds = scored_kinds(real_schema, data, manifest)
     target = ev.target or data.conditions[0]
     if target not in kinds or kinds[target] == "list":
         raise UserError(f"evaluate.target {target!r} is not a scalar column of the real table; choose one of "

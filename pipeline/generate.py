@@ -29,6 +29,7 @@ import torch
 
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
+from pipeline.encoding import TableEncoder
 from pipeline.plan import Plan, build_plan
 from pipeline.registry import (check_tracking, client_for, fetch_model, load_artifact_files, log_metrics, registered_name,
                                resolve_model_uri, tagged_run)
@@ -63,7 +64,7 @@ class PartWriter:
             start = part * self.rows_per_part
             conditions = self.plan.rows(start, min(start + self.rows_per_part, self.plan.num_rows))
             table = synthesize(self.model, self.encoder, conditions, part_seed(self.seed, part), self.device,
-                               self.precision)
+                               self.precision, row_offset=start)
             self.sink.write_part(part, parquet_bytes(table), table.num_rows)
             done["part"].append(part)
             done["rows"].append(table.num_rows)
@@ -98,6 +99,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     model_files = fetch_model(model_uri)
     _, encoder = load_artifact_files(model_files)
     plan = build_plan(gen, encoder, gen.storage_options)
+    encoder.check_capacity(plan.num_rows)
     num_parts = math.ceil(plan.num_rows / gen.rows_per_part)
     output = absolute(gen.output)
     spec = {"format": "cvae-synthetic/1", "model": model_uri, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
@@ -128,7 +130,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
         raise
     seconds = time.perf_counter() - started
     failpoint("before_manifest")
-    sink.finish(_manifest(requested, model_uri, version, run_id, config, plan, encoder.schema,
+    sink.finish(_manifest(requested, model_uri, version, run_id, config, plan, encoder,
                           [parts[k] for k in range(num_parts)]))
     new_rows = sum(parts[k]["rows"] for k in todo)
     log_metrics(client, run_id, {"rows": plan.num_rows, "parts": num_parts, "seconds": seconds,
@@ -181,7 +183,7 @@ def _generation_run(client: Any, model_uri: str, version: str, output: str, spec
 
 
 def _manifest(requested: str, model_uri: str, version: str, run_id: str, config: Config, plan: Plan,
-              schema: pa.Schema, parts: list[dict[str, Any]]) -> dict[str, Any]:
+              encoder: TableEncoder, parts: list[dict[str, Any]]) -> dict[str, Any]:
     gen = config.generate
     return {
         "format": "cvae-synthetic/1",
@@ -195,8 +197,11 @@ def _manifest(requested: str, model_uri: str, version: str, run_id: str, config:
         "num_rows": plan.num_rows,
         "rows_per_part": gen.rows_per_part,
         "parts": parts,
-        "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
-        "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+        "schema": [{"name": f.name, "type": str(f.type)} for f in encoder.schema],
+        "excluded_columns": encoder.excluded,  # left out of the model (data.exclude): absent from every part
+        "generated_ids": encoder.id_columns,  # fresh values, unique in this dataset, never a training value
+        "value_protection": encoder.protection(),
+        "arrow_schema": base64.b64encode(encoder.schema.serialize().to_pybytes()).decode("ascii"),
         "created_at": datetime.now(timezone.utc).isoformat(),
         "code_version": _code_version(),
     }

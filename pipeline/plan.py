@@ -207,7 +207,7 @@ def _check_seen(encoder: TableEncoder, name: str, value: Any, allow_unseen_conti
             raise UserError(f"generate.conditions: {name}=null never occurs in training; request a non-null value")
         return
     if isinstance(codec, CategoricalCodec):
-        if value not in codec.categories and value not in codec.rare_values:
+        if value not in codec.categories:
             shown = ", ".join(map(str, codec.categories[:8])) + (" ..." if len(codec.categories) > 8 else "")
             raise UserError(f"generate.conditions: {name}={value!r} was never seen in training (seen: {shown})")
         return

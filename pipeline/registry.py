@@ -95,7 +95,8 @@ def _sha256(path: Path) -> str:
 class CVAEPyfunc(mlflow.pyfunc.PythonModel):
     """`predict(conditions DataFrame, params={"seed": S, "part": K})` -> synthetic rows with the training columns.
 
-    The rows equal part K of a `cvae generate` run with `generate.seed=S` over the same condition rows.
+    The rows equal part K of a `cvae generate` run with `generate.seed=S` over the same condition rows
+    (fresh ids count from K x the number of input rows, as they do when every part has that many rows).
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -104,8 +105,9 @@ class CVAEPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = params or {}
         conditions = conditions_from_frame(self.encoder, model_input)
-        seed = part_seed(int(params.get("seed", 0)), int(params.get("part", 0)))
-        return synthesize(self.model, self.encoder, conditions, seed).to_pandas()
+        part = int(params.get("part", 0))
+        seed = part_seed(int(params.get("seed", 0)), part)
+        return synthesize(self.model, self.encoder, conditions, seed, row_offset=part * len(model_input)).to_pandas()
 
 
 def conditions_from_frame(encoder: TableEncoder, frame: pd.DataFrame) -> pa.Table:
@@ -162,6 +164,15 @@ def experiment_id(client: MlflowClient, config: Config) -> str:
 def find_or_create_run(client: MlflowClient, config: Config, train_id: str) -> tuple[str, bool]:
     """(run id, resumed): a rerun of the same training job continues its MLflow run instead of adding one."""
     return tagged_run(client, experiment_id(client, config), TRAIN_ID_TAG, train_id, config.train.name, config.flat())
+
+
+def forget_training_run(client: MlflowClient, config: Config, train_id: str) -> None:
+    """A restarted job gets a new MLflow run (and model version): the old run loses its job tag, keeps its history."""
+    existing = client.search_runs([experiment_id(client, config)], filter_string=f"tags.`{TRAIN_ID_TAG}` = '{train_id}'")
+    for run in existing:
+        client.delete_tag(run.info.run_id, TRAIN_ID_TAG)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def tagged_run(client: MlflowClient, experiment_id: str, tag: str, value: str, run_name: str,

@@ -21,11 +21,12 @@ def part_seed(seed: int, part: int) -> int:
 
 @torch.no_grad()
 def synthesize(model: CVAE, encoder: TableEncoder, conditions: pa.Table, seed: int,
-               device: str | torch.device = "cpu", precision: str = "float32") -> pa.Table:
+               device: str | torch.device = "cpu", precision: str = "float32", row_offset: int = 0) -> pa.Table:
     """One synthetic row per condition row; the same (model, conditions, seed, precision) always gives the same rows.
 
     `precision="bfloat16"` runs the networks' matrix products in bf16 (about 2x faster on CPUs with
-    AVX512-BF16 or AMX, and on GPUs); sampling and decoding stay in float32.
+    AVX512-BF16 or AMX, and on GPUs); sampling and decoding stay in float32. `row_offset` is the first
+    row's index in the whole dataset, from which fresh identifiers count.
     """
     model.eval()
     device = torch.device(device)
@@ -37,5 +38,5 @@ def synthesize(model: CVAE, encoder: TableEncoder, conditions: pa.Table, seed: i
             chunk = conditions.slice(start, SAMPLE_BATCH)
             c = torch.from_numpy(encoder.encode_conditions(chunk)).to(device)
             x = model.sample(c, generator).cpu().numpy()
-            pieces.append(encoder.inverse_transform(x, chunk, rng))
+            pieces.append(encoder.inverse_transform(x, chunk, rng, row_offset + start))
     return pa.concat_tables(pieces)

@@ -49,21 +49,28 @@ def check_table(fs: Any, files: list[str], config: DataConfig) -> tuple[int, pa.
             nulls[name] = count
     if rows == 0:
         raise UserError(f"data.path {redact(config.path)} holds an empty table (0 rows); point it at data with rows")
-    for name in [*config.conditions, *config.columns]:
+    for name in [*config.conditions, *config.columns, *config.exclude]:
         if name not in schema.names:
             raise UserError(f"column {name!r} is not in the table at {redact(config.path)}; its columns are: "
                             f"{', '.join(schema.names)}")
     for field in schema:
-        infer_kind(field, config.columns.get(field.name))
+        if field.name not in config.exclude:
+            infer_kind(field, config.columns.get(field.name))
     for name, count in nulls.items():
         if count == rows:
             raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
     return rows, schema
 
 
-def read_table(fs: Any, files: list[str]) -> ray.data.Dataset:
-    """Streams the Parquet files; each row carries Ray's deterministic row hash (for the holdout split)."""
-    return ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), include_row_hash=True)
+def modelled_columns(schema: pa.Schema, config: DataConfig) -> list[str]:
+    """Every column but those the user left out with `data.exclude`."""
+    return [name for name in schema.names if name not in config.exclude]
+
+
+def read_table(fs: Any, files: list[str], columns: list[str] | None = None) -> ray.data.Dataset:
+    """Streams the Parquet files (only `columns`, if given); each row carries Ray's deterministic row hash
+    (for the holdout split)."""
+    return ray.data.read_parquet(files, columns=columns, filesystem=arrow_filesystem(fs), include_row_hash=True)
 
 
 def holdout_mask(row_hash: np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -121,9 +128,10 @@ def cache_if_small(splits: dict[str, ray.data.Dataset], size: int, policy: str) 
     return splits
 
 
-def fit_encoder(ds: ray.data.Dataset, conditions: list[str], config: EncoderConfig, column_kinds: dict[str, str],
-                seed: int) -> TableEncoder:
-    """One streaming pass over every row (holdout included, so a category seen only there still encodes);
-    Ray reads in parallel, the driver keeps the bounded sketches."""
-    batches = (batch.drop_columns([ROW_HASH]) for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536))
-    return TableEncoder.fit(batches, conditions, config, column_kinds, seed)
+def fit_encoder(ds: ray.data.Dataset, data: DataConfig, config: EncoderConfig, seed: int) -> TableEncoder:
+    """One streaming pass over the training split only: no statistic the model stores has seen a holdout row
+    (holdout values the split lacks encode as "other" or clip to the bounds). Ray reads in parallel, the
+    driver keeps the bounded sketches."""
+    batches = (select_split(batch, "train", seed, data.holdout_fraction)
+               for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536))
+    return TableEncoder.fit(batches, data.conditions, config, data.columns, seed, data.exclude)

@@ -1,13 +1,18 @@
 """Training: the per-epoch loop, the Ray Train worker loop (DDP) and the driver that tracks it in MLflow.
 
 Rerunning the same job (same `train.name` and `train.storage_path`) resumes from
-its latest checkpoint and continues the same MLflow run and model version.
+its latest checkpoint and continues the same MLflow run and model version. The
+job folder holds the job's identity (table, schema, conditions, encoder and model
+settings): the same name with another identity is refused in one line, never
+resumed into a shape mismatch, unless the user asks to restart.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import posixpath
 import resource
 import shutil
 import tempfile
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import pyarrow as pa
 import ray
 import ray.train
 import ray.train.torch
@@ -25,9 +31,11 @@ import torch.distributed as dist
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, ModelConfig
 from pipeline.model import CVAE, CVAEConfig, build_model
-from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, check_tracking, client_for, find_or_create_run, log_metrics, log_loss_curve,
-                               log_training_data, register, save_artifact)
-from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, read_table
+from pipeline.errors import UserError
+from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, check_tracking, client_for, find_or_create_run,
+                               forget_training_run, log_loss_curve, log_metrics, log_training_data, register,
+                               save_artifact)
+from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, modelled_columns, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -179,6 +187,46 @@ class EpochLogger(ray.train.UserCallback):
               f"ETA {remaining:.0f}s  checkpoint {checkpoint.path if checkpoint else '-'}", flush=True)
 
 
+JOB_IDENTITY = "cvae-job.json"
+
+
+def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[str, Any]:
+    """What a checkpoint is only valid for: the same table, columns, split, encoder and model settings."""
+    data = config.data
+    return {"data.path": redact(absolute(data.path)), "data files (paths, sizes, dates)": data_digest,
+            "schema": [f"{field.name}: {field.type}" for field in schema],
+            "data.conditions": data.conditions, "data.columns": data.columns, "data.exclude": data.exclude,
+            "data.holdout_fraction": data.holdout_fraction, "train.seed": config.train.seed,
+            "encoder": config.encoder.model_dump(), "model": config.model.model_dump()}
+
+
+def claim_job(fs: Any, job_dir: str, identity: dict[str, Any], restart: bool) -> None:
+    """Resume only the same job: a folder of another job (or of unknown origin) is an error unless `restart`,
+    which deletes it."""
+    marker = posixpath.join(job_dir, JOB_IDENTITY)
+    if fs.exists(job_dir) and restart:
+        fs.rm(job_dir, recursive=True)
+    elif fs.exists(marker):
+        with fs.open(marker, "rb") as handle:
+            previous = json.loads(handle.read())
+        changed = [key for key in identity if previous.get(key) != identity[key]]
+        if changed:
+            shown = "; ".join(f"{key}: {_short(previous.get(key))} -> {_short(identity[key])}" for key in changed[:2])
+            raise UserError(f"train.name {posixpath.basename(job_dir)!r} already holds checkpoints of another "
+                            f"training job ({shown}); set a new train.name, or pass --restart to discard them")
+    elif fs.exists(job_dir) and fs.ls(job_dir):
+        raise UserError(f"train.name {posixpath.basename(job_dir)!r}: {redact(job_dir)} holds checkpoints this "
+                        "version cannot match to a job; set a new train.name, or pass --restart to discard them")
+    fs.makedirs(job_dir, exist_ok=True)
+    with fs.open(marker, "wb") as handle:
+        handle.write(json.dumps(identity, sort_keys=True, default=str).encode())
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     run_id: str
@@ -187,29 +235,42 @@ class TrainOutcome:
     checkpoint_dir: str
 
 
-def train(config: Config) -> TrainOutcome:
-    """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow."""
+def train(config: Config, restart: bool = False) -> TrainOutcome:
+    """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow.
+    `restart` discards the checkpoints of an earlier job under the same `train.name`."""
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
-    rows, _ = check_table(fs, files, data)
+    rows, schema = check_table(fs, files, data)
+    columns = modelled_columns(schema, data)
+    data_digest = digest(fs, files)
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
     check_tracking(tracking_uri)
     storage = absolute(config.train.storage_path)
     storage_fs, storage_path = filesystem(storage, config.train.storage_options)
-
-    ensure_ray(config.ray.address)
-    dataset = read_table(fs, files)
-    started = time.perf_counter()
-    encoder = fit_encoder(dataset, data.conditions, config.encoder, data.columns, config.train.seed)
-    print(f"encoder fitted in {time.perf_counter() - started:.2f}s on {rows:,} rows: {encoder.x_dim} feature and "
-          f"{encoder.c_dim} condition dimensions", flush=True)
-
+    claim_job(storage_fs, posixpath.join(storage_path.rstrip("/"), config.train.name),
+              job_identity(config, pa.schema([schema.field(name) for name in columns]), data_digest), restart)
     client = client_for(tracking_uri)
     train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
+    if restart:
+        forget_training_run(client, config, train_id)
+
+    ensure_ray(config.ray.address)
+    dataset = read_table(fs, files, columns)
+    started = time.perf_counter()
+    encoder = fit_encoder(dataset, data, config.encoder, config.train.seed)
+    kinds = encoder.kinds()
+    found = ", ".join(f"{sum(kind == k for kind in kinds.values())} {k}" for k in sorted(set(kinds.values())))
+    print(f"encoder fitted in {time.perf_counter() - started:.2f}s on the training split of {rows:,} rows "
+          f"({found}; values seen in fewer than {config.encoder.min_value_count} rows protected): "
+          f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions", flush=True)
+    if encoder.id_columns:
+        print(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
+              "(data.columns.NAME=categorical to model one instead)", flush=True)
+
     run_id, resumed = find_or_create_run(client, config, train_id)
     print(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}", flush=True)
     if not resumed:
-        log_training_data(run_id, data.path, digest(fs, files), rows)
+        log_training_data(run_id, data.path, data_digest, rows)
 
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
     loop = {"model": model.config.to_dict(), "model_config": config.model.model_dump(),

@@ -1,0 +1,74 @@
+"""Audit: the training values that value protection promises never leave, and every place they turn up.
+
+Protected are, outside condition columns, the categories seen in fewer than k training rows and the
+numbers beyond the k-th smallest or k-th largest training value (k = `encoder.min_value_count`).
+`audit` counts them in a model artifact (every file of it, as text, and the encoder's stored values)
+and in a synthetic table; a data engineer runs it before sharing, the tests assert zero.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.encoding import CategoricalCodec, NumericCodec, TableEncoder, _numeric_storage, _plain
+
+
+@dataclass
+class Protected:
+    categories: dict[str, set[Any]] = field(default_factory=dict)           # column -> values seen < k times
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)    # column -> (k-th smallest, k-th largest)
+
+    @property
+    def count(self) -> int:
+        return sum(len(values) for values in self.categories.values())
+
+
+def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:
+    """What the encoder fitted on `train` (the training split) must never store or emit."""
+    k, protected = encoder.min_value_count, Protected()
+    for name, kind in encoder.kinds().items():
+        if name in encoder.conditions or kind in ("id", "list"):
+            continue
+        column = pc.drop_null(_plain(train.column(name)))
+        if kind == "categorical":
+            counted = pc.value_counts(column)
+            protected.categories[name] = {value for value, count in zip(counted.field("values").to_pylist(),
+                                                                        counted.field("counts").to_pylist()) if count < k}
+        else:
+            values = np.sort(_numeric_storage(column).to_numpy(zero_copy_only=False).astype(np.float64))
+            usable = len(values) >= 2 * k - 1
+            protected.bounds[name] = (values[k - 1], values[-k]) if usable else (math.inf, -math.inf)
+    return protected
+
+
+def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -> dict[str, int]:
+    """Hits of protected values: in the artifact's text files, in the encoder's stored values, in the rows."""
+    texts = [path.read_text(errors="ignore") for path in Path(artifact_dir).rglob("*")
+             if path.is_file() and path.suffix not in (".pt", ".pkl", ".bin")]
+    encoder_file = next(Path(artifact_dir).rglob("encoder.json"))
+    encoder = TableEncoder.from_json(encoder_file.read_text())
+    hits = {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
+    for name, values in protected.categories.items():
+        strings = [json.dumps(value) for value in values if isinstance(value, str)]
+        hits["artifact_text"] += sum(text.count(quoted) for quoted in strings for text in texts)
+        codec = encoder.codecs[name]
+        stored = set(codec.categories) | set(codec.tail_values) if isinstance(codec, CategoricalCodec) else set()
+        hits["artifact_values"] += len(stored & values)
+        emitted = set(pc.unique(_plain(synthetic.column(name))).to_pylist())
+        hits["output_values"] += len(emitted & values)
+    for name, (low, high) in protected.bounds.items():
+        codec = encoder.codecs[name]
+        if isinstance(codec, NumericCodec):
+            stored = np.asarray([v for knots in codec.knots for v in knots["values"]] + codec.low + codec.high)
+            hits["artifact_values"] += int(((stored < low) | (stored > high)).sum())
+        emitted = pc.drop_null(_plain(synthetic.column(name)))
+        emitted = _numeric_storage(emitted).to_numpy(zero_copy_only=False).astype(np.float64)
+        hits["output_values"] += int(((emitted < low) | (emitted > high)).sum())
+    return hits
