@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from pipeline.source import ROW_HASH, check_table, holdout_mask, parquet_footer,
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
 
 EVALUATION_TAG = "cvae.evaluation_id"
+METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")  # what MLflow refuses in a metric name, e.g. "Culmen Length (mm)"
 MIN_HOLDOUT_ROWS = 500
 SAMPLE_SEED_OFFSET = 0x5EED
 
@@ -304,7 +306,7 @@ def _evaluation_run(client: Any, config: Config, manifest: dict[str, Any] | None
 def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report's numbers as flat MLflow metric names."""
     metrics = {f"quality_{key}": value for key, value in report["quality"].items() if value is not None}
-    metrics |= {f"shape.{name}": score for name, score in report["columns"].items()}
+    metrics |= {f"shape.{METRIC_UNSAFE.sub('_', name)}": score for name, score in report["columns"].items()}
     utility_report = report["utility"]
     for side in ("trtr", "tstr"):
         metrics |= {f"utility_{side}_{key}": value for key, value in utility_report.get(side, {}).items()

@@ -1,0 +1,162 @@
+"""Real tables nobody tuned the model for, run as a new user would: `cvae run` with the defaults and one
+condition column. The output must have the input's schema, the requested rows and conditions, no protected
+value anywhere (artifact or rows), and an evaluation on the holdout."""
+import math
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import base_overrides
+from pipeline.audit import audit, protected_values, training_split
+from pipeline.cli import main
+from pipeline.config import BUNDLED_DATA
+from pipeline.encoding import TableEncoder
+from pipeline.source import ROW_HASH, holdout_mask, read_table
+from pipeline.storage import filesystem
+
+TABLES = {  # table -> a natural condition column (README of the bundled data)
+    "pizzaplace": "type",
+    "airports": "state",
+    "nuclides": "is_stable",
+    "penguins-raw": "Species",
+    "seattle-weather": "weather",
+    "sf-temps": "date",
+}
+
+
+def cvae_run(name, condition, mlflow_db, workdir, *extra):
+    args = ["run"]
+    for item in [*base_overrides(mlflow_db, workdir / "runs"), f"data.path={BUNDLED_DATA / f'{name}.parquet'}",
+                 f"data.conditions=[{condition}]", "train.epochs=2", f"mlflow.model_name={name}-real",
+                 "generate.num_rows=3000", "generate.rows_per_part=1000", f"generate.output={workdir / 'synthetic'}",
+                 *extra]:
+        args += ["--set", item]
+    return main(args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TABLES))
+def test_real_table_runs_with_the_defaults_and_leaks_nothing(name, ray_cluster, mlflow_db, workdir, capsys):
+    condition = TABLES[name]
+    real = pq.read_table(BUNDLED_DATA / f"{name}.parquet")
+    assert cvae_run(name, condition, mlflow_db, workdir) == 0, capsys.readouterr().err
+
+    synthetic = pq.read_table(workdir / "synthetic")
+    assert [(f.name, f.type) for f in synthetic.schema] == [(f.name, f.type) for f in real.schema]
+    assert synthetic.num_rows == 3000
+    train = training_split(str(BUNDLED_DATA / f"{name}.parquet"), real.column_names, seed=0, fraction=0.1)
+    seen = pc.unique(train.column(condition).combine_chunks())
+    assert pc.all(pc.is_in(synthetic.column(condition), value_set=seen)).as_py()
+
+    mlflow.set_tracking_uri(mlflow_db)
+    artifact = mlflow.artifacts.download_artifacts(f"models:/{name}-real@candidate", dst_path=str(workdir / "model"))
+    encoder = TableEncoder.from_json(next((workdir / "model").rglob("encoder.json")).read_text())
+    protected = protected_values(train, encoder)
+    hits = audit(protected, artifact, synthetic)
+    texts = {p.name: p.read_text(errors="ignore") for p in (workdir / "model").rglob("*") if p.is_file()}
+    offenders = [(column, value, name) for column, values in protected.categories.items() for value in values
+                 for name, text in texts.items() if isinstance(value, str) and f'"{value}"' in text]
+    assert hits == {"artifact_text": 0, "artifact_values": 0, "output_values": 0}, offenders[:5]
+    for column in encoder.id_columns:  # fresh, unique, never a real value
+        generated = pc.drop_null(synthetic.column(column))
+        assert len(pc.unique(generated)) == len(generated)
+        assert not pc.any(pc.is_in(generated, value_set=pc.unique(real.column(column).combine_chunks()))).as_py()
+
+    out = capsys.readouterr().out
+    quality = float(out.split("quality ")[1].split()[0])
+    assert 0 < quality <= 1
+    if real.num_rows * 0.1 >= 500:  # a holdout big enough to judge on (smaller ones fall back to training rows)
+        assert "against the holdout" in out
+
+
+@pytest.mark.slow
+def test_a_rare_condition_value_can_be_requested_by_name(trained_adult, workdir):
+    """Conditions keep every value: Holand-Netherlands occurs once in Adult and still comes back, in every row."""
+    overrides, outcome = trained_adult
+    args = ["generate"]
+    for item in [*overrides, f"generate.model_uri={outcome.model_uri}", f"generate.output={workdir / 'rare'}",
+                 "generate.conditions=[{income: '<=50K', native-country: Holand-Netherlands, count: 500}]"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    table = pq.read_table(workdir / "rare")
+    assert table.num_rows == 500 and set(table.column("native-country").to_pylist()) == {"Holand-Netherlands"}
+
+
+@pytest.mark.slow
+def test_left_out_columns_and_every_type_survive_a_run(ray_cluster, mlflow_db, workdir, capsys):
+    """The torture table (every modelled type, nulls everywhere) plus columns the model cannot represent."""
+    from test_encoding import torture_table
+
+    table = torture_table(rows=3000)
+    table = table.append_column("nested", pa.array([{"a": i} for i in range(3000)]))
+    table = table.append_column("blob", pa.array([b"x"] * 3000, pa.binary()))
+    pq.write_table(table, workdir / "torture.parquet")
+    args = ["train"]
+    for item in [*base_overrides(mlflow_db, workdir / "runs"), f"data.path={workdir / 'torture.parquet'}",
+                 "data.conditions=[condition]", "train.epochs=1"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae ")]
+    assert len(error) == 1 and "'nested'" in error[0] and "data.exclude" in error[0]
+
+    args = ["run", "--set", "data.exclude=[nested, blob]", "--set", "generate.num_rows=2000",
+            "--set", f"generate.output={workdir / 'out'}", *args[1:]]
+    assert main(args) == 0, capsys.readouterr().err
+    synthetic = pq.read_table(workdir / "out")
+    expected = [(f.name, f.type) for f in table.schema if f.name not in ("nested", "blob")]
+    assert [(f.name, f.type) for f in synthetic.schema] == expected
+    manifest = __import__("json").loads((workdir / "out" / "_manifest.json").read_text())
+    assert manifest["excluded_columns"] == ["nested", "blob"]
+    assert set(manifest["generated_ids"]) == {"order_id", "customer_id"}
+    assert manifest["value_protection"]["min_value_count"] == 5
+
+
+@pytest.mark.slow
+def test_a_data_problem_found_inside_ray_is_one_line(ray_cluster, mlflow_db, workdir, capsys):
+    """A NaN in a holdout row is first met by a Ray Data task encoding the holdout, not by the driver's fit."""
+    path = workdir / "weather.parquet"
+    table = pq.read_table(BUNDLED_DATA / "seattle-weather.parquet")
+    pq.write_table(table, path)
+    fs, _ = filesystem(str(path))
+    hashes = pa.concat_tables(read_table(fs, [str(path)]).iter_batches(batch_format="pyarrow")).column(ROW_HASH)
+    row = int(np.flatnonzero(holdout_mask(hashes.to_numpy(), 0, 0.1))[0])
+    wind = table.column("wind").to_numpy(zero_copy_only=False).copy()
+    wind[row] = math.nan
+    pq.write_table(table.set_column(table.schema.get_field_index("wind"), "wind", pa.array(wind)), path)
+
+    args = ["train"]
+    for item in [*base_overrides(mlflow_db, workdir / "runs"), f"data.path={path}", "data.conditions=[weather]",
+                 "train.epochs=1", "train.max_failures=0"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae ")]
+    assert error == ["cvae train: error: column 'wind' holds NaN or infinite values; replace them with nulls or numbers"]
+
+
+@pytest.mark.slow
+def test_same_name_other_job_is_refused_and_restart_starts_over(ray_cluster, mlflow_db, workdir, capsys):
+    penguins = BUNDLED_DATA / "penguins-raw.parquet"
+    base = [*base_overrides(mlflow_db, workdir / "runs"), f"data.path={penguins}", "train.epochs=1",
+            "mlflow.model_name=penguins-rerun"]
+
+    def train(*extra):
+        args = ["train", *extra]
+        for item in base:
+            args += ["--set", item]
+        return main(args)
+
+    assert train("--set", "data.conditions=[Species]") == 0
+    first = capsys.readouterr().out
+    assert train("--set", "data.conditions=[Island]") == 1
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae ")]
+    assert len(error) == 1
+    assert "data.conditions" in error[0] and "Species" in error[0] and "Island" in error[0] and "--restart" in error[0]
+    assert train("--set", "data.conditions=[Species]") == 0  # the same job still resumes
+    assert "resumed" in capsys.readouterr().out
+    assert train("--restart", "--set", "data.conditions=[Island]") == 0
+    restarted = capsys.readouterr().out
+    assert "(new)" in restarted and "registered models:/penguins-rerun/2 " in restarted, (first, restarted)
