@@ -64,9 +64,13 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
              if path.is_file() and path.suffix not in (".pt", ".pkl", ".bin")]
     encoder_file = next(Path(artifact_dir).rglob("encoder.json"))
     encoder = TableEncoder.from_json(encoder_file.read_text())
+    stored_by_column = {name: set(codec.categories) | set(codec.tail_values) for name, codec in encoder.codecs.items()
+                        if isinstance(codec, CategoricalCodec)}
     hits = {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
     for name, values in protected.categories.items():
-        strings = [json.dumps(value) for value in values if isinstance(value, str)]
+        # a value rare here may be frequent (and rightly stored) in another column: only the rest is a text hit
+        elsewhere = set().union(*(stored for other, stored in stored_by_column.items() if other != name))
+        strings = [json.dumps(value) for value in values if isinstance(value, str) and value not in elsewhere]
         hits["artifact_text"] += sum(text.count(quoted) for quoted in strings for text in texts)
         codec = encoder.codecs[name]
         stored = set(codec.categories) | set(codec.tail_values) if isinstance(codec, CategoricalCodec) else set()

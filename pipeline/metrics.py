@@ -85,7 +85,7 @@ def _plain(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
 def _numeric(arr: pa.Array) -> np.ndarray:
     if pa.types.is_temporal(arr.type):
         arr = arr.cast(pa.int64() if arr.type.bit_width == 64 else pa.int32())
-    return arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # ns timestamps exceed 2^53: rounded
 
 
 def _list_values(arr: pa.Array, size: int) -> np.ndarray:
@@ -336,7 +336,9 @@ def utility(train_real: Sample, train_synthetic: Sample, test: Sample, target: s
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score
 
-    features = [name for name in train_real.columns if train_real.parent[name] != target]
+    features = [name for name in train_real.columns if train_real.parent[name] != target and not any(
+        side.kinds[name] == "numeric" and np.isnan(side.columns[name]).all() for side in (train_real, train_synthetic))]
+    # (an all-null numeric column carries nothing to learn from, and the booster's binning refuses it)
     categorical = [train_real.kinds[name] == "categorical" and len(train_real.labels[name]) <= 255 for name in features]
     classify = train_real.kinds.get(target) == "categorical"
     results: dict[str, Any] = {"target": target, "task": "classification" if classify else "regression",

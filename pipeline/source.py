@@ -128,10 +128,12 @@ def cache_if_small(splits: dict[str, ray.data.Dataset], size: int, policy: str) 
     return splits
 
 
-def fit_encoder(ds: ray.data.Dataset, data: DataConfig, config: EncoderConfig, seed: int) -> TableEncoder:
+def fit_encoder(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config: EncoderConfig,
+                seed: int) -> TableEncoder:
     """One streaming pass over the training split only: no statistic the model stores has seen a holdout row
     (holdout values the split lacks encode as "other" or clip to the bounds). Ray reads in parallel, the
-    driver keeps the bounded sketches."""
-    batches = (select_split(batch, "train", seed, data.holdout_fraction)
+    driver keeps the bounded sketches. Batches take the footer's Arrow `schema`, so the model's output has
+    exactly the types a Parquet reader sees in the input."""
+    batches = (select_split(batch, "train", seed, data.holdout_fraction).select(schema.names).cast(schema)
                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536))
     return TableEncoder.fit(batches, data.conditions, config, data.columns, seed, data.exclude)

@@ -247,8 +247,9 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     check_tracking(tracking_uri)
     storage = absolute(config.train.storage_path)
     storage_fs, storage_path = filesystem(storage, config.train.storage_options)
+    modelled = pa.schema([schema.field(name) for name in columns])
     claim_job(storage_fs, posixpath.join(storage_path.rstrip("/"), config.train.name),
-              job_identity(config, pa.schema([schema.field(name) for name in columns]), data_digest), restart)
+              job_identity(config, modelled, data_digest), restart)
     client = client_for(tracking_uri)
     train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
     if restart:
@@ -257,7 +258,7 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     ensure_ray(config.ray.address)
     dataset = read_table(fs, files, columns)
     started = time.perf_counter()
-    encoder = fit_encoder(dataset, data, config.encoder, config.train.seed)
+    encoder = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed)
     kinds = encoder.kinds()
     found = ", ".join(f"{sum(kind == k for kind in kinds.values())} {k}" for k in sorted(set(kinds.values())))
     print(f"encoder fitted in {time.perf_counter() - started:.2f}s on the training split of {rows:,} rows "

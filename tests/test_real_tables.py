@@ -56,11 +56,7 @@ def test_real_table_runs_with_the_defaults_and_leaks_nothing(name, ray_cluster, 
     artifact = mlflow.artifacts.download_artifacts(f"models:/{name}-real@candidate", dst_path=str(workdir / "model"))
     encoder = TableEncoder.from_json(next((workdir / "model").rglob("encoder.json")).read_text())
     protected = protected_values(train, encoder)
-    hits = audit(protected, artifact, synthetic)
-    texts = {p.name: p.read_text(errors="ignore") for p in (workdir / "model").rglob("*") if p.is_file()}
-    offenders = [(column, value, name) for column, values in protected.categories.items() for value in values
-                 for name, text in texts.items() if isinstance(value, str) and f'"{value}"' in text]
-    assert hits == {"artifact_text": 0, "artifact_values": 0, "output_values": 0}, offenders[:5]
+    assert audit(protected, artifact, synthetic) == {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
     for column in encoder.id_columns:  # fresh, unique, never a real value
         generated = pc.drop_null(synthetic.column(column))
         assert len(pc.unique(generated)) == len(generated)
@@ -107,7 +103,8 @@ def test_left_out_columns_and_every_type_survive_a_run(ray_cluster, mlflow_db, w
             "--set", f"generate.output={workdir / 'out'}", *args[1:]]
     assert main(args) == 0, capsys.readouterr().err
     synthetic = pq.read_table(workdir / "out")
-    expected = [(f.name, f.type) for f in table.schema if f.name not in ("nested", "blob")]
+    stored = pq.read_schema(workdir / "torture.parquet")  # as Parquet keeps it (date64 is stored as a date32)
+    expected = [(f.name, f.type) for f in stored if f.name not in ("nested", "blob")]
     assert [(f.name, f.type) for f in synthetic.schema] == expected
     manifest = __import__("json").loads((workdir / "out" / "_manifest.json").read_text())
     assert manifest["excluded_columns"] == ["nested", "blob"]
