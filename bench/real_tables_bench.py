@@ -55,9 +55,7 @@ def run_table(name: str, conditions: list[str], folder: Path, epochs: int, rows:
     encoder = TableEncoder.from_json(next(Path(artifact).rglob("encoder.json")).read_text())
     split = training_split(str(path), encoder.schema.names, config.train.seed, config.data.holdout_fraction)
     protected = protected_values(split, encoder)
-    kinds = encoder.kinds()
-    return {"table": name, "rows": real.num_rows, "columns": real.num_columns,
-            "kinds": ", ".join(f"{sum(k == kind for k in kinds.values())} {kind}" for kind in sorted(set(kinds.values()))),
+    return {"table": name, "rows": real.num_rows, "columns": real.num_columns, "kinds": encoder.kinds_summary(),
             "train_s": train_seconds, "schema_equal": [(f.name, f.type) for f in synthetic.schema] ==
             [(f.name, f.type) for f in real.schema], "protected": protected.count, "bounded": len(protected.bounds),
             "leaked": sum(audit(protected, artifact, synthetic).values()),

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.encoding import CategoricalCodec, NumericCodec, TableEncoder, _numeric_storage, _plain
-from pipeline.source import ROW_HASH, holdout_mask, read_table
+from pipeline.source import read_table, select_split
 from pipeline.storage import parquet_files
 
 
@@ -35,9 +35,8 @@ class Protected:
 def training_split(uri: str, columns: list[str], seed: int, fraction: float) -> pa.Table:
     """The rows `cvae train` trained on (same row hash, seed and fraction), read with Ray Data."""
     fs, files = parquet_files(uri)
-    table = pa.concat_tables(read_table(fs, files, columns).iter_batches(batch_format="pyarrow"))
-    in_holdout = holdout_mask(table.column(ROW_HASH).to_numpy(), seed, fraction)
-    return table.drop_columns([ROW_HASH]).filter(pa.array(~in_holdout))
+    return pa.concat_tables(select_split(batch, "train", seed, fraction)
+                            for batch in read_table(fs, files, columns).iter_batches(batch_format="pyarrow"))
 
 
 def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:

@@ -192,8 +192,10 @@ class NumericSketch:
 
     def _keep_extremes(self, low: np.ndarray, high: np.ndarray) -> None:
         k = self.extremes
-        self.smallest = np.sort(np.concatenate([self.smallest, low]), axis=0)[:k]
-        self.largest = np.sort(np.concatenate([self.largest, high]), axis=0)[-k:]
+        low, high = np.concatenate([self.smallest, low]), np.concatenate([self.largest, high])
+        if len(low) > k:  # a batch's k smallest and largest in linear time; only those 2k get sorted
+            low, high = np.partition(low, k - 1, axis=0)[:k], np.partition(high, len(high) - k, axis=0)[-k:]
+        self.smallest, self.largest = np.sort(low, axis=0), np.sort(high, axis=0)
 
     def bounds(self, protect: bool) -> tuple[np.ndarray, np.ndarray]:
         """Exact min and max, or the k-th smallest and k-th largest: no single extreme value."""
@@ -209,17 +211,18 @@ class CategorySketch:
     """Value counts, pruned to a bound so a high-cardinality column never grows without limit.
 
     Pruning only drops counts, so every kept count is a lower bound: a value is never thought
-    more frequent than it is (value protection stays safe). String columns also record which
-    candidate id prefixes some value starts with, so fresh ids can avoid all of them."""
+    more frequent than it is (value protection stays safe). A string column that may turn out an
+    identifier also records which candidate id prefixes some value starts with, so fresh ids can avoid
+    all of them."""
 
-    def __init__(self, bound: int, strings: bool):
+    def __init__(self, bound: int, tracks_prefixes: bool):
         self.rows = 0
         self.nulls = 0
         self.counts: dict[Any, int] = {}
         self.bound = bound
         self.pruned = False
         self.prefixes_used: set[str] = set()
-        self.strings = strings
+        self.tracks_prefixes = tracks_prefixes
 
     def update(self, arr: pa.Array, name: str) -> None:
         arr = _plain(arr)
@@ -228,7 +231,7 @@ class CategorySketch:
         present = pc.drop_null(arr)
         counted = pc.value_counts(present)
         self._add(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
-        if self.strings and len(present):
+        if self.tracks_prefixes and len(present):
             self.prefixes_used |= {p for p in ID_PREFIXES if pc.any(pc.starts_with(present, p)).as_py()}
 
     def merge(self, other: "CategorySketch") -> None:
@@ -277,8 +280,10 @@ class EncoderSketch:
         for i, field in enumerate(schema):
             kind = self.kinds[field.name]
             if kind == "categorical" or (kind == "id" and is_string_like(field.type)):
+                may_be_id = (is_string_like(field.type) and field.name not in conditions
+                             and self.overrides.get(field.name) in (None, "id"))  # the cases final_kind decides
                 self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * TAIL_VALUES_KEPT),
-                                                           is_string_like(field.type))
+                                                           may_be_id)
             else:
                 width = field.type.list_size if kind == "list" else 1
                 self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i,
@@ -424,13 +429,12 @@ class NumericCodec:
                 values = np.clip(np.rint(values), self.low, self.high)
             child = pa.array(values.ravel()).cast(value_type, safe=False)
             return pa.FixedSizeListArray.from_arrays(child, type=self.arrow_type, mask=pa.array(is_null))
-        column = pa.array(values[:, 0], mask=is_null)
         if pa.types.is_decimal(self.arrow_type):
-            return pc.round(column, self.arrow_type.scale).cast(self.arrow_type)
+            return pc.round(pa.array(values[:, 0], mask=is_null), self.arrow_type.scale).cast(self.arrow_type)
         storage = _storage_type(self.arrow_type)
         if pa.types.is_integer(storage):
-            column = pa.array(np.clip(np.rint(values[:, 0]), self.low, self.high), mask=is_null)
-        return _from_storage(column.cast(storage, safe=False), self.arrow_type)
+            values = np.clip(np.rint(values), self.low, self.high)
+        return _from_storage(pa.array(values[:, 0], mask=is_null).cast(storage, safe=False), self.arrow_type)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "knots": self.knots, "low": self.low, "high": self.high,
@@ -672,6 +676,11 @@ class TableEncoder:
         """Each column's kind as fitted: id, categorical, integer, continuous or list."""
         return {name: "id" if isinstance(codec, IdCodec) else "categorical" if isinstance(codec, CategoricalCodec)
                 else codec.kind for name, codec in self.codecs.items()}
+
+    def kinds_summary(self) -> str:
+        """e.g. "9 categorical, 1 id, 6 integer": what the fit found, for the console and benchmarks."""
+        kinds = list(self.kinds().values())
+        return ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
 
     def protection(self) -> dict[str, Any]:
         """What stands in for protected values, as the manifest and README describe it."""

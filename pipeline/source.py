@@ -62,9 +62,9 @@ def check_table(fs: Any, files: list[str], config: DataConfig) -> tuple[int, pa.
     return rows, schema
 
 
-def modelled_columns(schema: pa.Schema, config: DataConfig) -> list[str]:
+def modelled_schema(schema: pa.Schema, config: DataConfig) -> pa.Schema:
     """Every column but those the user left out with `data.exclude`."""
-    return [name for name in schema.names if name not in config.exclude]
+    return pa.schema([field for field in schema if field.name not in config.exclude])
 
 
 def read_table(fs: Any, files: list[str], columns: list[str] | None = None) -> ray.data.Dataset:

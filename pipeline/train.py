@@ -35,7 +35,7 @@ from pipeline.errors import UserError
 from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, check_tracking, client_for, find_or_create_run,
                                forget_training_run, log_loss_curve, log_metrics, log_training_data, register,
                                save_artifact)
-from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, modelled_columns, read_table
+from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, modelled_schema, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -241,13 +241,12 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
     rows, schema = check_table(fs, files, data)
-    columns = modelled_columns(schema, data)
+    modelled = modelled_schema(schema, data)
     data_digest = digest(fs, files)
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
     check_tracking(tracking_uri)
     storage = absolute(config.train.storage_path)
     storage_fs, storage_path = filesystem(storage, config.train.storage_options)
-    modelled = pa.schema([schema.field(name) for name in columns])
     claim_job(storage_fs, posixpath.join(storage_path.rstrip("/"), config.train.name),
               job_identity(config, modelled, data_digest), restart)
     client = client_for(tracking_uri)
@@ -256,13 +255,11 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         forget_training_run(client, config, train_id)
 
     ensure_ray(config.ray.address)
-    dataset = read_table(fs, files, columns)
+    dataset = read_table(fs, files, modelled.names)
     started = time.perf_counter()
     encoder = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed)
-    kinds = encoder.kinds()
-    found = ", ".join(f"{sum(kind == k for kind in kinds.values())} {k}" for k in sorted(set(kinds.values())))
     print(f"encoder fitted in {time.perf_counter() - started:.2f}s on the training split of {rows:,} rows "
-          f"({found}; values seen in fewer than {config.encoder.min_value_count} rows protected): "
+          f"({encoder.kinds_summary()}; values seen in fewer than {config.encoder.min_value_count} rows protected): "
           f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions", flush=True)
     if encoder.id_columns:
         print(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
