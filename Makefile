@@ -12,16 +12,21 @@ TORCH_PIP_ARGS ?=
 
 .PHONY: demo test clean
 
+# The demo installs only what it runs; the tests add their servers (moto, validators) on top.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -e ".[test]"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/cvae run
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 clean:

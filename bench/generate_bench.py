@@ -47,7 +47,9 @@ def machine_limit(outcome_uri: str, tracking_uri: str, rows: int, precision: str
     from pipeline.config import GenerateConfig
     from pipeline.generate import parquet_bytes
     from pipeline.plan import build_plan
-    from pipeline.registry import client_for, fetch_model, load_artifact_files
+    from pipeline.artifact import load_artifact_files
+    from pipeline.registry import fetch_model
+    from pipeline.tracking import client_for
     from pipeline.sampling import SAMPLE_BATCH, synthesize
 
     client_for(tracking_uri)

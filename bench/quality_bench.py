@@ -95,7 +95,8 @@ def run_cvae(dataset: str, epochs: int) -> dict:
 
     from pipeline.config import BUNDLED_DATA, GenerateConfig, load_config
     from pipeline.plan import build_plan
-    from pipeline.registry import fetch_model, load_artifact_files
+    from pipeline.artifact import load_artifact_files
+    from pipeline.registry import fetch_model
     from pipeline.sampling import synthesize
     from pipeline.train import train
 

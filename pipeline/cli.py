@@ -5,9 +5,10 @@ import argparse
 import os
 import sys
 
+from pipeline import console
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError, user_error_in
-from pipeline.storage import redact
+from pipeline.storage import absolute_tracking_uri, redact
 
 COMMANDS = {
     "train": "fit the CVAE with Ray Train and register it in MLflow",
@@ -20,14 +21,17 @@ COMMANDS = {
 def train_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.train import train
 
-    train(config, args.restart)
+    trained = train(config, args.restart)
+    console.result(f"next: cvae generate --set generate.model_uri={trained.model_uri}")
+    console.result(where_to_look(config))
     return 0
 
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.generate import generate
 
-    generate(config, args.overwrite)
+    generated = generate(config, args.overwrite)
+    console.result(f"next: cvae evaluate --set evaluate.synthetic={redact(generated.output)}")
     return 0
 
 
@@ -35,6 +39,7 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate
 
     evaluate(config)
+    console.result(where_to_look(config))
     return 0
 
 
@@ -49,7 +54,17 @@ def run_command(config: Config, args: argparse.Namespace) -> int:
         config = config.model_copy(update={"generate": config.generate.model_copy(update={"model_uri": trained.model_uri})})
     generated = generate(config, args.overwrite)
     evaluate(config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"synthetic": generated.output})}))
+    console.result(f"synthetic table: {redact(generated.output)} (Parquet parts and _manifest.json)")
+    console.result(where_to_look(config))
     return 0
+
+
+def where_to_look(config: Config) -> str:
+    """The last line of a stage: how to browse its runs, metrics, report and registered model."""
+    tracking = absolute_tracking_uri(config.mlflow.tracking_uri)
+    if tracking.startswith(("http://", "https://")):
+        return f"browse runs and models: {redact(tracking)} (experiment {config.mlflow.experiment!r})"
+    return f"browse runs and models: mlflow ui --backend-store-uri {redact(tracking)}"
 
 
 HANDLERS = {"train": train_command, "generate": generate_command, "evaluate": evaluate_command, "run": run_command}
@@ -69,12 +84,15 @@ def parser() -> argparse.ArgumentParser:
         if name in ("train", "run"):
             command.add_argument("--restart", action="store_true",
                                  help="discard the checkpoints of another job under the same train.name and start over")
+        command.add_argument("--verbose", action="store_true",
+                             help=f"also show Ray's and MLflow's own output (or set {console.VERBOSE_ENV}=1); "
+                                  "without it they go to Ray's log files only")
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    console.configure(args.verbose)
     try:
         config = load_config(args.config, args.overrides)
         return HANDLERS[args.command](config, args)

@@ -26,13 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 
+from pipeline import console
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, DataConfig
 from pipeline.encoding import infer_kind
 from pipeline.errors import UserError
 from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
-from pipeline.registry import check_tracking, client_for, experiment_id, log_metrics, registered_name, tagged_run
+from pipeline.registry import registered_name
+from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
 from pipeline.sink import MANIFEST, SPEC, SUCCESS, Sink
 from pipeline.source import ROW_HASH, check_table, holdout_mask, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
@@ -165,8 +167,8 @@ def training_split(client: Any, manifest: dict[str, Any] | None, config: Config)
         return own
     split = Split(int(params["train.seed"]), float(params["data.holdout_fraction"]), f"training run {run.info.run_id}")
     if (split.seed, split.holdout_fraction) != (own.seed, own.holdout_fraction):
-        print(f"holdout: the model trained with data.holdout_fraction={split.holdout_fraction} and "
-              f"train.seed={split.seed}; evaluating on that holdout, not the config's", flush=True)
+        console.progress(f"holdout: the model trained with data.holdout_fraction={split.holdout_fraction} and "
+              f"train.seed={split.seed}; evaluating on that holdout, not the config's")
     return split
 
 
@@ -343,34 +345,34 @@ def promote(client: Any, config: Config, manifest: dict[str, Any] | None, score:
     client.set_tag(run_id, "cvae.promotion", f"@{ev.promote_alias} -> v{version}" if promoted else "refused")
     if promoted:
         client.set_registered_model_alias(name, ev.promote_alias, version)
-        print(f"promoted models:/{name}/{version} to @{ev.promote_alias}: quality {score:.4f} >= "
-              f"evaluate.min_quality {ev.min_quality}", flush=True)
+        console.result(f"promoted models:/{name}/{version} to @{ev.promote_alias}: quality {score:.4f} >= "
+              f"evaluate.min_quality {ev.min_quality}")
     else:
-        print(f"not promoted: quality {score:.4f} < evaluate.min_quality {ev.min_quality}; @{ev.promote_alias} "
-              "stays where it was", flush=True)
+        console.result(f"not promoted: quality {score:.4f} < evaluate.min_quality {ev.min_quality}; @{ev.promote_alias} "
+              "stays where it was")
     return promoted
 
 
 def print_summary(report: dict[str, Any], run_id: str) -> None:
     q, utility_report, private = report["quality"], report["utility"], report["privacy"]
     baseline = q["real_holdout_vs_training"]
-    print(f"quality {q['overall']:.4f} (column shapes {q['column_shapes']:.4f}, pair trends "
+    console.result(f"quality {q['overall']:.4f} (column shapes {q['column_shapes']:.4f}, pair trends "
           f"{q['column_pair_trends']:.4f}) against the {report['reference']}"
-          + (f"; real holdout vs training rows: {baseline:.4f}" if baseline is not None else ""), flush=True)
+          + (f"; real holdout vs training rows: {baseline:.4f}" if baseline is not None else ""))
     worst = sorted(report["columns"].items(), key=lambda item: item[1])[:3]
-    print("weakest columns: " + ", ".join(f"{name} {score:.3f}" for name, score in worst), flush=True)
+    console.result("weakest columns: " + ", ".join(f"{name} {score:.3f}" for name, score in worst))
     for column, entries in report["conditions"].items():
         scored = [f"{e['value']} {e['overall']:.3f}" for e in entries if "overall" in e][:6]
-        print(f"per {column}: " + ", ".join(scored), flush=True)
+        console.result(f"per {column}: " + ", ".join(scored))
     headline = "macro_f1" if utility_report["task"] == "classification" else "r2"
     tstr, trtr = utility_report.get("tstr", {}), utility_report.get("trtr", {})
     if headline in tstr and headline in trtr:
-        print(f"utility ({utility_report['target']}, {headline}): train on synthetic {tstr[headline]:.3f}, "
-              f"train on real {trtr[headline]:.3f}", flush=True)
+        console.result(f"utility ({utility_report['target']}, {headline}): train on synthetic {tstr[headline]:.3f}, "
+              f"train on real {trtr[headline]:.3f}")
     closer = private.get("share_closer_than_holdout_p5")
-    print(f"privacy: {private['synthetic_exact_copies']} exact copies of training rows in "
+    console.result(f"privacy: {private['synthetic_exact_copies']} exact copies of training rows in "
           f"{private['synthetic_rows']:,} sampled; "
           + (f"{closer:.1%} of synthetic rows closer to a training row than the holdout's 5th percentile (5% expected)"
-             if closer is not None else "no holdout to compare distances with"), flush=True)
-    print(f"validity: {report['validity']['invalid_values']:,} values outside the real bounds or categories; "
-          f"report logged to mlflow run {run_id}", flush=True)
+             if closer is not None else "no holdout to compare distances with"))
+    console.result(f"validity: {report['validity']['invalid_values']:,} values outside the real bounds or categories; "
+          f"report logged to mlflow run {run_id}")

@@ -27,17 +27,20 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
+from pipeline import console
+from pipeline.artifact import load_artifact_files
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
 from pipeline.encoding import TableEncoder
 from pipeline.plan import Plan, build_plan
-from pipeline.registry import (check_tracking, client_for, fetch_model, load_artifact_files, log_metrics, registered_name,
-                               resolve_model_uri, tagged_run)
+from pipeline.registry import fetch_model, registered_name, resolve_model_uri
+from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
 from pipeline.sampling import part_seed, synthesize
 from pipeline.sink import Sink, failpoint, part_name
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
 GENERATION_TAG = "cvae.generation_id"
+PROGRESS_EVERY_S = 5.0
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -107,8 +110,8 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
             "num_rows": plan.num_rows, "plan": plan.fingerprint(), "code_version": _code_version()}
     sink = Sink(output, gen.storage_options)
     if sink.claim(spec, overwrite) == "done":
-        print(f"{redact(output)} already holds this dataset ({plan.num_rows:,} rows from {model_uri}); nothing to do",
-              flush=True)
+        console.result(f"{redact(output)} already holds this dataset ({plan.num_rows:,} rows from {model_uri}); "
+                       "nothing to do")
         return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, None, skipped=True)
 
     failpoint("after_spec")
@@ -116,8 +119,8 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     started = time.perf_counter()
     done = sink.completed_parts()
     todo = [part for part in range(num_parts) if part not in done]
-    print(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into {redact(output)}"
-          f" ({len(done)} already done)", flush=True)
+    console.progress(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into "
+                     f"{redact(output)} ({len(done)} already done)")
     try:
         actor_rss = _run_actors(config, model_files, plan, output, todo,
                                 plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
@@ -137,8 +140,8 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
                                  "rows_per_s": new_rows / seconds if seconds else 0.0,
                                  "actor_peak_rss_mb": actor_rss}, step=0)
     client.set_terminated(run_id)
-    print(f"wrote {plan.num_rows:,} rows in {num_parts} part(s) to {redact(output)} from {model_uri} "
-          f"in {seconds:.1f}s; mlflow run {run_id}", flush=True)
+    console.result(f"wrote {plan.num_rows:,} rows in {num_parts} part(s) to {redact(output)} from {model_uri} "
+                   f"in {seconds:.1f}s; mlflow run {run_id}")
     return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, run_id, skipped=False,
                            actor_peak_rss_mb=actor_rss)
 
@@ -158,14 +161,16 @@ def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, outpu
                                "rows_per_part": gen.rows_per_part, "threads": threads, "use_gpu": gen.use_gpu,
                                "precision": gen.precision},
         num_gpus=1 if gen.use_gpu else 0, num_cpus=1)
-    started, rows, count, peak_rss = time.perf_counter(), 0, 0, 0.0
+    started, rows, count, peak_rss, shown = time.perf_counter(), 0, 0, 0.0, 0.0
     for row in written.iter_rows():
         rows += int(row["rows"])
         count += 1
         peak_rss = max(peak_rss, float(row["peak_rss_mb"]))
-        rate = rows / (time.perf_counter() - started)
-        print(f"part {part_name(int(row['part']))}  {count}/{len(todo)} parts  {rows:,}/{rows_todo:,} rows  "
-              f"{rate:,.0f} rows/s  ETA {(rows_todo - rows) / rate if rate else 0:.0f}s", flush=True)
+        now = time.perf_counter()
+        if now - shown >= PROGRESS_EVERY_S or count == len(todo):  # periodic lines, not one per part
+            shown, rate = now, rows / (now - started)
+            console.progress(f"{count}/{len(todo)} parts  {rows:,}/{rows_todo:,} rows  {rate:,.0f} rows/s  "
+                             f"ETA {(rows_todo - rows) / rate if rate else 0:.0f}s")
     return peak_rss
 
 

@@ -114,3 +114,19 @@ def _image_grid(plt: Any, real: Any, synthetic: Any, name: str, elements: list[s
     axes[0, 1].set_title(f"generated, by {condition}", fontsize=8, loc="left")
     figure.tight_layout()
     return figure
+
+
+def loss_curve(history: list[dict[str, float]]) -> Iterator[tuple[str, Any]]:
+    """("loss_curve.png", figure): training loss (beta-weighted) and, with a holdout, its negative ELBO per epoch."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [int(entry["epoch"]) + 1 for entry in history]
+    ax.plot(epochs, [entry["loss"] for entry in history], marker="o", label="training loss (recon + beta x KL)")
+    if all("val_elbo" in entry for entry in history):
+        ax.plot(epochs, [-entry["val_elbo"] for entry in history], marker="o", label="holdout negative ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("per row")
+    ax.legend()
+    fig.tight_layout()
+    yield "loss_curve.png", fig
+    plt.close(fig)

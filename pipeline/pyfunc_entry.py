@@ -1,6 +1,6 @@
 """MLflow models-from-code entry: the logged pyfunc is this file plus the artifact folder, no pickle."""
 import mlflow
 
-from pipeline.registry import CVAEPyfunc
+from pipeline.pyfunc import CVAEPyfunc
 
 mlflow.models.set_model(CVAEPyfunc())

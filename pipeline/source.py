@@ -69,8 +69,9 @@ def modelled_schema(schema: pa.Schema, config: DataConfig) -> pa.Schema:
 
 def read_table(fs: Any, files: list[str], columns: list[str] | None = None) -> ray.data.Dataset:
     """Streams the Parquet files (only `columns`, if given); each row carries Ray's deterministic row hash
-    (for the holdout split)."""
-    return ray.data.read_parquet(files, columns=columns, filesystem=arrow_filesystem(fs), include_row_hash=True)
+    (for the holdout split). Ray Data pushes the column selection down into the Parquet read."""
+    dataset = ray.data.read_parquet(files, filesystem=arrow_filesystem(fs), include_row_hash=True)
+    return dataset.select_columns([*columns, ROW_HASH]) if columns is not None else dataset
 
 
 def holdout_mask(row_hash: np.ndarray, seed: int, fraction: float) -> np.ndarray:

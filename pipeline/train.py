@@ -28,13 +28,16 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipeline import console
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, ModelConfig
 from pipeline.model import CVAE, CVAEConfig, build_model
 from pipeline.errors import UserError
-from pipeline.registry import (ARTIFACT_FILES, MODEL_ARTIFACT, check_tracking, client_for, find_or_create_run,
-                               forget_training_run, log_loss_curve, log_metrics, log_training_data, register,
-                               save_artifact)
+from pipeline.artifact import ARTIFACT_FILES, MODEL_ARTIFACT, save_artifact
+from pipeline.plots import loss_curve
+from pipeline.registry import register
+from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
+                               log_training_data, reconcile_metrics)
 from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, modelled_schema, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
@@ -124,14 +127,14 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     seed = loop["seed"]
     torch.manual_seed(seed)
     model = CVAE(CVAEConfig(**loop["model"]))
-    progress = {"epoch": -1, "best": -math.inf, "stale": 0}
+    progress = {"epoch": -1, "best": -math.inf, "stale": 0, "history": []}  # history: every epoch's metrics
     optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
             model.load_state_dict(torch.load(Path(directory) / "weights.pt", weights_only=True))
             saved = torch.load(Path(directory) / "training_state.pt", weights_only=True)
-            optimizer_state, progress = saved["optimizer"], saved["progress"]
+            optimizer_state, progress = saved["optimizer"], {"history": [], **saved["progress"]}
     model = ray.train.torch.prepare_model(model)
     core: CVAE = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
@@ -156,10 +159,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                                  device)
             metrics |= {key: value for key, value in held.items() if key != "rows"}
             score = held["val_elbo"]
-        progress = {"epoch": epoch, "best": max(progress["best"], score),
-                    "stale": 0 if score > progress["best"] else progress["stale"] + 1}
         metrics["score"] = score
         metrics["worker_peak_rss_mb"] = _global_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, device)
+        progress = {"epoch": epoch, "best": max(progress["best"], score),
+                    "stale": 0 if score > progress["best"] else progress["stale"] + 1,
+                    "history": [*progress["history"], {key: float(value) for key, value in metrics.items()}]}
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:
                 save_artifact(directory, core, loop["encoder_json"])
@@ -171,20 +175,24 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
 
 class EpochLogger(ray.train.UserCallback):
-    """On the Ray Train controller: each persisted epoch goes to MLflow once, and a progress line to the console."""
+    """On the Ray Train controller: each persisted epoch goes to MLflow (kept for later if MLflow is away), and a
+    progress line to the driver's console through `lines` (a Ray queue)."""
 
-    def __init__(self, tracking_uri: str, run_id: str, epochs: int):
-        self.tracking_uri, self.run_id, self.epochs = tracking_uri, run_id, epochs
+    def __init__(self, tracking_uri: str, run_id: str, epochs: int, lines: Any):
+        self.epochs, self.lines = epochs, lines
+        self.tracking = EpochMetrics(tracking_uri, run_id)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         epoch_metrics = metrics[0]
         epoch = int(epoch_metrics["epoch"])
-        log_metrics(client_for(self.tracking_uri), self.run_id, epoch_metrics, epoch)
         remaining = (self.epochs - epoch - 1) * epoch_metrics["epoch_seconds"]
         validation = f"val_elbo {epoch_metrics['val_elbo']:.3f}  " if "val_elbo" in epoch_metrics else ""
-        print(f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  {validation}"
-              f"{epoch_metrics['rows_per_s']:,.0f} rows/s  {epoch_metrics['epoch_seconds']:.1f}s  "
-              f"ETA {remaining:.0f}s  checkpoint {checkpoint.path if checkpoint else '-'}", flush=True)
+        self.lines.put_nowait(("progress", f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  "
+                                           f"{validation}{epoch_metrics['rows_per_s']:,.0f} rows/s  "
+                                           f"{epoch_metrics['epoch_seconds']:.1f}s  ETA {remaining:.0f}s"))
+        problem = self.tracking.add(epoch_metrics)
+        if problem:
+            self.lines.put_nowait(("warning", problem))
 
 
 JOB_IDENTITY = "cvae-job.json"
@@ -258,15 +266,15 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     dataset = read_table(fs, files, modelled.names)
     started = time.perf_counter()
     encoder = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed)
-    print(f"encoder fitted in {time.perf_counter() - started:.2f}s on the training split of {rows:,} rows "
+    console.progress(f"encoder fitted in {time.perf_counter() - started:.2f}s on the training split of {rows:,} rows "
           f"({encoder.kinds_summary()}; values seen in fewer than {config.encoder.min_value_count} rows protected): "
-          f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions", flush=True)
+          f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
     if encoder.id_columns:
-        print(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
-              "(data.columns.NAME=categorical to model one instead)", flush=True)
+        console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
+                         "(data.columns.NAME=categorical to model one instead)")
 
     run_id, resumed = find_or_create_run(client, config, train_id)
-    print(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}", flush=True)
+    console.progress(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}")
     if not resumed:
         log_training_data(run_id, data.path, data_digest, rows)
 
@@ -279,40 +287,47 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
                             rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
-    trainer = ray.train.torch.TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop,
-        scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
-                                               resources_per_worker={"CPU": config.train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=config.train.name, storage_path=storage_path, storage_filesystem=arrow_filesystem(storage_fs),
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
-                                                         checkpoint_score_attribute="score",
-                                                         checkpoint_score_order="max"),
-            callbacks=[EpochLogger(tracking_uri, run_id, config.train.epochs)],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets=splits,
-        dataset_config=ray.train.DataConfig(execution_options=ingest),
-    )
-    try:
-        result = trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        client.set_terminated(run_id, status="FAILED")
-        raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
-                           f"{str(exc).strip().splitlines()[-1]}") from exc
+    with console.relayed_lines() as lines:
+        trainer = ray.train.torch.TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop,
+            scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
+                                                   resources_per_worker={"CPU": config.train.cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=config.train.name, storage_path=storage_path, storage_filesystem=arrow_filesystem(storage_fs),
+                failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
+                                                             checkpoint_score_attribute="score",
+                                                             checkpoint_score_order="max"),
+                callbacks=[EpochLogger(tracking_uri, run_id, config.train.epochs, lines)],
+                logging_config=ray.train.LoggingConfig(log_level="INFO" if console.verbose() else "WARNING")),
+            datasets=splits,
+            dataset_config=ray.train.DataConfig(execution_options=ingest),
+        )
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            client.set_terminated(run_id, status="FAILED")
+            raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
+                               f"{str(exc).strip().splitlines()[-1]}") from exc
     best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as latest:
+        history = torch.load(Path(latest) / "training_state.pt", weights_only=True)["progress"]["history"]
+    repaired = reconcile_metrics(client, run_id, history)
+    if repaired:
+        console.warn(f"MLflow took {repaired} epoch(s) of metrics only after training (it missed them live)")
     with best.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as scratch:
         export = Path(scratch) / MODEL_ARTIFACT
         export.mkdir()
         for name in (*ARTIFACT_FILES, "artifact.json"):
             shutil.copy(Path(checkpoint_dir) / name, export / name)
         version = register(client, run_id, str(export), config)
-    log_loss_curve(client, run_id)
+    for path, figure in loss_curve(history):
+        client.log_figure(run_id, figure, path)
     client.set_terminated(run_id)
     model_uri = f"models:/{config.mlflow.model_name}/{version}"
     alias = f" (alias @{config.mlflow.alias})" if config.mlflow.alias else ""
-    print(f"registered {model_uri}{alias}; run {run_id}; checkpoints in {redact(best.path)}", flush=True)
+    console.result(f"registered {model_uri}{alias}; run {run_id}; checkpoints in {redact(best.path)}")
     return TrainOutcome(run_id, model_uri, version, best.path)

@@ -98,7 +98,7 @@ def test_digits_report_holds_image_grids_and_pixel_correlations(trained_digits, 
 def test_the_holdout_is_the_one_the_model_never_saw_whatever_the_config_says(adult_dataset, capsys):
     overrides, generated = adult_dataset
     outcome = evaluate(load_config(None, overrides + ["data.holdout_fraction=0.5", "train.seed=7"]))
-    assert "evaluating on that holdout, not the config's" in capsys.readouterr().out
+    assert "evaluating on that holdout, not the config's" in capsys.readouterr().err
     split = outcome.report["split"]
     assert (split["holdout_fraction"], split["seed"]) == (0.1, 0)
     assert split["from"].startswith("training run")

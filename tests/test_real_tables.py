@@ -153,7 +153,7 @@ def test_same_name_other_job_is_refused_and_restart_starts_over(ray_cluster, mlf
     assert len(error) == 1
     assert "data.conditions" in error[0] and "Species" in error[0] and "Island" in error[0] and "--restart" in error[0]
     assert train("--set", "data.conditions=[Species]") == 0  # the same job still resumes
-    assert "resumed" in capsys.readouterr().out
+    assert "(resumed)" in capsys.readouterr().err  # progress goes to stderr, results to stdout
     assert train("--restart", "--set", "data.conditions=[Island]") == 0
-    restarted = capsys.readouterr().out
-    assert "(new)" in restarted and "registered models:/penguins-rerun/2 " in restarted, (first, restarted)
+    restarted = capsys.readouterr()
+    assert "(new)" in restarted.err and "registered models:/penguins-rerun/2 " in restarted.out, (first, restarted)

@@ -13,7 +13,7 @@ from pipeline.config import EncoderConfig, ModelConfig
 from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
 from pipeline.model import build_model
-from pipeline.registry import load_artifact, save_artifact
+from pipeline.artifact import load_artifact, save_artifact
 from pipeline.sink import Sink
 from tests.conftest import free_port
 

@@ -1,0 +1,95 @@
+"""What a person sees: results on stdout, progress and warnings on stderr, Ray's and MLflow's internals only with
+--verbose (they always reach Ray's own log files under its session folder).
+
+One switch per process (`configure`), read by every stage; `NO_COLOR` and a non-terminal stderr turn off the
+colour Ray puts on the lines it forwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import warnings
+from typing import Any, Iterator
+
+VERBOSE_ENV = "CVAE_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def configure(verbose_output: bool) -> None:
+    """Set once by the CLI before any stage runs; the environment carries it to `ray job submit` drivers too."""
+    if verbose_output:
+        os.environ[VERBOSE_ENV] = "1"
+    if os.environ.get("NO_COLOR") or not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not verbose():
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    quiet_loggers()
+
+
+def quiet_loggers() -> None:
+    """Again after `ray.init`: Ray and Ray Data set their own levels and warning filters when first imported."""
+    if verbose():
+        return
+    warnings.filterwarnings("ignore", module=r"(ray|mlflow)(\.|$)")  # their own deprecations and hints
+    for name in ("mlflow", "alembic", "ray", "ray.data", "ray.train", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we did
+
+
+def ray_init_options() -> dict[str, Any]:
+    """`ray.init` keywords: without --verbose, worker and system output stays in Ray's log files."""
+    import ray
+
+    return {"log_to_driver": verbose(),
+            "logging_config": ray.LoggingConfig(log_level="INFO" if verbose() else "ERROR")}
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def result(text: str) -> None:
+    print(text, flush=True)
+
+
+@contextlib.contextmanager
+def relayed_lines() -> Iterator[Any]:
+    """A Ray queue whose ("progress" | "warning", text) items this process prints while the block runs: how the
+    Ray Train controller's epoch lines reach the console without forwarding every worker's output."""
+    from ray.util.queue import Empty, Queue
+
+    lines = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def pump(wait: float) -> None:
+        while True:
+            try:
+                kind, text = lines.get(timeout=wait) if wait else lines.get_nowait()
+            except Empty:
+                return
+            (warn if kind == "warning" else progress)(text)
+
+    def loop() -> None:
+        while not done.is_set():
+            pump(0.5)
+
+    thread = threading.Thread(target=loop, name="cvae-console", daemon=True)
+    thread.start()
+    try:
+        yield lines
+    finally:
+        done.set()
+        thread.join()
+        pump(0)
+        lines.shutdown()
