@@ -34,12 +34,16 @@ def configure(verbose_output: bool) -> None:
 
 
 def quiet_loggers() -> None:
-    """Again after `ray.init`: Ray and Ray Data set their own levels and warning filters when first imported."""
+    """Again after `ray.init` and the first `ray.data` import: each sets its own levels and warning filters.
+    Ray Data keeps writing everything to its session log file; only its console handler is raised."""
     if verbose():
         return
     warnings.filterwarnings("ignore", module=r"(ray|mlflow)(\.|$)")  # their own deprecations and hints
-    for name in ("mlflow", "alembic", "ray", "ray.data", "ray.train", "urllib3"):
+    for name in ("mlflow", "alembic", "urllib3", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we did
 
 

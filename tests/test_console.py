@@ -1,0 +1,48 @@
+"""What a person reads: results on stdout, a few progress lines on stderr, Ray's internals only with --verbose."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import console
+from pipeline.config import BUNDLED_DATA
+
+# Ray's and MLflow's own chatter: worker reports, Ray Data plans, log records, colour codes, tracebacks.
+NOISE = re.compile(r"TrainingReport|Execution plan|Starting execution|execution finished| INFO |\bDEBUG\b|"
+                   r"\x1b\[|Traceback|Successfully registered|Created version|Progress bars|Deprecat")
+PROGRESS = re.compile(r"^(encoder fitted in |identifier column|mlflow run |epoch \d+/\d+ |generating |\d+/\d+ parts |"
+                      r"holdout: |warning: )")
+
+
+@pytest.mark.slow
+def test_cvae_run_prints_results_on_stdout_and_only_progress_on_stderr(ray_cluster, workdir):
+    overrides = [f"data.path={BUNDLED_DATA / 'seattle-weather.parquet'}", "data.conditions=[weather]", "train.epochs=2",
+                 "train.num_workers=1", "model.hidden=[32]", "generate.num_rows=500", "mlflow.model_name=console",
+                 f"ray.address={ray_cluster.get_runtime_context().gcs_address}"]
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", *sum([["--set", o] for o in overrides], [])],
+                          env={**os.environ, "NO_COLOR": "1", "RAY_AUTH_MODE": "disabled"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, err = done.stdout.splitlines(), done.stderr.splitlines()
+    assert not [line for line in out + err if NOISE.search(line)], done.stderr
+    assert out[0].startswith("registered models:/console/1 (alias @candidate)")
+    assert any(line.startswith("wrote 500 rows") for line in out) and any(line.startswith("quality ") for line in out)
+    assert out[-1] == f"browse runs and models: mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db"
+    assert [line for line in err if line.startswith("epoch ")] == [
+        line for line in err if re.match(r"^epoch [12]/2  loss -?\d", line)] and len(
+        [line for line in err if line.startswith("epoch ")]) == 2  # one line per epoch, relayed from the controller
+    # Anything else on stderr is Ray's C++ core worker, which no Python setting reaches (one known line).
+    assert len([line for line in err if not PROGRESS.match(line)]) <= 1, done.stderr
+
+
+def test_verbose_switch_forwards_ray_output_and_no_color_reaches_ray(monkeypatch):
+    for name in (console.VERBOSE_ENV, "RAY_COLOR_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    console.configure(verbose_output=False)
+    assert console.ray_init_options()["log_to_driver"] is False
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"
+    console.configure(verbose_output=True)
+    assert console.ray_init_options()["log_to_driver"] is True
