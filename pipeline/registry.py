@@ -9,6 +9,7 @@ import contextlib
 import io
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -36,7 +37,9 @@ def register(client: MlflowClient, run_id: str, artifact_dir: str, config: Confi
         example = example_conditions(encoder)
         output = synthesize(model, encoder, conditions_from_frame(encoder, example), seed=0).to_pandas()
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), \
-                tempfile.TemporaryDirectory() as scratch:
+                tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+            # MLflow 3 compares a pandas Index with range() when it saves any DataFrame example; pandas warns
+            warnings.filterwarnings("ignore", message="Operation with range is deprecated")
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_ENTRY), artifacts={MODEL_ARTIFACT: str(artifact_dir)},
                 code_paths=code_paths(Path(scratch)), signature=signature(encoder, example, output),

@@ -7,6 +7,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+import warnings
 
 import mlflow
 import pandas as pd
@@ -103,3 +104,26 @@ def post(port, body):
             if time.time() > deadline:
                 raise
             time.sleep(1)
+
+
+def test_logging_the_model_raises_no_warnings(trained_adult, tmp_path):
+    """What `cvae train` does at the end (log the pyfunc, register, alias), again into a fresh store: MLflow has
+    nothing to warn about (signature, requirements, input example, code paths)."""
+    from pipeline.artifact import MODEL_ARTIFACT
+    from pipeline.registry import fetch_model, register
+    from pipeline.tracking import client_for
+
+    base, outcome = trained_adult
+    mlflow.set_tracking_uri(load_config(None, base).mlflow.tracking_uri)
+    folder = tmp_path / MODEL_ARTIFACT
+    folder.mkdir()
+    for name, data in fetch_model(outcome.model_uri).items():
+        (folder / name).write_bytes(data)
+    config = load_config(None, [f"mlflow.tracking_uri=sqlite:///{tmp_path}/fresh.db", "mlflow.model_name=fresh"])
+    client = client_for(config.mlflow.tracking_uri)
+    run_id = client.create_run(client.create_experiment("fresh")).info.run_id
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert register(client, run_id, str(folder), config) == "1"
+    assert not [str(w.message) for w in caught if "mlflow" in w.filename or "pipeline" in w.filename], \
+        [f"{w.filename}: {w.message}" for w in caught]
