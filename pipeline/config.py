@@ -108,7 +108,9 @@ class GenerateConfig(Section):
     output: str = Field("./runs/synthetic", min_length=1)
     storage_options: dict[str, Any] = {}
     seed: int = Field(0, ge=0)
-    num_workers: int = Field(1, ge=1)
+    num_workers: int | Literal["auto"] = "auto"  # auto: as many actors as the cluster's CPUs (or GPUs) hold
+    cpus_per_worker: int = Field(1, ge=1)  # each actor's CPUs and torch threads
+    in_process_rows: int = Field(100_000, ge=0)  # jobs this small are written by the driver: no actors to start
     rows_per_part: int = Field(100_000, ge=1)
     use_gpu: bool = False
     precision: Literal["float32", "bfloat16"] = "float32"

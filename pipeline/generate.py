@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,7 @@ import torch
 from pipeline import console
 from pipeline.artifact import load_artifact_files
 from pipeline.cluster import ensure_ray
-from pipeline.config import Config, MLflowConfig
+from pipeline.config import Config, GenerateConfig, MLflowConfig
 from pipeline.encoding import TableEncoder
 from pipeline.plan import Plan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
@@ -122,8 +122,8 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     console.progress(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into "
                      f"{redact(output)} ({len(done)} already done)")
     try:
-        actor_rss = _run_actors(config, model_files, plan, output, todo,
-                                plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
+        actor_rss = _write_parts(config, model_files, plan, output, todo,
+                                 plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
         parts = sink.completed_parts()
         missing = sorted(set(range(num_parts)) - set(parts))
         if missing:
@@ -146,23 +146,11 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
                            actor_peak_rss_mb=actor_rss)
 
 
-def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
-                rows_todo: int) -> float:
-    """Writes the parts in `todo` with an actor pool, printing progress; returns the largest actor peak RSS (MB)."""
-    gen = config.generate
-    ensure_ray(config.ray.address)
-    actors = min(gen.num_workers, len(todo))
-    threads = max(1, len(os.sched_getaffinity(0)) // actors)
-    parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
-    written = parts.map_batches(
-        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"model_files": model_files, "plan": plan, "output": output,
-                               "storage_options": gen.storage_options, "seed": gen.seed,
-                               "rows_per_part": gen.rows_per_part, "threads": threads, "use_gpu": gen.use_gpu,
-                               "precision": gen.precision},
-        num_gpus=1 if gen.use_gpu else 0, num_cpus=1)
+def _write_parts(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
+                 rows_todo: int) -> float:
+    """Writes the parts in `todo`, printing progress; returns the largest writer's peak RSS (MB)."""
     started, rows, count, peak_rss, shown = time.perf_counter(), 0, 0, 0.0, 0.0
-    for row in written.iter_rows():
+    for row in _written(config, model_files, plan, output, todo, rows_todo):
         rows += int(row["rows"])
         count += 1
         peak_rss = max(peak_rss, float(row["peak_rss_mb"]))
@@ -172,6 +160,40 @@ def _run_actors(config: Config, model_files: dict[str, bytes], plan: Plan, outpu
             console.progress(f"{count}/{len(todo)} parts  {rows:,}/{rows_todo:,} rows  {rate:,.0f} rows/s  "
                              f"ETA {(rows_todo - rows) / rate if rate else 0:.0f}s")
     return peak_rss
+
+
+def _written(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
+             rows_todo: int) -> Iterator[dict[str, Any]]:
+    """One result row per written part. A small CPU job is written by this process (no Ray, no actors to start:
+    its fixed cost is the model load); anything bigger by an actor pool sized to the cluster."""
+    gen = config.generate
+    writer_kwargs = {"model_files": model_files, "plan": plan, "output": output,
+                     "storage_options": gen.storage_options, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
+                     "use_gpu": gen.use_gpu, "precision": gen.precision}
+    if rows_todo <= gen.in_process_rows and not gen.use_gpu:
+        writer = PartWriter(**writer_kwargs, threads=len(os.sched_getaffinity(0)))
+        for part in todo:
+            done = writer({"part": np.array([part])})
+            yield {key: values[0] for key, values in done.items()}
+        return
+    ensure_ray(config.ray.address)
+    actors = min(len(todo), actor_count(gen))
+    parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
+    yield from parts.map_batches(
+        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={**writer_kwargs, "threads": gen.cpus_per_worker},
+        num_gpus=1 if gen.use_gpu else 0, num_cpus=gen.cpus_per_worker).iter_rows()
+
+
+def actor_count(gen: GenerateConfig) -> int:
+    """`generate.num_workers`, or for "auto" as many actors as the cluster's GPUs (with `use_gpu`) or CPUs
+    (`generate.cpus_per_worker` each) hold, as Ray reports them now."""
+    if gen.num_workers != "auto":
+        return gen.num_workers
+    resources = ray.cluster_resources()
+    if gen.use_gpu:
+        return max(1, int(resources.get("GPU", 0)))
+    return max(1, int(resources.get("CPU", 0) // gen.cpus_per_worker))
 
 
 def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],

@@ -16,6 +16,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.encoding import Span
 
+UNIQUE_PRIOR_MIN_ROWS = 1024
 LOGVAR_BOUND = 10.0
 MIN_SIGMA = 0.01
 
@@ -63,6 +64,14 @@ class CVAE(nn.Module):
         self.register_buffer("gaussian_index", torch.tensor([s.start for s in spans if s.kind == "gaussian"], dtype=torch.long))
         self.register_buffer("bernoulli_index", torch.tensor([s.start for s in spans if s.kind == "bernoulli"], dtype=torch.long))
         self.softmax_spans = [(s.start, s.width) for s in spans if s.kind == "softmax"]
+        # Every softmax column, the span each belongs to, and each span's first column, for drawing all
+        # categories of a row in a few whole-matrix operations (not persisted: derived from the config).
+        columns = [s.start + j for s in spans if s.kind == "softmax" for j in range(s.width)]
+        owner = [i for i, (_, width) in enumerate(self.softmax_spans) for _ in range(width)]
+        self.register_buffer("softmax_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        self.register_buffer("softmax_owner", torch.tensor(owner, dtype=torch.long), persistent=False)
+        self.register_buffer("softmax_starts", torch.tensor([start for start, _ in self.softmax_spans],
+                                                            dtype=torch.long), persistent=False)
         n_gaussian = len(self.gaussian_index)
         if config.variance == "learned":
             self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
@@ -79,6 +88,25 @@ class CVAE(nn.Module):
             return zeros, zeros
         mu, logvar = self.prior_net(c).chunk(2, dim=1)
         return mu, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+
+    def prior_of_rows(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z|c) per row, computed once per distinct condition row when there are few: a generation batch of
+        65,536 rows usually holds a handful of condition combinations, and the prior network costs about a
+        third of the decoder. Rows are grouped by a random projection (one sort of n numbers, not a row-wise
+        sort) and the grouping is checked exactly, so the result never differs from the per-row prior."""
+        if self.prior_net is None or len(c) < UNIQUE_PRIOR_MIN_ROWS:
+            return self.prior(c)
+        projection = torch.linspace(1.0, 2.0, c.shape[1], dtype=torch.float64, device=c.device).sqrt()
+        keys, row_of = torch.unique(c.double() @ projection, return_inverse=True)
+        if len(keys) * 8 > len(c):
+            return self.prior(c)
+        first = torch.full((len(keys),), len(c), dtype=torch.long, device=c.device)
+        first.scatter_reduce_(0, row_of, torch.arange(len(c), device=c.device), reduce="amin")
+        distinct = c[first]
+        if not torch.equal(distinct[row_of], c):  # two condition rows shared a projection: no shortcut
+            return self.prior(c)
+        mu, logvar = self.prior(distinct)
+        return mu[row_of], logvar[row_of]
 
     def sigma(self) -> torch.Tensor:
         return self.log_sigma.exp().clamp(min=MIN_SIGMA)
@@ -110,7 +138,7 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def sample(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Encoded rows drawn from p(x|z,c) with z ~ p(z|c): Gaussian values, one-hot categories, 0/1 nulls."""
-        mu_p, logvar_p = (t.float() for t in self.prior(c))  # float32 outside the matmuls, even under autocast
+        mu_p, logvar_p = (t.float() for t in self.prior_of_rows(c))  # float32 outside the matmuls, even under autocast
         noise = torch.randn(mu_p.shape, generator=generator, device=c.device)
         out = self.decoder(torch.cat([mu_p + noise * (0.5 * logvar_p).exp(), c], dim=1)).float()
         x = torch.zeros_like(out)
@@ -121,13 +149,26 @@ class CVAE(nn.Module):
         if len(self.bernoulli_index):
             probs = torch.sigmoid(out[:, self.bernoulli_index])
             x[:, self.bernoulli_index] = torch.bernoulli(probs, generator=generator)
-        for start, width in self.softmax_spans:
-            logits = out[:, start: start + width]
-            cumulative = (logits - logits.max(dim=1, keepdim=True).values).exp().cumsum(dim=1)
-            draw = torch.rand((len(out), 1), generator=generator, device=c.device) * cumulative[:, -1:]
-            choice = (cumulative < draw).sum(dim=1, keepdim=True).clamp(max=width - 1)  # inverse CDF: one draw per row
-            x[:, start: start + width].scatter_(1, choice, 1.0)
+        if self.softmax_spans:
+            x.scatter_(1, self.draw_categories(out, generator), 1.0)
         return x
+
+    def draw_categories(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, spans) column index of the category drawn in each softmax span: inverse CDF, one uniform per row
+        and span, all spans at once. Weights are exp(logit - the span's max), so no span underflows."""
+        n, spans = len(out), len(self.softmax_spans)
+        logits = out[:, self.softmax_columns]                                          # (n, S) softmax columns
+        owner = self.softmax_owner.expand(n, -1)                                       # (n, S) span of each
+        top = logits.new_full((n, spans), -math.inf).scatter_reduce(1, owner, logits, "amax")
+        weights = (logits - top.gather(1, owner)).exp()
+        starts = torch.cat([self.softmax_starts.new_zeros(1), torch.bincount(self.softmax_owner).cumsum(0)])
+        cumulative = torch.cat([weights.new_zeros(n, 1), weights.cumsum(dim=1)], dim=1)  # running over all spans
+        below, total = cumulative[:, starts[:-1]], cumulative[:, starts[1:]] - cumulative[:, starts[:-1]]
+        draw = below + torch.rand((n, spans), generator=generator, device=out.device) * total  # (n, spans)
+        passed = (cumulative[:, 1:] < draw.gather(1, owner)).to(logits.dtype)         # column's CDF below the draw
+        chosen = torch.zeros_like(draw).scatter_add_(1, owner, passed).long()          # (n, spans) index in span
+        widths = starts[1:] - starts[:-1]
+        return self.softmax_starts + torch.minimum(chosen, widths - 1)
 
 
 def build_model(x_dim: int, c_dim: int, spans: list[Span], config: ModelConfig) -> CVAE:

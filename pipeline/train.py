@@ -42,7 +42,8 @@ from pipeline.source import cache_if_small, check_table, encoded_splits, fit_enc
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-SHUFFLE_BUFFER_BATCHES = 20
+SHUFFLE_BUFFER_BATCHES = 20  # rows shuffled together: at least this many batches
+FEED_BYTES = 32 * 1024 ** 2  # float32 rows per chunk Ray Data hands a worker (one host-to-device copy each)
 
 
 def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
@@ -111,11 +112,21 @@ def _global_max(value: float, device: torch.device) -> float:
     return packed.item()
 
 
-def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None) -> Iterable[Batch]:
-    shuffle = {"local_shuffle_buffer_size": batch_size * SHUFFLE_BUFFER_BATCHES,
-               "local_shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
-    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device, **shuffle):
-        yield batch["x"], batch["c"]
+def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None,
+                   row_width: int) -> Iterable[Batch]:
+    """Gradient-step batches from a worker's shard: Ray Data hands over large chunks (up to FEED_BYTES, a whole
+    number of batches), moved to the device once; each chunk is shuffled and sliced there, so a GPU is never
+    waiting on one small host-to-device copy per step. Every worker gets ceil(shard rows / batch_size) batches,
+    as DDP needs."""
+    chunk = batch_size * max(SHUFFLE_BUFFER_BATCHES, FEED_BYTES // (4 * row_width * batch_size))
+    generator = torch.Generator(device).manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    for block in shard.iter_torch_batches(batch_size=chunk, dtypes=torch.float32, device=device,
+                                          pin_memory=device.type == "cuda"):
+        x, c = block["x"], block["c"]
+        order = torch.randperm(len(x), generator=generator, device=device) if generator is not None else None
+        for start in range(0, len(x), batch_size):
+            rows = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            yield x[rows], c[rows]
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -144,19 +155,20 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     holdout_shard = ray.train.get_dataset_shard("holdout") if loop["has_holdout"] else None
     model_config = ModelConfig(**loop["model_config"])
+    row_width = loop["model"]["x_dim"] + loop["model"]["c_dim"]
 
     for epoch in range(progress["epoch"] + 1, loop["epochs"]):
         torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
         started = time.perf_counter()
-        batches = _shard_batches(train_shard, loop["batch_size"], device, shuffle_seed=seed * 7919 + epoch * 31 + rank)
+        batches = _shard_batches(train_shard, loop["batch_size"], device, seed * 7919 + epoch * 31 + rank, row_width)
         metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp), device)
         seconds = time.perf_counter() - started
         metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
                     "beta": beta_for_epoch(model_config, epoch)}
         score = -metrics["loss"]
         if holdout_shard is not None:
-            held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None), seed),
-                                 device)
+            held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None,
+                                                               row_width), seed), device)
             metrics |= {key: value for key, value in held.items() if key != "rows"}
             score = held["val_elbo"]
         metrics["score"] = score

@@ -36,13 +36,16 @@ def part_bytes(folder):
     return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("part-*.parquet"))}
 
 
-def test_one_and_two_actors_write_identical_parts(trained_adult, tmp_path, adult):
+def test_the_driver_one_actor_and_two_actors_write_identical_parts(trained_adult, tmp_path, adult):
     plan = "generate.conditions={income: {'>50K': 7000, '<=50K': 5000}}"
-    one = run_generate(trained_adult, tmp_path / "one", plan, "generate.rows_per_part=2500", "generate.num_workers=1")
-    run_generate(trained_adult, tmp_path / "two", plan, "generate.rows_per_part=2500", "generate.num_workers=2")
-    first, second = part_bytes(tmp_path / "one"), part_bytes(tmp_path / "two")
+    one = run_generate(trained_adult, tmp_path / "one", plan, "generate.rows_per_part=2500", "generate.num_workers=1",
+                 "generate.in_process_rows=0")
+    run_generate(trained_adult, tmp_path / "two", plan, "generate.rows_per_part=2500", "generate.num_workers=2",
+                 "generate.in_process_rows=0")
+    run_generate(trained_adult, tmp_path / "driver", plan, "generate.rows_per_part=2500")  # small: no actors
+    first, second, driver = (part_bytes(tmp_path / name) for name in ("one", "two", "driver"))
     assert list(first) == [f"part-{k:05d}.parquet" for k in range(5)]
-    assert first == second
+    assert first == second == driver
 
     table = pq.read_table(tmp_path / "one")
     assert table.schema.remove_metadata() == adult.schema.remove_metadata()

@@ -127,3 +127,25 @@ def test_every_prior_and_variance_trains(adult, prior, variance):
         metrics = run_epoch(model, optimizer, loader(x, c, seed=epoch), beta=1.0)
     assert np.isfinite(metrics["loss"])
     assert validate(model, loader(x, c))["val_elbo"] > before
+
+
+def test_categories_are_drawn_with_their_softmax_probabilities_in_every_span():
+    """All spans drawn at once must still follow each span's own softmax, whatever the other spans' logits
+    (here one span sits 100 below the others: weights are per span, nothing underflows)."""
+    spans = [{"column": "a", "kind": "gaussian", "start": 0, "width": 1},
+             {"column": "b", "kind": "softmax", "start": 1, "width": 3},
+             {"column": "c", "kind": "softmax", "start": 4, "width": 5},
+             {"column": "d", "kind": "bernoulli", "start": 9, "width": 1},
+             {"column": "e", "kind": "softmax", "start": 10, "width": 2}]
+    model = CVAE(CVAEConfig(x_dim=12, c_dim=2, spans=spans, latent_dim=4, hidden=[8]))
+    rows = 200_000
+    out = torch.zeros(rows, 12)
+    out[:, 1:4] = torch.tensor([0.0, 1.0, 2.0])
+    out[:, 4:9] = torch.tensor([50.0, 49.0, 48.0, -30.0, 10.0])
+    out[:, 10:12] = torch.tensor([-100.0, -101.0])
+    drawn = model.draw_categories(out, torch.Generator().manual_seed(0))
+    for j, (start, width) in enumerate(model.softmax_spans):
+        share = torch.bincount(drawn[:, j] - start, minlength=width).double() / rows
+        expected = torch.softmax(out[0, start:start + width].double(), dim=0)
+        assert len(share) == width  # never a column outside the span
+        assert ((share - expected).abs() <= 5 * (expected * (1 - expected) / rows).sqrt() + 1e-9).all(), (share, expected)
