@@ -24,7 +24,7 @@ from pipeline.encoding import TableEncoder
 from pipeline.model import build_model
 from pipeline.plan import build_plan
 from pipeline.sampling import synthesize
-from pipeline.train import beta_for_epoch, run_epoch
+from pipeline.train_worker import beta_for_epoch, run_epoch
 
 warnings.filterwarnings("ignore")
 VARIANTS: list[tuple[str, dict]] = [

@@ -45,7 +45,7 @@ def machine_limit(outcome_uri: str, tracking_uri: str, rows: int, precision: str
     import torch
 
     from pipeline.config import GenerateConfig
-    from pipeline.generate import parquet_bytes
+    from pipeline.part_writer import parquet_bytes
     from pipeline.plan import build_plan
     from pipeline.artifact import load_artifact_files
     from pipeline.registry import fetch_model

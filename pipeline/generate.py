@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,10 +20,7 @@ from importlib.metadata import version as package_version
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
-import torch
 
 from pipeline import console
 from pipeline.artifact import load_artifact_files
@@ -35,45 +30,12 @@ from pipeline.encoding import TableEncoder
 from pipeline.plan import Plan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
-from pipeline.sampling import part_seed, synthesize
-from pipeline.sink import Sink, failpoint, part_name
+from pipeline.part_writer import PartWriter
+from pipeline.sink import Sink, failpoint
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
 GENERATION_TAG = "cvae.generation_id"
 PROGRESS_EVERY_S = 5.0
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-class PartWriter:
-    """A Ray Data actor: loads the model once, then draws and writes whole parts."""
-
-    def __init__(self, model_files: dict[str, bytes], plan: Plan, output: str, storage_options: dict[str, Any],
-                 seed: int, rows_per_part: int, threads: int, use_gpu: bool, precision: str):
-        torch.set_num_threads(threads)
-        self.device = "cuda" if use_gpu else "cpu"
-        self.model, self.encoder = load_artifact_files(model_files, self.device)
-        self.plan, self.seed, self.rows_per_part, self.precision = plan, seed, rows_per_part, precision
-        self.sink = Sink(output, storage_options)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done: dict[str, list] = {"part": [], "rows": [], "seconds": [], "peak_rss_mb": []}
-        for part in batch["part"].tolist():
-            started = time.perf_counter()
-            start = part * self.rows_per_part
-            conditions = self.plan.rows(start, min(start + self.rows_per_part, self.plan.num_rows))
-            table = synthesize(self.model, self.encoder, conditions, part_seed(self.seed, part), self.device,
-                               self.precision, row_offset=start)
-            self.sink.write_part(part, parquet_bytes(table), table.num_rows)
-            done["part"].append(part)
-            done["rows"].append(table.num_rows)
-            done["seconds"].append(time.perf_counter() - started)
-            done["peak_rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        return {key: np.asarray(values) for key, values in done.items()}
 
 
 @dataclass(frozen=True)

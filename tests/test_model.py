@@ -12,7 +12,7 @@ from pipeline.config import EncoderConfig, ModelConfig
 from pipeline.encoding import TableEncoder
 from pipeline.sampling import synthesize
 from pipeline.model import CVAE, CVAEConfig, build_model, kl_diag_gaussians
-from pipeline.train import beta_for_epoch, run_epoch, validate
+from pipeline.train_worker import beta_for_epoch, run_epoch, validate
 
 CONDITIONS = ["income", "race", "native-country"]
 

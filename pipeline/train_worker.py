@@ -1,0 +1,167 @@
+"""What runs on every Ray Train worker: the epoch loop, validation, the device feed, DDP averages, checkpoints.
+
+No MLflow here: the controller (pipeline.train.EpochLogger) tracks what the workers report.
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipeline.artifact import save_artifact
+from pipeline.config import ModelConfig
+from pipeline.model import CVAE, CVAEConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+SHUFFLE_BUFFER_BATCHES = 20  # rows shuffled together: at least this many batches
+FEED_BYTES = 32 * 1024 ** 2  # float32 rows per chunk Ray Data hands a worker (one host-to-device copy each)
+
+
+def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
+    """KL weight with a linear warm-up over the first `model.kl_warmup_epochs` epochs."""
+    if config.kl_warmup_epochs == 0:
+        return config.beta
+    return config.beta * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
+
+
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], beta: float,
+              amp: bool = False) -> dict[str, float]:
+    """One pass of gradient steps; returns row-weighted means of loss, recon and KL, and the row count."""
+    model.train()
+    keys = ("loss", "recon", "kl")
+    totals = None
+    rows = 0
+    for x, c in batches:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            terms = model(x, c, beta)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        step = torch.stack([terms[key].detach().float() for key in keys]) * len(x)
+        totals = step if totals is None else totals + step  # stays on the device: no sync per step
+        rows += len(x)
+    means = (totals / max(rows, 1)).tolist() if totals is not None else [0.0] * len(keys)
+    return dict(zip(keys, means)) | {"rows": rows}
+
+
+@torch.no_grad()
+def validate(model: CVAE, batches: Iterable[Batch], seed: int = 0) -> dict[str, float]:
+    """Validation ELBO per row (higher is better), with fixed noise so epochs compare fairly."""
+    model.eval()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    recon = kl = 0.0
+    rows = 0
+    for x, c in batches:
+        terms = model(x, c, 1.0)
+        recon += terms["recon"].item() * len(x)
+        kl += terms["kl"].item() * len(x)
+        rows += len(x)
+    torch.random.set_rng_state(state)
+    rows_or_one = max(rows, 1)
+    return {"val_elbo": -(recon + kl) / rows_or_one, "val_recon": recon / rows_or_one, "val_kl": kl / rows_or_one,
+            "rows": rows}
+
+
+def _global_means(terms: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Row-weighted means over all workers, so every rank sees (and decides on) the same numbers."""
+    if not dist.is_available() or not dist.is_initialized():
+        return terms
+    keys = sorted(key for key in terms if key != "rows")
+    packed = torch.tensor([terms[key] * terms["rows"] for key in keys] + [terms["rows"]],
+                          dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    rows = packed[-1].item()
+    return {key: packed[i].item() / max(rows, 1) for i, key in enumerate(keys)} | {"rows": int(rows)}
+
+
+def _global_max(value: float, device: torch.device) -> float:
+    if not dist.is_available() or not dist.is_initialized():
+        return value
+    packed = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return packed.item()
+
+
+def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None,
+                   row_width: int) -> Iterable[Batch]:
+    """Gradient-step batches from a worker's shard: Ray Data hands over large chunks (up to FEED_BYTES, a whole
+    number of batches), moved to the device once; each chunk is shuffled and sliced there, so a GPU is never
+    waiting on one small host-to-device copy per step. Every worker gets ceil(shard rows / batch_size) batches,
+    as DDP needs."""
+    chunk = batch_size * max(SHUFFLE_BUFFER_BATCHES, FEED_BYTES // (4 * row_width * batch_size))
+    generator = torch.Generator(device).manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    for block in shard.iter_torch_batches(batch_size=chunk, dtypes=torch.float32, device=device,
+                                          pin_memory=device.type == "cuda"):
+        x, c = block["x"], block["c"]
+        order = torch.randperm(len(x), generator=generator, device=device) if generator is not None else None
+        for start in range(0, len(x), batch_size):
+            rows = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            yield x[rows], c[rows]
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // context.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    seed = loop["seed"]
+    torch.manual_seed(seed)
+    model = CVAE(CVAEConfig(**loop["model"]))
+    progress = {"epoch": -1, "best": -math.inf, "stale": 0, "history": []}  # history: every epoch's metrics
+    optimizer_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            model.load_state_dict(torch.load(Path(directory) / "weights.pt", weights_only=True))
+            saved = torch.load(Path(directory) / "training_state.pt", weights_only=True)
+            optimizer_state, progress = saved["optimizer"], {"history": [], **saved["progress"]}
+    model = ray.train.torch.prepare_model(model)
+    core: CVAE = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    amp = device.type == "cuda"
+    train_shard = ray.train.get_dataset_shard("train")
+    holdout_shard = ray.train.get_dataset_shard("holdout") if loop["has_holdout"] else None
+    model_config = ModelConfig(**loop["model_config"])
+    row_width = loop["model"]["x_dim"] + loop["model"]["c_dim"]
+
+    for epoch in range(progress["epoch"] + 1, loop["epochs"]):
+        torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+        started = time.perf_counter()
+        batches = _shard_batches(train_shard, loop["batch_size"], device, seed * 7919 + epoch * 31 + rank, row_width)
+        metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp), device)
+        seconds = time.perf_counter() - started
+        metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
+                    "beta": beta_for_epoch(model_config, epoch)}
+        score = -metrics["loss"]
+        if holdout_shard is not None:
+            held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None,
+                                                               row_width), seed), device)
+            metrics |= {key: value for key, value in held.items() if key != "rows"}
+            score = held["val_elbo"]
+        metrics["score"] = score
+        metrics["worker_peak_rss_mb"] = _global_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, device)
+        progress = {"epoch": epoch, "best": max(progress["best"], score),
+                    "stale": 0 if score > progress["best"] else progress["stale"] + 1,
+                    "history": [*progress["history"], {key: float(value) for key, value in metrics.items()}]}
+        with tempfile.TemporaryDirectory() as directory:
+            if rank == 0:
+                save_artifact(directory, core, loop["encoder_json"])
+                torch.save({"optimizer": optimizer.state_dict(), "progress": progress},
+                           Path(directory) / "training_state.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+        if loop["patience"] and progress["stale"] >= loop["patience"]:
+            break
