@@ -47,6 +47,8 @@ ID_NAMED_UNIQUE = 0.3    # the same, for a column named like an id (order ids re
 INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
 MAX_ID_COVERAGE = 0.5    # ...unless values seen k times or more still cover this share of its rows
 FORMAT = "cvae-table-encoder/2"
+UINT64 = 0xFFFFFFFFFFFFFFFF
+SAMPLE_KEY_SALT = 0x5A17_C0DE_D15C_0001  # keeps sample keys apart from the holdout split's use of the row hash
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,23 @@ def _numeric_values(arr: pa.Array, name: str) -> np.ndarray:
     return values
 
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer (a bijection on uint64), vectorized; wraps around like C."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_keys(row_hash: np.ndarray, stream: int) -> np.ndarray:
+    """A uniform key in [0, 1) per row from its deterministic row hash and a stream (seed and column): the same
+    row gets the same key on every read, block size, worker and merge order, so a bottom-k sample is one set."""
+    salt = _splitmix64(np.array([(stream * 0x9E3779B97F4A7C15 ^ SAMPLE_KEY_SALT) & UINT64], dtype=np.uint64))
+    mixed = _splitmix64(np.asarray(row_hash, dtype=np.uint64) ^ salt)
+    return (mixed >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
 def named_like_id(name: str) -> bool:
     """`id`, `order_id`, `Individual ID`, `customerId`, `case number`, ..."""
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).lower()
@@ -150,7 +169,8 @@ def named_like_id(name: str) -> bool:
 
 class NumericSketch:
     """One pass over a numeric column: counts, exact bounds, the k smallest and largest values per element,
-    and a bounded uniform sample (bottom-k by random key: fixed memory, mergeable across workers)."""
+    and a bounded uniform sample (bottom-k by random key: fixed memory, mergeable across workers). Given row
+    hashes, the keys come from them (`sample_keys`), so the sample does not depend on how rows were batched."""
 
     def __init__(self, width: int, sample_size: int, seed: int, extremes: int):
         self.rows = 0
@@ -161,19 +181,24 @@ class NumericSketch:
         self.extremes = extremes
         self.smallest = np.empty((0, width))
         self.largest = np.empty((0, width))
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     @property
     def values(self) -> int:
         return self.rows - self.nulls
 
-    def update(self, arr: pa.Array, name: str) -> None:
+    def update(self, arr: pa.Array, name: str, row_hash: np.ndarray | None = None) -> None:
         self.rows += len(arr)
         self.nulls += arr.null_count
         values = _numeric_values(arr, name)
         if not len(values):
             return
-        self._keep(self.rng.random(len(values)), values)
+        if row_hash is None:
+            keys = self.rng.random(len(values))
+        else:  # the rows `_numeric_values` kept: the non-null ones
+            keys = sample_keys(row_hash if not arr.null_count else row_hash[np.asarray(arr.is_valid())], self.seed)
+        self._keep(keys, values)
         self._keep_extremes(values, values)
 
     def merge(self, other: "NumericSketch") -> None:
@@ -224,7 +249,7 @@ class CategorySketch:
         self.prefixes_used: set[str] = set()
         self.tracks_prefixes = tracks_prefixes
 
-    def update(self, arr: pa.Array, name: str) -> None:
+    def update(self, arr: pa.Array, name: str, row_hash: np.ndarray | None = None) -> None:
         arr = _plain(arr)
         self.rows += len(arr)
         self.nulls += arr.null_count
@@ -245,7 +270,7 @@ class CategorySketch:
         for value, count in pairs:
             self.counts[value] = self.counts.get(value, 0) + count
         if len(self.counts) > 2 * self.bound:
-            self.counts = dict(sorted(self.counts.items(), key=lambda kv: -kv[1])[: self.bound])
+            self.counts = dict(sorted(self.counts.items(), key=_by_count)[: self.bound])
             self.pruned = True
 
     def looks_like_id(self, name: str, min_count: int) -> bool:
@@ -260,7 +285,11 @@ class CategorySketch:
 
 
 class EncoderSketch:
-    """Streaming fit state for a whole table; `update` per batch, `merge` across workers, then `finalize`."""
+    """Streaming fit state for a whole table; `update` per batch, `merge` across workers, then `finalize`.
+
+    Given each row's deterministic hash (`update(batch, row_hash)`), the fitted encoder depends only on which
+    rows were seen, not on how they were batched or in which order sketches merged (while category and
+    condition counts stay under their pruning bounds)."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], config: EncoderConfig,
                  column_kinds: dict[str, str] | None = None, seed: int = 0):
@@ -290,12 +319,15 @@ class EncoderSketch:
                                                           config.min_value_count)
         self.combinations: dict[tuple, int] = {}
 
-    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+    def update(self, batch: pa.RecordBatch | pa.Table, row_hash: np.ndarray | None = None) -> None:
+        """`row_hash`: one uint64 per row of `batch` for reproducible sample keys; None draws them at random."""
         if batch.schema.names != self.schema.names:
             raise UserError(f"a data file has columns {batch.schema.names}, expected {self.schema.names}; "
                             "every Parquet file under data.path must share one schema")
+        if row_hash is not None and len(row_hash) != batch.num_rows:
+            raise ValueError(f"{len(row_hash)} row hashes for {batch.num_rows} rows")
         for name, sketch in self.sketches.items():
-            sketch.update(_plain(batch.column(name)), name)
+            sketch.update(_plain(batch.column(name)), name, row_hash)
         keys = pa.table({name: _numeric_storage(_plain(batch.column(name))) for name in self.conditions})
         grouped = keys.group_by(self.conditions, use_threads=False).aggregate([([], "count_all")])
         counts = grouped.column("count_all").to_pylist()
@@ -313,7 +345,7 @@ class EncoderSketch:
             self.combinations[combo] = self.combinations.get(combo, 0) + count
         limit = self.config.max_condition_combinations
         if len(self.combinations) > 2 * limit:
-            self.combinations = dict(sorted(self.combinations.items(), key=lambda kv: -kv[1])[:limit])
+            self.combinations = dict(sorted(self.combinations.items(), key=_by_count)[:limit])
 
     def final_kind(self, field: pa.Field) -> str:
         """The inferred kind, with identifiers recognised where the user gave no kind."""
@@ -348,10 +380,15 @@ class EncoderSketch:
             else:
                 codecs[field.name] = NumericCodec.fit(field, kind, sketch, config.quantiles,
                                                       protect if protect and protect > 1 else None)
-        top = sorted(self.combinations.items(), key=lambda kv: -kv[1])[: config.max_condition_combinations]
+        top = sorted(self.combinations.items(), key=_by_count)[: config.max_condition_combinations]
         distribution = [{"values": list(combo), "count": count} for combo, count in top]
         return TableEncoder(self.schema, self.conditions, codecs, distribution, list(excluded),
                             config.min_value_count)
+
+
+def _by_count(item: tuple[Any, int]) -> tuple[int, str]:
+    """Most frequent first; ties by value, so the order does not depend on the order rows were counted in."""
+    return -item[1], str(item[0])
 
 
 class NumericCodec:

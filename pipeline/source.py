@@ -1,6 +1,7 @@
 """Source: the training table as a Ray Dataset read from any fsspec URI, split into train and holdout."""
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import numpy as np
@@ -9,12 +10,13 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import DataConfig, EncoderConfig
-from pipeline.encoding import TableEncoder, infer_kind
-from pipeline.errors import UserError
+from pipeline.encoding import EncoderSketch, TableEncoder, infer_kind
+from pipeline.errors import UserError, user_error_in
 from pipeline.storage import arrow_filesystem, redact
 
 ROW_HASH = "row_hash"
 SPLIT_BUCKETS = 1 << 20
+SKETCH = "sketch"
 
 
 def parquet_footer(fs: Any, path: str, key: str = "data.path") -> tuple[pa.Schema, pq.FileMetaData]:
@@ -129,12 +131,41 @@ def cache_if_small(splits: dict[str, ray.data.Dataset], size: int, policy: str) 
     return splits
 
 
+def training_rows(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float) -> tuple[pa.Table, np.ndarray]:
+    """The training side of the split (as `select_split`), cast to the footer's `schema`, and those rows' hashes."""
+    row_hash = batch.column(ROW_HASH).to_numpy()
+    keep = ~holdout_mask(row_hash, seed, fraction)
+    rows = batch.drop_columns([ROW_HASH]).filter(pa.array(keep)).select(schema.names).cast(schema)
+    return rows, row_hash[keep]
+
+
+def sketch_block(batch: pa.Table, schema: pa.Schema, conditions: list[str], kinds: dict[str, str],
+                 config: EncoderConfig, seed: int, fraction: float) -> pa.Table:
+    """Ray Data map: one block's training rows -> a one-row table holding their pickled `EncoderSketch`."""
+    sketch = EncoderSketch(schema, conditions, config, kinds, seed)
+    rows, row_hash = training_rows(batch, schema, seed, fraction)
+    if rows.num_rows:
+        sketch.update(rows, row_hash)
+    return pa.table({SKETCH: pa.array([pickle.dumps(sketch, protocol=pickle.HIGHEST_PROTOCOL)], pa.large_binary())})
+
+
 def fit_encoder(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config: EncoderConfig,
                 seed: int) -> TableEncoder:
-    """One streaming pass over the training split only: no statistic the model stores has seen a holdout row
-    (holdout values the split lacks encode as "other" or clip to the bounds). Ray reads in parallel, the
-    driver keeps the bounded sketches. Batches take the footer's Arrow `schema`, so the model's output has
-    exactly the types a Parquet reader sees in the input."""
-    batches = (select_split(batch, "train", seed, data.holdout_fraction).select(schema.names).cast(schema)
-               for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536))
-    return TableEncoder.fit(batches, data.conditions, config, data.columns, seed, data.exclude)
+    """One distributed pass over the training split only: no statistic the model stores has seen a holdout row
+    (holdout values the split lacks encode as "other" or clip to the bounds). Ray tasks sketch each block and
+    the driver merges the bounded sketches as they arrive, never holding rows. Sample keys come from the row
+    hash, so the encoder is the same whatever the block sizes, worker count or merge order. Batches take the
+    footer's Arrow `schema`, so the model's output has exactly the types a Parquet reader sees in the input."""
+    merged = EncoderSketch(schema, data.conditions, config, data.columns, seed)  # bad columns fail here, unwrapped
+    sketches = ds.map_batches(sketch_block, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                              fn_kwargs={"schema": schema, "conditions": data.conditions, "kinds": data.columns,
+                                         "config": config, "seed": seed, "fraction": data.holdout_fraction})
+    try:
+        for row in sketches.iter_rows():
+            merged.merge(pickle.loads(row[SKETCH]))
+    except Exception as exc:  # a data problem a Ray task found (NaN values...): raised as the driver would
+        found = user_error_in(exc)
+        if found is None:
+            raise
+        raise found from None
+    return merged.finalize(data.exclude)
