@@ -7,7 +7,6 @@ index, so `mlflow models serve`, `build-docker` and `spark_udf` can rebuild it.
 from __future__ import annotations
 
 import shutil
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import mlflow
 import pandas as pd
 import pyarrow as pa
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from pipeline.artifact import MODEL_ARTIFACT, load_artifact
 from pipeline.encoding import TableEncoder
@@ -77,17 +76,38 @@ def example_conditions(encoder: TableEncoder, rows: int = 3) -> pd.DataFrame:
     return conditions_from_frame(encoder, pd.DataFrame(combos, columns=encoder.conditions)).to_pandas()
 
 
-def signature(encoder: TableEncoder, example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
-    """Inferred from the example, with nullable condition columns optional and every output column optional
-    (protected, all-null and rare columns can be null in any row)."""
-    with warnings.catch_warnings():  # its hint on integer columns and nulls: the specs below are made optional
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        inferred = mlflow.models.infer_signature(example, output)
+def signature(encoder: TableEncoder) -> ModelSignature:
+    """From the training schema, not inferred from an example (MLflow cannot infer times, durations or
+    decimals): condition columns are the inputs, optional where training saw nulls in them; every output
+    column is optional (protected, all-null and rare columns can be null in any row)."""
     optional = nullable_conditions(encoder)
-    inputs = Schema([ColSpec(spec.type, spec.name, required=spec.name not in optional) for spec in inferred.inputs])
-    outputs = Schema([ColSpec(spec.type, spec.name, required=False) for spec in inferred.outputs])
+    inputs = Schema([ColSpec(mlflow_type(field.type), field.name, required=field.name not in optional)
+                     for field in condition_schema(encoder)])
+    outputs = Schema([ColSpec(mlflow_type(field.type), field.name, required=False) for field in encoder.schema])
     params = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("part", "long", 0)])
     return ModelSignature(inputs, outputs, params)
+
+
+def mlflow_type(arrow_type: pa.DataType) -> DataType | AnyType:
+    """The MLflow column type a served row of this Arrow type arrives as; AnyType where MLflow has none."""
+    if pa.types.is_dictionary(arrow_type):
+        return mlflow_type(arrow_type.value_type)
+    if pa.types.is_boolean(arrow_type):
+        return DataType.boolean
+    if pa.types.is_integer(arrow_type):
+        fits_int32 = arrow_type.bit_width < 32 or (arrow_type.bit_width == 32 and pa.types.is_signed_integer(arrow_type))
+        return DataType.integer if fits_int32 else DataType.long
+    if pa.types.is_floating(arrow_type):
+        return DataType.float if arrow_type.bit_width <= 32 else DataType.double
+    if pa.types.is_decimal(arrow_type):
+        return DataType.double
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return DataType.string
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return DataType.binary
+    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
+        return DataType.datetime
+    return AnyType()
 
 
 def code_paths(scratch: Path) -> list[str]:

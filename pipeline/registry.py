@@ -20,8 +20,7 @@ from pipeline import console
 from pipeline.artifact import MODEL_ARTIFACT, load_artifact
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.pyfunc import PYFUNC_ENTRY, code_paths, conditions_from_frame, example_conditions, requirements, signature
-from pipeline.sampling import synthesize
+from pipeline.pyfunc import PYFUNC_ENTRY, code_paths, example_conditions, requirements, signature
 
 VERSION_TAG = "cvae.registered_version"
 
@@ -33,16 +32,15 @@ def register(client: MlflowClient, run_id: str, artifact_dir: str, config: Confi
     if VERSION_TAG in run.data.tags:
         version = run.data.tags[VERSION_TAG]
     else:
-        model, encoder = load_artifact(artifact_dir)
+        _, encoder = load_artifact(artifact_dir)  # refuses a tampered folder before anything is logged
         example = example_conditions(encoder)
-        output = synthesize(model, encoder, conditions_from_frame(encoder, example), seed=0).to_pandas()
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), \
                 tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
             # MLflow 3 compares a pandas Index with range() when it saves any DataFrame example; pandas warns
             warnings.filterwarnings("ignore", message="Operation with range is deprecated")
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_ENTRY), artifacts={MODEL_ARTIFACT: str(artifact_dir)},
-                code_paths=code_paths(Path(scratch)), signature=signature(encoder, example, output),
+                code_paths=code_paths(Path(scratch)), signature=signature(encoder),
                 input_example=example, pip_requirements=requirements())
         with contextlib.redirect_stderr(sys.stderr if console.verbose() else io.StringIO()):  # its "Successfully ..."
             version = mlflow.register_model(info.model_uri, name, tags={"run_id": run_id}).version
