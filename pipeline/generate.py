@@ -25,12 +25,12 @@ import ray
 from pipeline import console
 from pipeline.artifact import load_artifact_files
 from pipeline.cluster import ensure_ray
-from pipeline.config import Config, GenerateConfig, MLflowConfig
+from pipeline.config import Config, MLflowConfig
 from pipeline.encoding import TableEncoder
 from pipeline.plan import Plan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
-from pipeline.part_writer import PartWriter
+from pipeline.part_writer import PartWriter, writer_pool
 from pipeline.sink import Sink, failpoint
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
@@ -139,23 +139,12 @@ def _written(config: Config, model_files: dict[str, bytes], plan: Plan, output: 
             yield {key: values[0] for key, values in done.items()}
         return
     ensure_ray(config.ray.address)
-    actors = min(len(todo), actor_count(gen))
+    pool = writer_pool(gen.num_workers, gen.cpus_per_worker, gen.use_gpu, ray.cluster_resources())
     parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
     yield from parts.map_batches(
-        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(len(todo), pool.actors)),
         fn_constructor_kwargs={**writer_kwargs, "threads": gen.cpus_per_worker},
-        num_gpus=1 if gen.use_gpu else 0, num_cpus=gen.cpus_per_worker).iter_rows()
-
-
-def actor_count(gen: GenerateConfig) -> int:
-    """`generate.num_workers`, or for "auto" as many actors as the cluster's GPUs (with `use_gpu`) or CPUs
-    (`generate.cpus_per_worker` each) hold, as Ray reports them now."""
-    if gen.num_workers != "auto":
-        return gen.num_workers
-    resources = ray.cluster_resources()
-    if gen.use_gpu:
-        return max(1, int(resources.get("GPU", 0)))
-    return max(1, int(resources.get("CPU", 0) // gen.cpus_per_worker))
+        num_gpus=pool.gpus_per_actor, num_cpus=gen.cpus_per_worker).iter_rows()
 
 
 def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],

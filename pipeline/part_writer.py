@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,28 @@ from pipeline.artifact import load_artifact_files
 from pipeline.plan import Plan
 from pipeline.sampling import part_seed, synthesize
 from pipeline.sink import Sink
+
+
+MAX_ACTORS_PER_GPU = 8  # beyond this, more CUDA contexts than the CPU-side work (decode to Arrow, Parquet) needs
+
+
+@dataclass(frozen=True)
+class WriterPool:
+    actors: int
+    gpus_per_actor: float
+
+
+def writer_pool(num_workers: int | str, cpus_per_worker: int, use_gpu: bool, resources: dict[str, float]) -> WriterPool:
+    """How many part writers, and what share of a GPU each. `auto`: as many as the cluster's CPUs hold
+    (`cpus_per_worker` each), as Ray reports them now; with GPUs, several writers share each GPU, since the
+    decoder is nearly free there and turning its output into Parquet is CPU work that runs in parallel."""
+    cpus, gpus = resources.get("CPU", 0.0), int(resources.get("GPU", 0))
+    if not use_gpu:
+        return WriterPool(num_workers if num_workers != "auto" else max(1, int(cpus // cpus_per_worker)), 0.0)
+    if num_workers == "auto":
+        per_gpu = max(1, min(MAX_ACTORS_PER_GPU, int(cpus // max(gpus, 1) // cpus_per_worker)))
+        return WriterPool(max(1, gpus) * per_gpu, 1.0 / per_gpu)
+    return WriterPool(num_workers, min(1.0, gpus / num_workers) if gpus else 1.0)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

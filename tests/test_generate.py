@@ -20,6 +20,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.generate import generate
+from pipeline.part_writer import writer_pool
 
 pytestmark = pytest.mark.slow
 
@@ -189,3 +190,19 @@ def test_killed_driver_resumes_to_the_same_bytes(trained_adult, ray_cluster, tmp
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     assert part_bytes(tmp_path / "out") == part_bytes(tmp_path / "reference")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in (tmp_path / "reference").iterdir())
+
+
+@pytest.mark.parametrize("workers,cpus_each,gpu,resources,expected", [
+    ("auto", 1, False, {"CPU": 8.0}, (8, 0.0)),
+    ("auto", 2, False, {"CPU": 8.0}, (4, 0.0)),
+    ("auto", 4, False, {"CPU": 2.0}, (1, 0.0)),  # never none
+    (3, 1, False, {"CPU": 8.0}, (3, 0.0)),
+    ("auto", 1, True, {"CPU": 16.0, "GPU": 1.0}, (8, 0.125)),  # several writers share a GPU
+    ("auto", 1, True, {"CPU": 2.0, "GPU": 1.0}, (2, 0.5)),
+    ("auto", 1, True, {"CPU": 32.0, "GPU": 2.0}, (16, 0.125)),
+    ("auto", 4, True, {"CPU": 16.0, "GPU": 1.0}, (4, 0.25)),
+    (2, 1, True, {"CPU": 16.0, "GPU": 1.0}, (2, 0.5)),
+])
+def test_writers_are_sized_to_the_cluster(workers, cpus_each, gpu, resources, expected):
+    pool = writer_pool(workers, cpus_each, gpu, resources)
+    assert (pool.actors, pool.gpus_per_actor) == expected
