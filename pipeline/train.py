@@ -15,7 +15,7 @@ import posixpath
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from pipeline.model import build_model
 from pipeline.plots import loss_curve
 from pipeline.registry import register
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
-                               log_training_data, reconcile_metrics)
+                               log_metrics, log_training_data, reconcile_metrics)
 from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, modelled_schema, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 from pipeline.train_worker import train_loop_per_worker
@@ -106,11 +106,27 @@ class TrainOutcome:
     model_uri: str
     version: str
     checkpoint_dir: str
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (Stages), also in MLflow
+
+
+class Stages:
+    """Wall time per stage of a training job: where the fixed cost goes (logged as `seconds_<stage>`)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.mark = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self.mark
+        self.mark = now
+        return self.seconds[stage]
 
 
 def train(config: Config, restart: bool = False) -> TrainOutcome:
     """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow.
     `restart` discards the checkpoints of an earlier job under the same `train.name`."""
+    clock = Stages()
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
     rows, schema = check_table(fs, files, data)
@@ -127,11 +143,12 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     if restart:
         forget_training_run(client, config, train_id)
 
+    clock.lap("checks")
     ensure_ray(config.ray.address)
+    clock.lap("ray_start")
     dataset = read_table(fs, files, modelled.names)
-    started = time.perf_counter()
     encoder = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed)
-    console.progress(f"encoder fitted in {time.perf_counter() - started:.2f}s on the training split of {rows:,} rows "
+    console.progress(f"encoder fitted in {clock.lap('encoder_fit'):.2f}s on the training split of {rows:,} rows "
           f"({encoder.kinds_summary()}; values seen in fewer than {config.encoder.min_value_count} rows protected): "
           f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
     if encoder.id_columns:
@@ -150,6 +167,7 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
     splits = cache_if_small(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
                             rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
+    clock.lap("tracking_setup")
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
     with console.relayed_lines() as lines:
@@ -175,6 +193,7 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             client.set_terminated(run_id, status="FAILED")
             raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
                                f"{str(exc).strip().splitlines()[-1]}") from exc
+    clock.lap("training")
     best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError("training finished without a checkpoint")
@@ -191,8 +210,10 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         version = register(client, run_id, str(export), config)
     for path, figure in loss_curve(history):
         client.log_figure(run_id, figure, path)
+    clock.lap("register")
+    log_metrics(client, run_id, {f"seconds_{stage}": value for stage, value in clock.seconds.items()}, step=0)
     client.set_terminated(run_id)
     model_uri = f"models:/{config.mlflow.model_name}/{version}"
     alias = f" (alias @{config.mlflow.alias})" if config.mlflow.alias else ""
     console.result(f"registered {model_uri}{alias}; run {run_id}; checkpoints in {redact(best.path)}")
-    return TrainOutcome(run_id, model_uri, version, best.path)
+    return TrainOutcome(run_id, model_uri, version, best.path, clock.seconds)

@@ -138,6 +138,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     model_config = ModelConfig(**loop["model_config"])
     row_width = loop["model"]["x_dim"] + loop["model"]["c_dim"]
 
+    report_seconds = 0.0  # the previous epoch's checkpoint upload and report, measured when it returned
     for epoch in range(progress["epoch"] + 1, loop["epochs"]):
         torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
         started = time.perf_counter()
@@ -145,7 +146,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp), device)
         seconds = time.perf_counter() - started
         metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
-                    "beta": beta_for_epoch(model_config, epoch)}
+                    "beta": beta_for_epoch(model_config, epoch), "previous_report_seconds": report_seconds}
         score = -metrics["loss"]
         if holdout_shard is not None:
             held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None,
@@ -162,6 +163,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 save_artifact(directory, core, loop["encoder_json"])
                 torch.save({"optimizer": optimizer.state_dict(), "progress": progress},
                            Path(directory) / "training_state.pt")
+            reporting = time.perf_counter()
+            metrics["overhead_seconds"] = reporting - started - seconds  # validation, averages, checkpoint files
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
+            report_seconds = time.perf_counter() - reporting
         if loop["patience"] and progress["stale"] >= loop["patience"]:
             break
