@@ -59,6 +59,14 @@ class EpochLogger(ray.train.UserCallback):
         if problem:
             self.lines.put_nowait(("warning", problem))
 
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        """A worker died or raised: say so; Ray Train restarts the group from the last checkpoint
+        (`train.max_failures`) or gives up, and the driver reports that."""
+        ranks = ", ".join(str(rank) for rank in sorted(worker_exceptions))
+        first = next(iter(worker_exceptions.values()), None)
+        self.lines.put_nowait(("warning", f"training worker rank(s) {ranks} failed ({type(first).__name__}); "
+                                          "Ray Train restarts from the last checkpoint while retries remain"))
+
 
 JOB_IDENTITY = "cvae-job.json"
 

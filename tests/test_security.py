@@ -1,8 +1,10 @@
 """Secrets never leak; models and manifests are validated on load; output names stay under the output prefix."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,36 +22,62 @@ from tests.conftest import free_port
 SECRET = "Sup3rS3cretValue0123456789abcdef"
 
 
-@pytest.mark.slow
-def test_known_secrets_appear_in_no_output(ray_cluster, workdir, adult_on_s3, s3_endpoint, s3):
-    """Credentials in storage options and in a URI: grep logs, MLflow params and tags, manifests and errors."""
-    s3.mkdir("secret-out")
-    options = json.dumps({"endpoint_url": s3_endpoint, "key": "AKIASECRETKEY0000000", "secret": SECRET})
-    tracking = f"sqlite:///{workdir}/mlflow.db"
-    common = [f"mlflow.tracking_uri={tracking}", "mlflow.model_name=adult-secret",
-              f"ray.address={ray_cluster.get_runtime_context().gcs_address}"]
-    train = ["train", *sum([["--set", o] for o in [*common, f"data.path={adult_on_s3}", "data.conditions=[income]",
-                                                  f"data.storage_options={options}", "train.epochs=1",
-                                                  "model.hidden=[32]", f"train.storage_path={workdir}/runs"]], [])]
-    generate = ["generate", *sum([["--set", o] for o in [*common, "generate.num_rows=2000",
-                                                        "generate.output=s3://secret-out/data",
-                                                        f"generate.storage_options={options}"]], [])]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "AWS_SECRET_ACCESS_KEY": SECRET}
-    outputs = [subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True)
-               for args in (train, generate)]
-    assert [o.returncode for o in outputs] == [0, 0], outputs[-1].stderr[-3000:]
-    failing = subprocess.run([sys.executable, "-m", "pipeline", "train", "--set",
-                              f"mlflow.tracking_uri=http://alice:{SECRET}@127.0.0.1:{free_port()}"],
-                             env=env, capture_output=True, text=True)
-    assert failing.returncode == 1 and "***@127.0.0.1" in failing.stderr
+def files_holding(secrets: list[str], *folders: Path) -> list[str]:
+    """Every regular file under `folders` that holds one of `secrets` (bytes, so databases and binaries count)."""
+    needles = [secret.encode() for secret in secrets]
+    found = []
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    data = path.read_bytes()
+                except OSError:  # a file the cluster removed while we walked
+                    continue
+                found += [f"{path}: {secret}" for secret, needle in zip(secrets, needles) if needle in data]
+    return found
 
-    texts = [o.stdout + o.stderr for o in [*outputs, failing]]
-    client = MlflowClient(tracking)
-    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
-        texts.append(json.dumps([run.data.params, run.data.tags]))
-    texts += [s3.cat(path).decode() for path in s3.find("secret-out") if path.endswith(".json")]
-    for text in texts:
-        assert SECRET not in text and "AKIASECRETKEY0000000" not in text
+
+@pytest.mark.slow
+def test_known_secrets_appear_in_nothing_a_run_writes(workdir, adult_on_s3, s3_endpoint, s3):
+    """Credentials in storage options and in a URI. `cvae run` (train, generate, evaluate) on a Ray cluster of its
+    own whose session folder (every Ray log, worker output included) is private to this test: grep all of it, the
+    console, checkpoints, the MLflow store and artifacts, the run's temp files and every object it wrote to S3."""
+    s3.mkdir("secret-out")
+    key_id = "AKIASECRETKEY0000000"
+    secrets = [SECRET, key_id]
+    options = json.dumps({"endpoint_url": s3_endpoint, "key": key_id, "secret": SECRET})
+    private = Path(tempfile.mkdtemp(prefix="cvae-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    (private / "tmp").mkdir()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "AWS_SECRET_ACCESS_KEY": SECRET, "RAY_TMPDIR": str(private),
+           "TMPDIR": str(private / "tmp")}
+    env.pop("RAY_ADDRESS", None)
+    tracking = f"sqlite:///{workdir}/mlflow.db"
+    overrides = [f"mlflow.tracking_uri={tracking}", "mlflow.model_name=adult-secret", f"data.path={adult_on_s3}",
+                 "data.conditions=[income]", f"data.storage_options={options}", "train.epochs=1", "model.hidden=[32]",
+                 f"train.storage_path={workdir}/runs", "generate.num_rows=2000", "generate.output=s3://secret-out/data",
+                 f"generate.storage_options={options}", "evaluate.sample_rows=1000", "evaluate.privacy_rows=200"]
+    try:
+        run = subprocess.run([sys.executable, "-m", "pipeline", "run", "--verbose",
+                              *sum([["--set", o] for o in overrides], [])],
+                             env=env, capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        failing = subprocess.run([sys.executable, "-m", "pipeline", "train", "--set",
+                                  f"mlflow.tracking_uri=http://alice:{SECRET}@127.0.0.1:{free_port()}"],
+                                 env=env, capture_output=True, text=True)
+        assert failing.returncode == 1 and "***@127.0.0.1" in failing.stderr
+
+        sessions = list((private / "ray").glob("session_2*"))
+        assert len(sessions) == 1 and list((sessions[0] / "logs").glob("worker-*.out")), sessions  # Ray's logs
+        client = MlflowClient(tracking)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert len(runs) == 3  # train, generate, evaluate: each wrote params, tags, metrics and artifacts
+        texts = [run.stdout, run.stderr, failing.stdout, failing.stderr,
+                 json.dumps([[r.data.params, r.data.tags] for r in runs])]
+        texts += [s3.cat(path).decode("latin-1") for path in s3.find("secret-out")]
+        assert [secret for secret in secrets for text in texts if secret in text] == []
+        assert files_holding(secrets, private, workdir) == []
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 @pytest.fixture

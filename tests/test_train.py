@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import ray.train
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -57,47 +58,112 @@ def test_two_workers_on_s3_register_a_loadable_model(ray_cluster, workdir, adult
     assert rows["income"].tolist() == [">50K"] * 20 + ["<=50K"] * 5
 
 
-def train_worker_pids() -> set[int]:
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
-                pids.add(int(proc.name))
-        except OSError:
-            continue
-    return pids
+def train_attempts(name: str) -> list:
+    """Ray Train's own record of the latest run called `name` (kept when RAY_TRAIN_ENABLE_STATE_TRACKING=1): its
+    worker-group attempts, oldest first, each with a status and its workers' pids."""
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    actor = get_state_actor()
+    runs = [run for run in ray.get(actor.get_train_runs.remote()).values() if run.name == name] if actor else []
+    if not runs:
+        return []
+    run = max(runs, key=lambda r: r.start_time_ns)
+    attempts = ray.get(actor.get_train_run_attempts.remote()).get(run.id, {})
+    return sorted(attempts.values(), key=lambda a: a.start_time_ns)
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir):
-    config = config_for(workdir, "train.epochs=6", "train.max_failures=2", "train.name=fault",
-                        "data.holdout_fraction=0.1", "mlflow.model_name=adult-fault")
+def checkpoints(job_dir) -> list[tuple[Path, dict, int]]:
+    """The checkpoints Ray Train recorded for a job (what a restart or rerun resumes from; a worker group that dies
+    mid-report can leave a folder it never recorded), as (folder, training progress saved in it, write time in ns),
+    by epoch. Keeps all of them only with train.keep_checkpoints >= epochs."""
+    found = []
+    for checkpoint, _ in ray.train.Result.from_path(str(job_dir)).best_checkpoints:
+        state = Path(checkpoint.path) / "training_state.pt"
+        progress = torch.load(state, weights_only=True)["progress"]
+        found.append((Path(checkpoint.path), progress, state.stat().st_mtime_ns))
+    return sorted(found, key=lambda item: item[1]["epoch"])
+
+
+def latest_epoch(job_dir) -> int:
+    """The epoch of the checkpoint a rerun of the job resumes from."""
+    with ray.train.Result.from_path(str(job_dir)).checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / "training_state.pt", weights_only=True)["progress"]["epoch"]
+
+
+def weights(checkpoint_dir):
+    return torch.load(Path(checkpoint_dir) / "weights.pt", weights_only=True)
+
+
+def same_weights(first, second) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir, monkeypatch, capsys):
+    """SIGKILL one training worker after its second epoch. Ray Train records the failed attempt and starts a new
+    worker group, which continues from the last checkpoint: the epochs after it are computed once each, and from the
+    checkpoint's weights and optimizer state, so every epoch's weights equal those of an uninterrupted run."""
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # read on fit(): records attempts and worker pids
+    same = ("train.epochs=5", "train.keep_checkpoints=10", "model.hidden=[64]", "data.holdout_fraction=0.1")
+    config = config_for(workdir, *same, "train.max_failures=2", "train.name=fault", "mlflow.model_name=adult-fault")
     client = MlflowClient(config.mlflow.tracking_uri)
-    killed = []
+    killed = {}
 
-    def kill_after_second_epoch():
-        deadline = time.time() + 240
+    def kill_a_worker_mid_training():
+        deadline = time.time() + 300
         while time.time() < deadline:
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
-                pids = sorted(train_worker_pids())
-                if pids:
-                    os.kill(pids[-1], signal.SIGKILL)
-                    killed.append(pids[-1])
-                    return
+            try:
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] if runs else []
+            except Exception:  # noqa: BLE001 - the store is still being created
+                steps = []
+            running = [a for a in train_attempts("fault") if a.status == "RUNNING" and a.workers]
+            if len(steps) >= 2 and running:
+                pid = running[-1].workers[-1].pid
+                os.kill(pid, signal.SIGKILL)
+                killed.update(pid=pid, steps=steps)
+                return
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_after_second_epoch, daemon=True)
+    killer = threading.Thread(target=kill_a_worker_mid_training, daemon=True)
     killer.start()
     outcome = train(config)
     killer.join()
 
     assert killed, "no training worker was killed"
-    assert killed[0] not in train_worker_pids()
+    assert 2 <= len(killed["steps"]) < 5, killed  # the kill landed mid-training
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: training worker")]
+    assert len(said) == 1 and "restarts from the last checkpoint" in said[0], said  # the user is told, once
+    assert not Path(f"/proc/{killed['pid']}").exists()
+    attempts = train_attempts("fault")
+    assert [a.status for a in attempts] == ["ERRORED", "FINISHED"], [(a.status, a.status_detail) for a in attempts]
+    assert killed["pid"] in {w.pid for w in attempts[0].workers}
+    assert killed["pid"] not in {w.pid for w in attempts[1].workers}
+
+    # Each epoch recorded once; the second worker group computed those after the last checkpoint before it started.
+    saved = checkpoints(workdir / "runs" / "train" / "fault")
+    assert [progress["epoch"] for _, progress, _ in saved] == list(range(5))
+    restarted = attempts[1].start_time_ns
+    first = sum(written < restarted for _, _, written in saved)
+    assert all(written >= restarted for _, _, written in saved[first:]), [(p["epoch"], w) for _, p, w in saved]
+    assert len(killed["steps"]) <= first < 5, (killed, first)
+    final = saved[-1][1]
+    assert [entry["epoch"] for entry in final["history"]] == list(range(5))
+    assert final["history"][:first] == saved[first - 1][1]["history"]  # carried over from the checkpoint, not redone
     steps = [m.step for m in client.get_metric_history(outcome.run_id, "loss")]
-    assert sorted(steps) == list(range(6)), steps  # every epoch once: resumed, not restarted from zero
+    assert sorted(steps) == list(range(5)), steps
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert [str(v.version) for v in client.search_model_versions("name = 'adult-fault'")] == ["1"]
+
+    # The same job without a fault (same seed and workers): equal weights after every epoch. Before the kill that is
+    # determinism; from the first epoch after the restart on, it proves the new workers started from the
+    # checkpoint's weights and optimizer state (anything else would diverge).
+    train(config_for(workdir, *same, "train.name=no-fault", "mlflow.model_name=adult-no-fault"))
+    reference = {p["epoch"]: folder for folder, p, _ in checkpoints(workdir / "runs" / "train" / "no-fault")}
+    assert sorted(reference) == list(range(5))
+    for folder, progress, _ in saved:
+        epoch = progress["epoch"]
+        assert same_weights(weights(folder), weights(reference[epoch])), f"epoch {epoch} differs"
 
 
 def test_rerun_of_a_finished_job_adds_no_run_or_version(ray_cluster, workdir):
@@ -107,15 +173,3 @@ def test_rerun_of_a_finished_job_adds_no_run_or_version(ray_cluster, workdir):
     assert (second.run_id, second.version) == (first.run_id, first.version)
     client = MlflowClient(config.mlflow.tracking_uri)
     assert len(client.search_model_versions("name = 'adult-again'")) == 1
-
-
-def weights(checkpoint_dir):
-    return torch.load(Path(checkpoint_dir) / "weights.pt", weights_only=True)
-
-
-def test_same_seed_and_workers_give_identical_weights(ray_cluster, workdir):
-    runs = [train(config_for(workdir, "train.epochs=2", f"train.name=seeded-{i}", "train.seed=5",
-                             f"mlflow.model_name=adult-seeded-{i}")) for i in range(2)]
-    first, second = (weights(run.checkpoint_dir) for run in runs)
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[key], second[key]) for key in first)
