@@ -47,6 +47,22 @@ def quiet_loggers() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we did
 
 
+def route_ray_system_messages() -> None:
+    """Ray prints the raylet's warnings (too many worker processes, tasks killed for memory, ...) on the
+    driver's stdout; they are diagnostics, so they go to stderr. Guarded: a Ray without this hook is left as is."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "routed_by_cvae", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True} if data.get("pid") == "raylet" else data, ignore_prefix)
+
+    to_stderr.routed_by_cvae = True
+    ray_worker.print_to_stdstream = to_stderr
+
+
 def ray_init_options() -> dict[str, Any]:
     """`ray.init` keywords: without --verbose, worker and system output stays in Ray's log files."""
     import ray
@@ -71,9 +87,13 @@ def result(text: str) -> None:
 def relayed_lines() -> Iterator[Any]:
     """A Ray queue whose ("progress" | "warning", text) items this process prints while the block runs: how the
     Ray Train controller's epoch lines reach the console without forwarding every worker's output."""
+    import ray
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    lines = Queue(actor_options={"num_cpus": 0})
+    # On this process's node: the queue lives exactly as long as the driver, whatever nodes come and go.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    lines = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     done = threading.Event()
 
     def pump(wait: float) -> None:
@@ -81,6 +101,9 @@ def relayed_lines() -> Iterator[Any]:
             try:
                 kind, text = lines.get(timeout=wait) if wait else lines.get_nowait()
             except Empty:
+                return
+            except Exception:  # noqa: BLE001 - the queue is gone (cluster shutting down): nothing more to show
+                done.set()
                 return
             (warn if kind == "warning" else progress)(text)
 
@@ -96,4 +119,7 @@ def relayed_lines() -> Iterator[Any]:
         done.set()
         thread.join()
         pump(0)
-        lines.shutdown()
+        try:
+            lines.shutdown()
+        except Exception:  # noqa: BLE001 - already gone with its node or the cluster
+            pass

@@ -153,7 +153,7 @@ def test_node_removed_mid_training_completes_from_checkpoint(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["runs"] == 1 and result["versions"] == 1
+    assert result["runs"] == 1 and result["versions"] == 1, (result, done.stderr[-4000:])
     assert result["steps"].count(0) == 1 and max(result["steps"]) == 4, result
 
 
