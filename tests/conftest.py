@@ -136,36 +136,63 @@ def trained_digits(ray_cluster, mlflow_db, tmp_path_factory):
     return overrides, outcome
 
 
+def start_mlflow_server(folder: Path, port: int, artifacts: str, env: dict[str, str]) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` (sqlite store in `folder`, log in folder/server.log), returned
+    once it answers /health; killed and reported if it does not within 90 s."""
+    import urllib.request
+
+    with open(folder / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+             f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", artifacts,
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return process
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                if process.poll() is None:
+                    os.killpg(process.pid, 9)
+                raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(s3, s3_options, tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied to the S3 endpoint.
 
     Only the server holds S3 credentials; clients (and Ray workers) talk HTTP to it."""
-    import urllib.request
-
     s3.mkdir("mlflow-artifacts")
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_options["endpoint_url"], "AWS_ACCESS_KEY_ID": S3_KEYS["key"],
-           "AWS_SECRET_ACCESS_KEY": S3_KEYS["secret"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(folder / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-             f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", "s3://mlflow-artifacts",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+           "AWS_SECRET_ACCESS_KEY": S3_KEYS["secret"]}
+    process = start_mlflow_server(folder, port, "s3://mlflow-artifacts", env)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{(folder / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(process.pid, 15)
         process.wait(20)
+
+
+@pytest.fixture(scope="session")
+def rare_training_combo(trained_adult):
+    """(income, native-country, rows) seen the fewest times in `trained_adult`'s training split. Which rows train
+    depends on Ray's row hash of the file's path, so a value seen once in Adult (Holand-Netherlands) may fall in
+    the holdout wherever the checkout lives: ask the split, do not assume."""
+    import pyarrow.compute as pc
+
+    from pipeline.audit import training_split
+    from pipeline.config import load_config
+
+    config = load_config(None, trained_adult[0])
+    train = training_split(config.data.path, ["income", "native-country"], config.train.seed,
+                           config.data.holdout_fraction)
+    counts = train.filter(pc.is_valid(train["native-country"])).group_by(["income", "native-country"]).aggregate(
+        [([], "count_all")]).sort_by([("count_all", "ascending"), ("native-country", "ascending")])
+    income, country, rows = (counts.column(i)[0].as_py() for i in range(3))
+    return income, country, rows

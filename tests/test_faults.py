@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
 from pipeline.generate import generate
-from tests.conftest import S3_KEYS, free_port, wait_for_port
+from tests.conftest import S3_KEYS, free_port, start_mlflow_server, wait_for_port
 from tests.test_train import checkpoints, latest_epoch, train_attempts
 
 pytestmark = pytest.mark.slow
@@ -273,25 +273,7 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        import urllib.request
-
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.folder / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                 f"sqlite:///{self.folder}/mlflow.db", "--artifacts-destination", f"file://{self.folder}/artifacts",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return
-            except OSError:
-                if self.process.poll() is not None or time.time() > deadline:
-                    log = (self.folder / "server.log").read_text()[-3000:]
-                    raise RuntimeError(f"mlflow server did not start:\n{log}")
-                time.sleep(0.3)
+        self.process = start_mlflow_server(self.folder, self.port, f"file://{self.folder}/artifacts", dict(os.environ))
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
