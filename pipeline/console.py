@@ -49,7 +49,8 @@ def quiet_loggers() -> None:
 
 def route_ray_system_messages() -> None:
     """Ray prints the raylet's warnings (too many worker processes, tasks killed for memory, ...) on the
-    driver's stdout; they are diagnostics, so they go to stderr. Guarded: a Ray without this hook is left as is."""
+    driver's stdout, in yellow; they are diagnostics, so they go to stderr, uncoloured. Guarded: a Ray without
+    this hook is left as is."""
     import ray._private.worker as ray_worker
 
     original = getattr(ray_worker, "print_to_stdstream", None)
@@ -57,7 +58,10 @@ def route_ray_system_messages() -> None:
         return
 
     def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
-        original({**data, "is_err": True} if data.get("pid") == "raylet" else data, ignore_prefix)
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", []):  # plain: Ray colours raylet lines whatever RAY_COLOR_PREFIX says
+            print(f"(raylet) {line}", file=sys.stderr, flush=True)
 
     to_stderr.routed_by_cvae = True
     ray_worker.print_to_stdstream = to_stderr

@@ -61,5 +61,6 @@ def test_raylet_warnings_go_to_stderr_not_to_the_results(monkeypatch, capsys):
     ray_worker.print_to_stdstream({"lines": ["a worker's own print"], "pid": 123, "is_err": False},
                                   ignore_prefix=False)
     out, err = capsys.readouterr()
-    assert "8 PYTHON worker processes" in err and "8 PYTHON worker processes" not in out
+    assert "(raylet) WARNING: 8 PYTHON worker processes" in err and "8 PYTHON worker processes" not in out
+    assert "\x1b[" not in err  # no colour codes
     assert "a worker's own print" in out  # what a worker prints (with --verbose) keeps its stream
