@@ -52,20 +52,27 @@ class EpochLogger(ray.train.UserCallback):
         epoch = int(epoch_metrics["epoch"])
         remaining = (self.epochs - epoch - 1) * epoch_metrics["epoch_seconds"]
         validation = f"val_elbo {epoch_metrics['val_elbo']:.3f}  " if "val_elbo" in epoch_metrics else ""
-        self.lines.put_nowait(("progress", f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  "
-                                           f"{validation}{epoch_metrics['rows_per_s']:,.0f} rows/s  "
-                                           f"{epoch_metrics['epoch_seconds']:.1f}s  ETA {remaining:.0f}s"))
+        self._say("progress", f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  {validation}"
+                              f"{epoch_metrics['rows_per_s']:,.0f} rows/s  {epoch_metrics['epoch_seconds']:.1f}s  "
+                              f"ETA {remaining:.0f}s")
         problem = self.tracking.add(epoch_metrics)
         if problem:
-            self.lines.put_nowait(("warning", problem))
+            self._say("warning", problem)
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         """A worker died or raised: say so; Ray Train restarts the group from the last checkpoint
         (`train.max_failures`) or gives up, and the driver reports that."""
         ranks = ", ".join(str(rank) for rank in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)
-        self.lines.put_nowait(("warning", f"training worker rank(s) {ranks} failed ({type(first).__name__}); "
-                                          "Ray Train restarts from the last checkpoint while retries remain"))
+        self._say("warning", f"training worker rank(s) {ranks} failed ({type(first).__name__}); "
+                             "Ray Train restarts from the last checkpoint while retries remain")
+
+    def _say(self, kind: str, text: str) -> None:
+        """To the driver's console; if the relay is gone, to this controller's log. Never raises into Ray Train."""
+        try:
+            self.lines.put_nowait((kind, text))
+        except Exception:  # noqa: BLE001 - a lost console line must not fail training
+            print(f"{kind}: {text}", flush=True)
 
 
 JOB_IDENTITY = "cvae-job.json"
