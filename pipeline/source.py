@@ -123,12 +123,17 @@ def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fract
     return splits
 
 
-def cache_if_small(splits: dict[str, ray.data.Dataset], size: int, policy: str) -> dict[str, ray.data.Dataset]:
-    """Encoded data (`size` bytes) that fits in a quarter of the object store is computed once, not every epoch."""
+def cache_splits(splits: dict[str, ray.data.Dataset], size: int, policy: str) -> dict[str, ray.data.Dataset]:
+    """Encoded data (`size` bytes for the whole table) that fits in a quarter of the object store is computed once,
+    not every epoch (`train.cache=auto`; `always` keeps it whatever its size, `never` streams everything). A bigger
+    table streams the training split, reading the table once per epoch, and computes the holdout once: validation
+    does not read the table a second time every epoch. Ray spills materialised blocks to disk when memory is short."""
+    if policy == "never":
+        return splits
     capacity = ray.cluster_resources().get("object_store_memory", 0)
-    if policy == "always" or (policy == "auto" and size <= capacity / 4):
+    if policy == "always" or size <= capacity / 4:
         return {name: ds.materialize() for name, ds in splits.items()}
-    return splits
+    return {name: ds.materialize() if name == "holdout" else ds for name, ds in splits.items()}
 
 
 def training_rows(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float) -> tuple[pa.Table, np.ndarray]:

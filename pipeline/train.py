@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from pipeline.plots import loss_curve
 from pipeline.registry import register
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
                                log_metrics, log_training_data, reconcile_metrics)
-from pipeline.source import cache_if_small, check_table, encoded_splits, fit_encoder, modelled_schema, read_table
+from pipeline.source import cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 from pipeline.train_worker import train_loop_per_worker
 
@@ -76,6 +77,7 @@ class EpochLogger(ray.train.UserCallback):
 
 
 JOB_IDENTITY = "cvae-job.json"
+CONTROLLER_POLL_S = 0.2
 
 
 def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[str, Any]:
@@ -180,9 +182,13 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": config.train.epochs,
             "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
-    splits = cache_if_small(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
+    splits = cache_splits(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
                             rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     clock.lap("tracking_setup")
+    # Ray Train's controller takes each worker's report when it polls (every 2 s by default) and a worker's next
+    # report waits for that: epochs shorter than the poll would each lose the rest of it. Ray passes this setting
+    # on to the controller; a value the user set wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(CONTROLLER_POLL_S))
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
     with console.relayed_lines() as lines:

@@ -138,3 +138,23 @@ def test_distributed_fit_errors_are_the_drivers(ray_cluster, tmp_path):
         fit_encoder(read_table(fs, [path], schema.names), schema, DataConfig(path=path, conditions=["c"]),
                     EncoderConfig(), 0)
     assert type(raised.value) is UserError
+
+
+@pytest.mark.parametrize("policy, table_bytes, kept", [("auto", 1, {"train", "holdout"}),
+                                                       ("auto", 10 ** 15, {"holdout"}),
+                                                       ("always", 10 ** 15, {"train", "holdout"}),
+                                                       ("never", 1, set())])
+def test_a_table_too_big_to_keep_streams_its_training_split_and_keeps_its_holdout(ray_cluster, policy, table_bytes,
+                                                                                   kept):
+    """What stays in the object store (computed once) and what is read again every epoch, by the table's size:
+    a table too big to keep still computes its holdout once, so an epoch reads the files only for training."""
+    from ray.data.dataset import MaterializedDataset
+
+    from pipeline.encoding import TableEncoder
+    from pipeline.source import cache_splits, encoded_splits
+
+    encoder = TableEncoder.fit(pq.read_table(BUNDLED_DATA / "adult.parquet").to_batches(), ["income"], EncoderConfig())
+    splits = cache_splits(encoded_splits(adult_dataset(3), encoder, seed=0, fraction=0.1), table_bytes, policy)
+    assert {name for name, ds in splits.items() if isinstance(ds, MaterializedDataset)} == kept
+    rows = {name: ds.count() for name, ds in splits.items()}
+    assert rows["train"] + rows["holdout"] == 48842 and 0.08 < rows["holdout"] / 48842 < 0.12
