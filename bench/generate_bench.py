@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
     parser.add_argument("--workers", default="auto", help="generate.num_workers")
-    parser.add_argument("--rows-per-part", type=int, default=250_000)
+    parser.add_argument("--rows-per-part", type=int, default=100_000, help="generate.rows_per_part (its default)")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="model.hidden; TVAE's is 128 128")
     args = parser.parse_args()

@@ -96,7 +96,8 @@ def table_reads(session: str) -> dict[str, int]:
 
 
 class PeakWatch:
-    """Samples every process of this user from /proc: the highest VmHWM (peak RSS) seen per role."""
+    """Samples every process from /proc: the highest private resident memory (RssAnon: heap, not the object
+    store's shared pages a Ray process maps) seen per role."""
 
     def __init__(self, driver_pid: int):
         self.driver_pid, self.peaks, self.stop = driver_pid, {}, threading.Event()
@@ -109,15 +110,15 @@ class PeakWatch:
                 pid = int(status.split("/")[2])
                 try:
                     title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(status).read_text())
+                    private = re.search(r"RssAnon:\s+(\d+) kB", Path(status).read_text())
                 except OSError:
                     continue
-                if hwm is None or pid == os.getpid():
+                if private is None or pid == os.getpid():
                     continue
                 role = self._role(pid, title)
                 if role:
                     key = (role, pid)
-                    self.peaks[key] = max(self.peaks.get(key, 0.0), int(hwm.group(1)) / 1024)
+                    self.peaks[key] = max(self.peaks.get(key, 0.0), int(private.group(1)) / 1024)
 
     def _role(self, pid: int, title: str) -> str | None:
         if pid == self.driver_pid:
@@ -196,7 +197,8 @@ def main() -> None:
               + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in result["stages"].items())
               + f"; epoch seconds {[round(s) for s in result['history']['epoch_seconds']]}")
     print("\ntable reads: Ray Data executions that read the Parquet files (encoder fit, holdout, one per epoch). "
-          "Peaks are VmHWM from /proc, sampled every 0.5 s; worker peaks count the object store pages they map.")
+          "Peaks: private resident memory (RssAnon) from /proc, sampled every 0.5 s; the object store's shared pages "
+          "are not counted (they are the object store, capped by --object-store-gb).")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Training benchmark on Adult: our CVAE (Ray Train, 1 and 2 workers) beside its limit, a plain in-process
-torch loop over the same encoded tensors and model (one thread, as each of 2 workers gets on 2 cores), and
+torch loop over the same encoded tensors and model (one thread, as each of 2 workers gets on 2 cores), the same
+loop under plain torch DDP in 2 processes (gloo, no Ray: the limit for 2 workers, all-reduce included), and
 ctgan's TVAE where the `bench` extra is installed, in one run. Also where the fixed cost goes (the stages
 `cvae train` logs as `seconds_<stage>`).
 
@@ -69,23 +70,31 @@ def cvae(workers: int, epochs: int) -> dict:
             "overhead_share": sum(overhead) / sum(history["epoch_seconds"][:len(overhead)]) if overhead else None}
 
 
-def plain_loop(epochs: int) -> dict:
-    """The limit: the same model, optimiser, batch size and encoded rows, one thread, no Ray, no data feed."""
+def _encoded_adult():
+    """Adult encoded as training sees it, and a fresh model of the benchmark's shape."""
     import pyarrow.parquet as pq
     import torch
 
     from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig
     from pipeline.encoding import TableEncoder
     from pipeline.model import build_model
-    from pipeline.train_worker import run_epoch
 
-    torch.set_num_threads(1)
     table = pq.read_table(BUNDLED_DATA / "adult.parquet")
     encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
     x, c = (torch.from_numpy(a) for a in encoder.transform(table))
     torch.manual_seed(0)
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans,
                         ModelConfig(hidden=[HIDDEN, HIDDEN], latent_dim=LATENT))
+    return x, c, model
+
+
+def _steady_rate(model, x, c, epochs: int) -> float:
+    """Median rows/s of the epochs after the first, one thread, batches sliced from in-memory tensors."""
+    import torch
+
+    from pipeline.train_worker import run_epoch
+
+    torch.set_num_threads(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     rates = []
     for _ in range(min(epochs, 4)):
@@ -95,9 +104,45 @@ def plain_loop(epochs: int) -> dict:
                   1.0)
         rates.append(len(x) / (time.perf_counter() - started))
     steady = sorted(rates[1:])
-    return {"system": "plain torch loop, 1 thread", "rows_per_s": steady[len(steady) // 2], "encoder_fit_s": 0.0,
-            "train_s": len(x) * epochs / steady[len(steady) // 2], "wall_s": float("nan"),
-            "driver_rss_mb": peak_rss_mb(), "worker_rss_mb": None}
+    return steady[len(steady) // 2]
+
+
+def plain_loop(epochs: int) -> dict:
+    """The limit: the same model, optimiser, batch size and encoded rows, one thread, no Ray, no data feed."""
+    x, c, model = _encoded_adult()
+    rate = _steady_rate(model, x, c, epochs)
+    return {"system": "plain torch loop, 1 thread", "rows_per_s": rate, "encoder_fit_s": 0.0,
+            "train_s": len(x) * epochs / rate, "wall_s": float("nan"), "driver_rss_mb": peak_rss_mb(),
+            "worker_rss_mb": None}
+
+
+def _ddp_rank(rank: int, world: int, epochs: int, port: int, rates) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    x, c, model = _encoded_adult()
+    rates[rank] = _steady_rate(torch.nn.parallel.DistributedDataParallel(model), x[rank::world], c[rank::world],
+                               epochs)
+    dist.destroy_process_group()
+
+
+def plain_ddp(world: int, epochs: int) -> dict:
+    """The limit for `world` workers on this machine: the same loop under torch DDP (gloo, one thread each) in
+    `world` processes without Ray, so the all-reduce every step costs what it costs here."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rates = mp.Manager().dict()
+    mp.spawn(_ddp_rank, args=(world, epochs, port, rates), nprocs=world)
+    per_worker = min(rates.values())
+    return {"system": f"plain torch DDP, {world} procs", "rows_per_s": per_worker * world, "encoder_fit_s": 0.0,
+            "train_s": float("nan"), "wall_s": float("nan"), "driver_rss_mb": peak_rss_mb(), "worker_rss_mb": None}
 
 
 def tvae(epochs: int) -> dict | None:
@@ -142,13 +187,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         runs = {"encoder": encoder_fit, "cvae1": lambda: cvae(1, args.epochs), "cvae2": lambda: cvae(2, args.epochs),
-                "tvae": lambda: tvae(args.epochs), "plain": lambda: plain_loop(args.epochs)}
+                "tvae": lambda: tvae(args.epochs), "plain": lambda: plain_loop(args.epochs),
+                "ddp2": lambda: plain_ddp(2, args.epochs)}
         print(json.dumps(runs[args.one]()))
         return
     fit = child("encoder", args.epochs)
-    limit = child("plain", args.epochs)
+    limit, ddp_limit = child("plain", args.epochs), child("ddp2", args.epochs)
     ours = [child("cvae1", args.epochs), child("cvae2", args.epochs)]
-    rows = [limit, *ours, *[row for row in [child("tvae", args.epochs)] if row]]
+    rows = [limit, ddp_limit, *ours, *[row for row in [child("tvae", args.epochs)] if row]]
     print(f"\nAdult, {args.epochs} epochs, hidden {HIDDEN}x2, latent {LATENT}, batch {BATCH}, "
           f"{os.cpu_count()} CPUs; encoded width {fit['width']}")
     header = f"{'system':<26}{'encoder fit s':>14}{'rows/s':>10}{'train s':>9}{'wall s':>8}{'driver MB':>11}{'worker MB':>11}"
@@ -164,8 +210,9 @@ def main() -> None:
         stages = row["stages"]
         per_worker = row["rows_per_s"] / row["workers"]
         fixed = row["wall_s"] - stages.get("ray_start", 0.0) - row["train_s"]
+        same_world = limit if row["workers"] == 1 else ddp_limit
         print(f"  {row['system']}: {per_worker:,.0f} rows/s per worker = {per_worker / limit['rows_per_s']:.2f}x the "
-              f"limit; per-epoch overhead {row['overhead_share'] or 0:.0%} of an epoch; "
+              f"plain loop, {row['rows_per_s'] / same_world['rows_per_s']:.2f}x {same_world['system']}; per-epoch overhead {row['overhead_share'] or 0:.0%} of an epoch; "
               f"fixed cost beyond Ray's start {fixed:.1f}s (first epoch {row['first_epoch_s']:.1f}s); "
               + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in stages.items()))
     print("\nrows/s: median epoch after the first; train s: sum of epoch times; wall s: the whole call "

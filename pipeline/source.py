@@ -123,6 +123,12 @@ def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fract
     return splits
 
 
+def object_store_share() -> float:
+    """A quarter of the cluster's object store: what kept (cached) training data may take, and what a streamed
+    epoch may hold in flight, so streaming leaves room for the kept holdout instead of spilling to disk."""
+    return ray.cluster_resources().get("object_store_memory", 0) / 4
+
+
 def cache_splits(splits: dict[str, ray.data.Dataset], size: int, policy: str) -> dict[str, ray.data.Dataset]:
     """Encoded data (`size` bytes for the whole table) that fits in a quarter of the object store is computed once,
     not every epoch (`train.cache=auto`; `always` keeps it whatever its size, `never` streams everything). A bigger
@@ -130,8 +136,7 @@ def cache_splits(splits: dict[str, ray.data.Dataset], size: int, policy: str) ->
     does not read the table a second time every epoch. Ray spills materialised blocks to disk when memory is short."""
     if policy == "never":
         return splits
-    capacity = ray.cluster_resources().get("object_store_memory", 0)
-    if policy == "always" or size <= capacity / 4:
+    if policy == "always" or size <= object_store_share():
         return {name: ds.materialize() for name, ds in splits.items()}
     return {name: ds.materialize() if name == "holdout" else ds for name, ds in splits.items()}
 

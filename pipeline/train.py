@@ -36,7 +36,8 @@ from pipeline.plots import loss_curve
 from pipeline.registry import register
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
                                log_metrics, log_training_data, reconcile_metrics)
-from pipeline.source import cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema, read_table
+from pipeline.source import (cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema,
+                             object_store_share, read_table)
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
 from pipeline.train_worker import train_loop_per_worker
 
@@ -191,6 +192,7 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(CONTROLLER_POLL_S))
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    ingest.resource_limits = ingest.resource_limits.copy(object_store_memory=object_store_share())
     with console.relayed_lines() as lines:
         trainer = ray.train.torch.TorchTrainer(
             train_loop_per_worker,

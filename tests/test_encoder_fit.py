@@ -140,6 +140,7 @@ def test_distributed_fit_errors_are_the_drivers(ray_cluster, tmp_path):
     assert type(raised.value) is UserError
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy, table_bytes, kept", [("auto", 1, {"train", "holdout"}),
                                                        ("auto", 10 ** 15, {"holdout"}),
                                                        ("always", 10 ** 15, {"train", "holdout"}),
