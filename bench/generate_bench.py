@@ -2,7 +2,7 @@
 S3 endpoint, beside the machine's limit measured in the same run (the decoder's forward pass plus pyarrow
 writing the same rows), and ctgan TVAE's sample rate where the `bench` extra is installed.
 
-    python bench/generate_bench.py [--rows 10000 1000000 10000000] [--workers auto]
+    python bench/generate_bench.py [--rows 10000 1000000 10000000] [--workers auto] [--targets local s3]
 
 A 10,000-row job runs in the driver (`generate.in_process_rows`): its time is the fixed cost of a small job.
 Starts its own S3 endpoint (moto server, the `test` extra) on 127.0.0.1 and a local Ray cluster.
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
     parser.add_argument("--workers", default="auto", help="generate.num_workers")
     parser.add_argument("--rows-per-part", type=int, default=100_000, help="generate.rows_per_part (its default)")
+    parser.add_argument("--targets", nargs="+", default=["local", "s3"], choices=["local", "s3"])
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="model.hidden; TVAE's is 128 128")
     args = parser.parse_args()
@@ -118,7 +119,7 @@ def main() -> None:
     rows_table = []
     try:
         for rows in args.rows:
-            for target in ("local", "s3"):
+            for target in args.targets:
                 output = f"{folder}/out-{rows}" if target == "local" else f"s3://bench/out-{rows}"
                 options = s3 if target == "s3" else {}
                 overrides = base + [f"generate.output={output}", f"generate.num_rows={rows}",

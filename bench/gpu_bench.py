@@ -96,19 +96,18 @@ def generation(encoder, model_files: dict, rows: int, rows_per_part: int, use_gp
                num_workers: int | str) -> dict:
     """Parts written by the product's writers, sized as `cvae generate` sizes them (`generate.num_workers`)."""
     from pipeline.config import GenerateConfig
-    from pipeline.part_writer import PartWriter, writer_pool
+    from pipeline.part_writer import write_with_actors, writer_pool
     from pipeline.plan import build_plan
 
     plan = build_plan(GenerateConfig(num_rows=rows), encoder)
     pool = writer_pool(num_workers, 1, use_gpu, ray.cluster_resources())
-    parts = ray.data.from_items([{"part": k} for k in range(math.ceil(rows / rows_per_part))])
     started = time.perf_counter()
-    written = parts.map_batches(
-        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool.actors),
-        fn_constructor_kwargs={"model_files": model_files, "plan": plan, "output": folder, "storage_options": {},
-                               "seed": 0, "rows_per_part": rows_per_part, "threads": 1, "use_gpu": use_gpu,
-                               "precision": "bfloat16" if use_gpu else "float32"},
-        num_gpus=pool.gpus_per_actor, num_cpus=1).take_all()
+    writer_kwargs = {"model_files": model_files, "plan": plan, "output": folder, "storage_options": {}, "seed": 0,
+                     "rows_per_part": rows_per_part, "use_gpu": use_gpu,
+                     "precision": "bfloat16" if use_gpu else "float32"}
+    written = sum(int(row["rows"]) for row in write_with_actors(list(range(math.ceil(rows / rows_per_part))), pool,
+                                                                writer_kwargs, cpus_per_worker=1))
+    assert written == rows
     seconds = time.perf_counter() - started
     return {"actors": pool.actors, "gpus_per_actor": pool.gpus_per_actor, "rows": rows, "seconds": seconds,
             "rows_per_s": rows / seconds}

@@ -30,7 +30,7 @@ from pipeline.encoding import TableEncoder
 from pipeline.plan import Plan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
-from pipeline.part_writer import PartWriter, writer_pool
+from pipeline.part_writer import PartWriter, write_with_actors, writer_pool
 from pipeline.sink import Sink, failpoint
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
@@ -140,11 +140,7 @@ def _written(config: Config, model_files: dict[str, bytes], plan: Plan, output: 
         return
     ensure_ray(config.ray.address)
     pool = writer_pool(gen.num_workers, gen.cpus_per_worker, gen.use_gpu, ray.cluster_resources())
-    parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
-    yield from parts.map_batches(
-        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(len(todo), pool.actors)),
-        fn_constructor_kwargs={**writer_kwargs, "threads": gen.cpus_per_worker},
-        num_gpus=pool.gpus_per_actor, num_cpus=gen.cpus_per_worker).iter_rows()
+    yield from write_with_actors(todo, pool, writer_kwargs, gen.cpus_per_worker)
 
 
 def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],

@@ -6,11 +6,12 @@ import io
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.data
 import torch
 
 from pipeline.artifact import load_artifact_files
@@ -72,3 +73,15 @@ class PartWriter:
             done["seconds"].append(time.perf_counter() - started)
             done["peak_rss_mb"].append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return {key: np.asarray(values) for key, values in done.items()}
+
+
+def write_with_actors(todo: list[int], pool: WriterPool, writer_kwargs: dict[str, Any],
+                      cpus_per_worker: int) -> Iterator[dict[str, Any]]:
+    """One result row per part in `todo`, as parts finish, written by a pool of `pool.actors` PartWriters through
+    Ray Data (each reserves `cpus_per_worker` CPUs and runs that many torch threads). `writer_kwargs`: every
+    PartWriter argument but `threads`."""
+    parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
+    yield from parts.map_batches(
+        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(len(todo), pool.actors)),
+        fn_constructor_kwargs={**writer_kwargs, "threads": cpus_per_worker},
+        num_gpus=pool.gpus_per_actor, num_cpus=cpus_per_worker).iter_rows()

@@ -1,6 +1,7 @@
 """Source: the training table as a Ray Dataset read from any fsspec URI, split into train and holdout."""
 from __future__ import annotations
 
+import functools
 import pickle
 from typing import Any
 
@@ -17,6 +18,7 @@ from pipeline.storage import arrow_filesystem, redact
 ROW_HASH = "row_hash"
 SPLIT_BUCKETS = 1 << 20
 SKETCH = "sketch"
+ENCODE_BATCH_ROWS = 65_536
 
 
 def parquet_footer(fs: Any, path: str, key: str = "data.path") -> tuple[pa.Schema, pq.FileMetaData]:
@@ -93,34 +95,26 @@ def select_split(batch: pa.Table, split: str, seed: int, fraction: float) -> pa.
 
 def encode_split(batch: pa.Table, encoder_json: str, split: str, seed: int, fraction: float) -> dict[str, np.ndarray]:
     """Ray Data map: raw Parquet rows -> {"x", "c"} float32 matrices for one side of the split."""
-    encoder = _cached_encoder(encoder_json)
-    x, c = encoder.transform(select_split(batch, split, seed, fraction))
+    x, c = _parsed_encoder(encoder_json).transform(select_split(batch, split, seed, fraction))
     return {"x": x, "c": c}
 
 
-_ENCODERS: dict[int, TableEncoder] = {}
-
-
-def _cached_encoder(encoder_json: str) -> TableEncoder:
+@functools.lru_cache(maxsize=1)
+def _parsed_encoder(encoder_json: str) -> TableEncoder:
     """Parse the encoder once per worker process, not once per batch."""
-    key = hash(encoder_json)
-    if key not in _ENCODERS:
-        _ENCODERS.clear()
-        _ENCODERS[key] = TableEncoder.from_json(encoder_json)
-    return _ENCODERS[key]
+    return TableEncoder.from_json(encoder_json)
 
 
 def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fraction: float) -> dict[str, ray.data.Dataset]:
-    """Lazy train and holdout datasets of encoded matrices, for Ray Train's `datasets=`."""
+    """Lazy train and holdout datasets of encoded matrices, for Ray Train's `datasets=`. Encoding a bounded
+    number of rows per call keeps a read task's memory flat whatever the size of the files and blocks."""
     encoder_json = encoder.to_json()
-    splits = {"train": ds.map_batches(encode_split, batch_format="pyarrow", zero_copy_batch=True,
-                                      fn_kwargs={"encoder_json": encoder_json, "split": "train", "seed": seed,
-                                                 "fraction": fraction})}
-    if fraction > 0:
-        splits["holdout"] = ds.map_batches(encode_split, batch_format="pyarrow", zero_copy_batch=True,
-                                           fn_kwargs={"encoder_json": encoder_json, "split": "holdout", "seed": seed,
-                                                      "fraction": fraction})
-    return splits
+
+    def encoded(split: str) -> ray.data.Dataset:
+        return ds.map_batches(encode_split, batch_format="pyarrow", batch_size=ENCODE_BATCH_ROWS, zero_copy_batch=True,
+                              fn_kwargs={"encoder_json": encoder_json, "split": split, "seed": seed,
+                                         "fraction": fraction})
+    return {split: encoded(split) for split in (["train", "holdout"] if fraction > 0 else ["train"])}
 
 
 def object_store_share() -> float:
