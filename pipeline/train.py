@@ -184,11 +184,12 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
     splits = cache_splits(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
-                            rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
+                          rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     clock.lap("tracking_setup")
     # Ray Train's controller takes each worker's report when it polls (every 2 s by default) and a worker's next
     # report waits for that: epochs shorter than the poll would each lose the rest of it. Ray passes this setting
-    # on to the controller; a value the user set wins.
+    # on to the controller; a value the user set wins. A slow poll is awaited again, not a failure (Ray Train
+    # declares a worker dead only after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 minutes).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(CONTROLLER_POLL_S))
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
