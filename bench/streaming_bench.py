@@ -89,7 +89,7 @@ def table_reads(session: str) -> dict[str, int]:
     reads: dict[str, int] = {}
     for path in glob.glob(f"{session}/logs/ray-data/ray-data-*.log"):
         text = Path(path).read_text(errors="replace")
-        if re.search(r"Operator \S*ReadFiles\S* completed", text) or "ReadParquet" in text and "completed" in text:
+        if re.search(r"Operator \S*Read(Files|Parquet)\S* completed", text):
             kind = re.sub(r"_[0-9A-Za-z]{20,}.*", "", Path(path).name.removeprefix("ray-data-"))
             reads[kind] = reads.get(kind, 0) + 1
     return reads

@@ -119,7 +119,8 @@ def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fract
 
 def object_store_share() -> float:
     """A quarter of the cluster's object store: what kept (cached) training data may take, and what a streamed
-    epoch may hold in flight, so streaming leaves room for the kept holdout instead of spilling to disk."""
+    epoch may hold in flight, leaving the rest for the kept holdout (a holdout near the store's size still spills:
+    0.88 GB in a 2 GiB store did, in bench/streaming_bench.py)."""
     return ray.cluster_resources().get("object_store_memory", 0) / 4
 
 
