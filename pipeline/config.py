@@ -76,6 +76,26 @@ class ModelConfig(Section):
         return self
 
 
+class PrivacyConfig(Section):
+    """Differentially private training (off while `epsilon` is null): DP-SGD on every worker plus noisy encoder
+    statistics, together (epsilon, delta)-DP for every training row; see pipeline/privacy.py."""
+    epsilon: float | None = Field(None, gt=0.0)  # the total budget; training stops before it is exceeded
+    delta: float | None = Field(None, gt=0.0, lt=1.0)  # null: 1 / (10 x training rows), capped at 1e-5
+    max_grad_norm: float = Field(1.0, gt=0.0)  # each row's gradient is clipped to this L2 norm
+    noise_multiplier: float | None = Field(None, gt=0.0)  # null: the least noise that fits the budget and epochs
+    statistics_share: float = Field(0.2, gt=0.0, lt=1.0)  # of epsilon and delta, spent on the encoder's statistics
+    public_columns: list[str] = []  # columns whose statistics the user declares public: fitted without noise
+    noise_seed: int | None = Field(None, ge=0)  # secret: whoever knows it can remove the noise; null draws one per run
+
+    @model_validator(mode="after")
+    def _settings_need_a_budget(self) -> "PrivacyConfig":
+        if self.epsilon is None and (self.noise_multiplier is not None or self.public_columns
+                                     or self.delta is not None):
+            raise ValueError("epsilon: required when other train.privacy settings are given; "
+                             "e.g. --set train.privacy.epsilon=4")
+        return self
+
+
 class TrainConfig(Section):
     name: str = Field("cvae", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     epochs: int = Field(10, ge=1)
@@ -92,6 +112,14 @@ class TrainConfig(Section):
     cache: Literal["auto", "always", "never"] = "auto"
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping_patience: int = Field(0, ge=0)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _private_runs_do_not_stop_early(self) -> "TrainConfig":
+        if self.privacy.epsilon is not None and self.early_stopping_patience:
+            raise ValueError("early_stopping_patience: not available with train.privacy.epsilon (stopping on "
+                             "holdout scores would make the model depend on holdout rows); set it to 0")
+        return self
 
 
 class MLflowConfig(Section):

@@ -19,6 +19,11 @@ person's value out (`encoder.min_value_count` = k).
   `data.columns.NAME: id`) are not modelled: generated row i gets a fresh value
   (prefix + i, or base + i) that no training value equals.
 Numeric and id nulls get their own indicator.
+
+Under `train.privacy` every statistic above is fitted from noisy counts instead
+(pipeline/privacy.py): categories and condition combinations need a noisy count
+above a threshold, numbers get private bounds and quantiles, identifiers are
+recognised by name alone, and fresh ids no longer depend on training values.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ import pyarrow.compute as pc
 
 from pipeline.config import EncoderConfig
 from pipeline.errors import UserError
+from pipeline.privacy import (GRID_BINS, FineGrid, PrivateFit, StatisticsNoise, grid_bins, private_grid,
+                              statistics_noise)
 
 Z_MAX = 4.0
 MAX_SAMPLE_VALUES = 8_000_000
@@ -172,7 +179,7 @@ class NumericSketch:
     and a bounded uniform sample (bottom-k by random key: fixed memory, mergeable across workers). Given row
     hashes, the keys come from them (`sample_keys`), so the sample does not depend on how rows were batched."""
 
-    def __init__(self, width: int, sample_size: int, seed: int, extremes: int):
+    def __init__(self, width: int, sample_size: int, seed: int, extremes: int, private: bool = False):
         self.rows = 0
         self.nulls = 0
         self.capacity = max(100, min(sample_size, MAX_SAMPLE_VALUES // width))
@@ -183,6 +190,7 @@ class NumericSketch:
         self.largest = np.empty((0, width))
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self.grid = np.zeros((width, GRID_BINS), dtype=np.int64) if private else None  # counts per grid bin
 
     @property
     def values(self) -> int:
@@ -200,10 +208,15 @@ class NumericSketch:
             keys = sample_keys(row_hash if not arr.null_count else row_hash[np.asarray(arr.is_valid())], self.seed)
         self._keep(keys, values)
         self._keep_extremes(values, values)
+        if self.grid is not None:
+            for j in range(values.shape[1]):
+                self.grid[j] += np.bincount(grid_bins(values[:, j]), minlength=GRID_BINS)
 
     def merge(self, other: "NumericSketch") -> None:
         self.rows += other.rows
         self.nulls += other.nulls
+        if self.grid is not None:
+            self.grid += other.grid
         self._keep(other.keys, other.sample)
         self._keep_extremes(other.smallest, other.largest)
 
@@ -292,8 +305,9 @@ class EncoderSketch:
     condition counts stay under their pruning bounds)."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], config: EncoderConfig,
-                 column_kinds: dict[str, str] | None = None, seed: int = 0):
+                 column_kinds: dict[str, str] | None = None, seed: int = 0, private: bool = False):
         self.overrides = dict(column_kinds or {})
+        self.private = private
         for name in [*conditions, *self.overrides]:
             if name not in schema.names:
                 raise UserError(f"column {name!r} is not in the table; its columns are: {', '.join(schema.names)}")
@@ -316,7 +330,7 @@ class EncoderSketch:
             else:
                 width = field.type.list_size if kind == "list" else 1
                 self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i,
-                                                          config.min_value_count)
+                                                          config.min_value_count, private)
         self.combinations: dict[tuple, int] = {}
 
     def update(self, batch: pa.RecordBatch | pa.Table, row_hash: np.ndarray | None = None) -> None:
@@ -352,6 +366,8 @@ class EncoderSketch:
         name, kind, sketch = field.name, self.kinds[field.name], self.sketches[field.name]
         if name in self.conditions or name in self.overrides:
             return kind
+        if self.private:  # how unique a column is, is a statistic of its rows: decided on noisy counts at the end
+            return kind
         k = self.config.min_value_count
         if kind == "categorical" and is_string_like(field.type) and sketch.looks_like_id(name, k):
             return "id"
@@ -360,7 +376,47 @@ class EncoderSketch:
             return "id"
         return kind
 
-    def finalize(self, excluded: list[str] = ()) -> "TableEncoder":
+    def statistics_noise(self, private: PrivateFit) -> StatisticsNoise:
+        """The noise for this table's statistics: one histogram per category, id and condition-combination
+        column, two per numeric element (bounds, then quantiles); `public` columns count none."""
+        public = private.public
+        for name in public:
+            if name not in self.schema.names:
+                raise UserError(f"train.privacy.public_columns: {name!r} is not a modelled column; its columns "
+                                f"are: {', '.join(self.schema.names)}")
+        histograms = keyed = 0
+        for field in self.schema:
+            if field.name in public:
+                continue
+            kind, sketch = self.final_kind(field), self.sketches[field.name]
+            if kind == "id":
+                histograms += 1
+            elif isinstance(sketch, CategorySketch):
+                histograms, keyed = histograms + 1, keyed + 1
+            else:
+                histograms += 2 * sketch.sample.shape[1]
+        if not all(name in public for name in self.conditions):
+            histograms, keyed = histograms + 1, keyed + 1
+        return statistics_noise(private.epsilon, private.delta, histograms, keyed, private.seed, tuple(public))
+
+    def private_grids(self, noise: StatisticsNoise) -> dict[str, list[FineGrid | None]]:
+        """Per private numeric column, each element's fine grid between its private bounds (from the coarse grid):
+        what the second pass over the training split counts."""
+        grids = {}
+        for field in self.schema:
+            sketch = self.sketches[field.name]
+            if field.name in noise.public or not isinstance(sketch, NumericSketch) or self.final_kind(field) == "id":
+                continue
+            integers = self.kinds[field.name] in ("integer", "list") and pa.types.is_integer(
+                _storage_type(field.type.value_type if self.kinds[field.name] == "list" else field.type))
+            grids[field.name] = [private_grid(sketch.grid[j], noise, f"{field.name}/bounds/{j}", integers)
+                                 for j in range(sketch.grid.shape[0])]
+        return grids
+
+    def finalize(self, excluded: list[str] = (), noise: StatisticsNoise | None = None,
+                 fine: "FineHistograms | None" = None) -> "TableEncoder":
+        """The fitted encoder; with `noise` (and the second pass's `fine` histograms) every statistic of a
+        column not declared public comes from noisy counts."""
         rows = next(iter(self.sketches.values())).rows
         if rows == 0:
             raise UserError("the training split has no rows; point data.path at a non-empty table or lower "
@@ -372,7 +428,10 @@ class EncoderSketch:
         for field in self.schema:
             sketch, kind = self.sketches[field.name], self.final_kind(field)
             protect = None if field.name in self.conditions else config.min_value_count  # None: keep every value
-            if kind == "id":
+            if noise is not None and field.name not in noise.public:
+                inferred = field.name not in self.conditions and field.name not in self.overrides
+                codecs[field.name] = _private_codec(field, kind, sketch, fine, noise, config, inferred)
+            elif kind == "id":
                 codecs[field.name] = IdCodec.fit(field, sketch)
             elif isinstance(sketch, CategorySketch):
                 codecs[field.name] = CategoricalCodec.fit(field, sketch, config.max_categories, protect,
@@ -380,10 +439,69 @@ class EncoderSketch:
             else:
                 codecs[field.name] = NumericCodec.fit(field, kind, sketch, config.quantiles,
                                                       protect if protect and protect > 1 else None)
-        top = sorted(self.combinations.items(), key=_by_count)[: config.max_condition_combinations]
+        combinations = self.combinations
+        if noise is not None and not all(name in noise.public for name in self.conditions):
+            combinations = _private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
+        top = sorted(combinations.items(), key=_by_count)[: config.max_condition_combinations]
         distribution = [{"values": list(combo), "count": count} for combo, count in top]
-        return TableEncoder(self.schema, self.conditions, codecs, distribution, list(excluded),
-                            config.min_value_count)
+        encoder = TableEncoder(self.schema, self.conditions, codecs, distribution, list(excluded),
+                               config.min_value_count, noise.describe() if noise is not None else None)
+        encoder.fitted_rows = rows
+        return encoder
+
+
+class FineHistograms:
+    """The second pass of a private fit: each private numeric element's counts on its fine grid, and nulls."""
+
+    def __init__(self, grids: dict[str, list[FineGrid | None]]):
+        self.grids = grids
+        self.counts = {name: [np.zeros(g.bins, dtype=np.int64) if g else None for g in elements]
+                       for name, elements in grids.items()}
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        for name, elements in self.grids.items():
+            values = _numeric_values(_plain(batch.column(name)), name)
+            for j, grid in enumerate(elements):
+                if grid is not None and len(values):
+                    self.counts[name][j] += np.bincount(grid.index(values[:, j]), minlength=grid.bins)
+
+    def merge(self, other: "FineHistograms") -> "FineHistograms":
+        for name, elements in self.counts.items():
+            for j, counts in enumerate(elements):
+                if counts is not None:
+                    counts += other.counts[name][j]
+        return self
+
+
+def _private_codec(field: pa.Field, kind: str, sketch: "NumericSketch | CategorySketch", fine: FineHistograms | None,
+                   noise: StatisticsNoise, config: EncoderConfig, inferred: bool) -> "Codec":
+    """A column's codec from noisy counts. An `inferred` string column named like an id whose kept values cover
+    under MAX_ID_COVERAGE of its rows (by their noisy counts: no further budget) is an identifier; integer columns
+    are identifiers only when the user says so (their uniqueness would cost budget to measure)."""
+    if kind == "id":
+        return IdCodec.fit_private(field, sketch, noise)
+    if isinstance(sketch, CategorySketch):
+        codec = CategoricalCodec.fit_private(field, sketch, config.max_categories, config.min_value_count,
+                                             config.rare_replacement, noise)
+        covered = sum(codec.frequencies) + sum(codec.tail_weights) * max(0.0, 1 - sum(codec.frequencies))
+        if inferred and is_string_like(field.type) and named_like_id(field.name) and covered < MAX_ID_COVERAGE:
+            return IdCodec.fit_private(field, sketch, noise)
+        return codec
+    if fine is None:
+        raise ValueError(f"a private fit of numeric column {field.name!r} needs the second pass's histograms")
+    return NumericCodec.fit_private(field, kind, sketch, fine.grids[field.name], fine.counts[field.name],
+                                    config.quantiles, noise)
+
+
+def _private_combinations(combinations: dict[tuple, int], noise: StatisticsNoise,
+                          codecs: list["Codec"]) -> dict[tuple, int]:
+    """Condition combinations whose noisy count passes the threshold, with rounded noisy counts, and only those
+    whose category values the (private) condition codecs kept: a plan never asks for a dropped value."""
+    kept = noise.select(combinations, "condition_combinations")
+    allowed = [set(codec.categories) | ({None} if codec.nullable else set())
+               if isinstance(codec, CategoricalCodec) else None for codec in codecs]
+    return {combo: max(1, round(count)) for combo, count in kept.items()
+            if all(values is None or value in values for value, values in zip(combo, allowed))}
 
 
 def _by_count(item: tuple[Any, int]) -> tuple[int, str]:
@@ -426,15 +544,31 @@ class NumericCodec:
             probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
             ordered = np.sort(np.clip(sketch.sample, low, high), axis=0)
             index = np.clip(np.ceil(probs * len(ordered)).astype(int) - 1, 0, len(ordered) - 1)
-            for j in range(ordered.shape[1]):
-                values = ordered[index, j]
-                values[0], values[-1] = low[j], high[j]
-                unique, first = np.unique(values, return_index=True)
-                last = len(values) - 1 - np.unique(values[::-1], return_index=True)[1]
-                knots.append({"values": unique.tolist(), "z_low": z_grid[first].tolist(), "z_high": z_grid[last].tolist()})
+            knots = [_knots(ordered[index, j], low[j], high[j], z_grid) for j in range(ordered.shape[1])]
         nullable = sketch.nulls > 0 or (sketch.values > 0 and not usable)
         null_rate = sketch.nulls / max(sketch.rows, 1) if usable else 1.0
         return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable)
+
+    @classmethod
+    def fit_private(cls, field: pa.Field, kind: str, sketch: NumericSketch, grids: list[FineGrid | None],
+                    counts: list[np.ndarray | None], quantiles: int, noise: StatisticsNoise) -> "NumericCodec":
+        """Bounds from the coarse grid (`grids`), knots from noisy fine-grid `counts`, a noisy null rate. An element
+        without private bounds (too few values for the budget) leaves the whole column to decode as nulls."""
+        z_grid = np.linspace(-Z_MAX, Z_MAX, quantiles + 1)
+        probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
+        knots, low, high = [], [], []
+        for j, (grid, fine) in enumerate(zip(grids, counts)):
+            mass = np.clip(noise.noisy(fine, f"{field.name}/quantiles/{j}"), 0, None) if grid is not None else None
+            if mass is None or mass.sum() <= 0:
+                knots, low, high = [], [], []
+                break
+            knots.append(_knots(grid.quantiles(mass, probs), grid.low, grid.high, z_grid))
+            low.append(grid.low)
+            high.append(grid.high)
+        noisy_nulls = max(0.0, float(noise.noisy(sketch.nulls, f"{field.name}/nulls")))
+        nullable = noisy_nulls >= noise.post_cut(1) or not knots
+        null_rate = min(1.0, noisy_nulls / max(sketch.rows, 1)) if knots else 1.0
+        return cls(field.name, field.type, kind, knots, low, high, null_rate, nullable)
 
     def spans(self, start: int) -> list[Span]:
         spans = [Span(self.name, "gaussian", start + j, 1) for j in range(self.size)]
@@ -476,6 +610,16 @@ class NumericCodec:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "knots": self.knots, "low": self.low, "high": self.high,
                 "null_rate": self.null_rate, "nullable": self.nullable}
+
+
+def _knots(values: np.ndarray, low: float, high: float, z_grid: np.ndarray) -> dict[str, list[float]]:
+    """Quantile values at `z_grid` (first and last set to the bounds) -> knots; a value repeated over several
+    grid points (a point mass) owns the z interval it spans and decodes back to itself."""
+    values = np.array(values, dtype=np.float64)
+    values[0], values[-1] = low, high
+    unique, first = np.unique(values, return_index=True)
+    last = len(values) - 1 - np.unique(values[::-1], return_index=True)[1]
+    return {"values": unique.tolist(), "z_low": z_grid[first].tolist(), "z_high": z_grid[last].tolist()}
 
 
 def _to_z(x: np.ndarray, unique: np.ndarray, z_low: np.ndarray, z_high: np.ndarray) -> np.ndarray:
@@ -545,6 +689,23 @@ class CategoricalCodec:
                    [c / max(sketch.rows, 1) for _, c in eligible[:kept]],
                    [v for v, _ in tail], [c / max(other_rows, 1) for _, c in tail],
                    other_rows > 0, replacement, sketch.nulls > 0)
+
+    @classmethod
+    def fit_private(cls, field: pa.Field, sketch: CategorySketch, max_categories: int, protect: int,
+                    replacement: str, noise: StatisticsNoise) -> "CategoricalCodec":
+        """Values whose noisy count passes the threshold (and k), ranked and weighted by noisy counts; every other
+        value is "other", so the class is always there. Condition columns are selected the same way: a condition
+        value the selection dropped cannot be requested."""
+        kept = noise.select(sketch.counts, f"{field.name}/values", protect)
+        ranked = sorted(kept.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        noisy_nulls = max(0.0, float(noise.noisy(sketch.nulls, f"{field.name}/nulls")))
+        head, tail = ranked[: max_categories - 1], ranked[max_categories - 1: max_categories - 1 + TAIL_VALUES_KEPT]
+        other_rows = max(sketch.rows - noisy_nulls - sum(c for _, c in head), sum(c for _, c in tail), 1.0)
+        if replacement == "token" and not is_string_like(field.type):
+            replacement = "frequent"
+        return cls(field.name, field.type, [v for v, _ in head], [c / max(sketch.rows, 1) for _, c in head],
+                   [v for v, _ in tail], [c / other_rows for _, c in tail], True, replacement,
+                   noisy_nulls >= noise.post_cut(1))
 
     def spans(self, start: int) -> list[Span]:
         return [Span(self.name, "softmax", start, self.width)]
@@ -620,6 +781,20 @@ class IdCodec:
             start = 10 ** len(str(int(largest)))
         return cls(field.name, field.type, prefix, start, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0)
 
+    @classmethod
+    def fit_private(cls, field: pa.Field, sketch: NumericSketch | CategorySketch, noise: StatisticsNoise) -> "IdCodec":
+        """Fresh ids that depend on no training value: the first candidate prefix, or integers from the largest
+        power of ten the type holds (a training id that starts with the prefix, or is that large, could be
+        matched); a noisy null rate."""
+        prefix = start = None
+        if is_string_like(field.type):
+            prefix = ID_PREFIXES[0]
+        else:
+            start = 10 ** (len(str(np.iinfo(_storage_type(field.type).to_pandas_dtype()).max)) - 1)
+        noisy_nulls = max(0.0, float(noise.noisy(sketch.nulls, f"{field.name}/nulls")))
+        return cls(field.name, field.type, prefix, start, min(1.0, noisy_nulls / max(sketch.rows, 1)),
+                   noisy_nulls >= noise.post_cut(1))
+
     def spans(self, start: int) -> list[Span]:
         return [Span(self.name, "bernoulli", start, 1)] if self.nullable else []
 
@@ -665,8 +840,11 @@ class TableEncoder:
     """A fitted encoder: feature matrix x for the columns the model reconstructs, condition matrix c for the rest."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], codecs: dict[str, Codec],
-                 condition_distribution: list[dict[str, Any]], excluded: list[str] = (), min_value_count: int = 1):
+                 condition_distribution: list[dict[str, Any]], excluded: list[str] = (), min_value_count: int = 1,
+                 privacy: dict[str, Any] | None = None):
         self.schema = schema
+        self.privacy = privacy  # the statistics' noise (StatisticsNoise.describe()), None when fitted exactly
+        self.fitted_rows: int | None = None  # training rows the fit saw (not saved: only the fitting job needs it)
         self.conditions = list(conditions)
         self.features = [name for name in schema.names if name not in conditions]
         self.codecs = codecs
@@ -678,16 +856,23 @@ class TableEncoder:
 
     @classmethod
     def fit(cls, batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str], config: EncoderConfig,
-            column_kinds: dict[str, str] | None = None, seed: int = 0, excluded: list[str] = ()) -> "TableEncoder":
-        """One pass over the batches in bounded memory."""
+            column_kinds: dict[str, str] | None = None, seed: int = 0, excluded: list[str] = (),
+            private: PrivateFit | None = None) -> "TableEncoder":
+        """One pass over the batches in bounded memory (two when `private`: the batches must be re-iterable)."""
         sketch = None
         for batch in batches:
             if sketch is None:
-                sketch = EncoderSketch(batch.schema, conditions, config, column_kinds, seed)
+                sketch = EncoderSketch(batch.schema, conditions, config, column_kinds, seed, private is not None)
             sketch.update(batch)
         if sketch is None:
             raise UserError("the training table has no rows; point data.path at a non-empty table")
-        return sketch.finalize(excluded)
+        if private is None:
+            return sketch.finalize(excluded)
+        noise = sketch.statistics_noise(private)
+        fine = FineHistograms(sketch.private_grids(noise))
+        for batch in batches:
+            fine.update(batch)
+        return sketch.finalize(excluded, noise, fine)
 
     def _spans(self, names: list[str]) -> list[Span]:
         spans, start = [], 0
@@ -724,7 +909,8 @@ class TableEncoder:
         token = any(isinstance(c, CategoricalCodec) and c.has_other and c.replacement == "token"
                     for c in self.codecs.values())
         return {"min_value_count": self.min_value_count, "replacement_token": PROTECTED_TOKEN if token else None,
-                "condition_columns_unprotected": self.conditions}
+                "condition_columns_unprotected": [] if self.privacy else self.conditions,
+                "noisy_statistics": self.privacy}
 
     def check_capacity(self, num_rows: int) -> None:
         """Integer ids must fit their type for every row of a dataset."""
@@ -778,6 +964,7 @@ class TableEncoder:
             "min_value_count": self.min_value_count,
             "codecs": {name: codec.to_dict() for name, codec in self.codecs.items()},
             "condition_distribution": self.condition_distribution,
+            "privacy": self.privacy,
         }
 
     def to_json(self) -> str:
@@ -791,7 +978,7 @@ class TableEncoder:
             schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
             codecs = {field.name: codec_from_dict(field, data["codecs"][field.name]) for field in schema}
             return cls(schema, data["conditions"], codecs, data["condition_distribution"], data["excluded"],
-                       data["min_value_count"])
+                       data["min_value_count"], data.get("privacy"))
         except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
             raise UserError(f"encoder JSON is malformed ({type(exc).__name__}: {exc}); re-export the model") from None
 

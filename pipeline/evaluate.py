@@ -216,7 +216,8 @@ def evaluate(config: Config) -> EvaluateOutcome:
                                                                           in {**real_samples, **synthetic_samples}.items()}},
                "split": {"holdout_fraction": split.holdout_fraction, "seed": split.seed, "from": split.source},
                "model_version_uri": (manifest or {}).get("model_version_uri"),
-               "generation_run_id": (manifest or {}).get("run_id")}
+               "generation_run_id": (manifest or {}).get("run_id"),
+               "differential_privacy": (manifest or {}).get("differential_privacy")}
     run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
     try:
         log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
@@ -327,6 +328,10 @@ def log_report(client: Any, run_id: str, report: dict[str, Any], reference: Samp
 
     log_metrics(client, run_id, headline_metrics(report), step=0)
     client.log_dict(run_id, report, "evaluation/report.json")
+    guarantee = report.get("differential_privacy")
+    if guarantee:  # beside the quality metrics, so runs compare on both
+        client.set_tag(run_id, "privacy.epsilon", f"{guarantee['epsilon']:.6g}")
+        client.set_tag(run_id, "privacy.delta", f"{guarantee['delta']:.6g}")
     for path, figure in report_figures(reference, synthetic, kinds, conditions, report):
         client.log_figure(run_id, figure, f"evaluation/{path}")
 
@@ -374,5 +379,9 @@ def print_summary(report: dict[str, Any], run_id: str) -> None:
           f"{private['synthetic_rows']:,} sampled; "
           + (f"{closer:.1%} of synthetic rows closer to a training row than the holdout's 5th percentile (5% expected)"
              if closer is not None else "no holdout to compare distances with"))
+    guarantee = report.get("differential_privacy")
+    console.result(f"differential privacy: ({guarantee['epsilon']:.3g}, {guarantee['delta']:.2g})-DP, "
+                   f"{guarantee['accountant']} accountant" if guarantee else
+                   "differential privacy: none (the model was not trained with train.privacy)")
     console.result(f"validity: {report['validity']['invalid_values']:,} values outside the real bounds or categories; "
           f"report logged to mlflow run {run_id}")

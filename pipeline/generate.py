@@ -23,7 +23,7 @@ import numpy as np
 import ray
 
 from pipeline import console
-from pipeline.artifact import load_artifact_files
+from pipeline.artifact import load_artifact_files, privacy_guarantee
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
 from pipeline.encoding import TableEncoder
@@ -96,7 +96,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     seconds = time.perf_counter() - started
     failpoint("before_manifest")
     sink.finish(_manifest(requested, model_uri, version, run_id, config, plan, encoder,
-                          [parts[k] for k in range(num_parts)]))
+                          [parts[k] for k in range(num_parts)], privacy_guarantee(model_files)))
     new_rows = sum(parts[k]["rows"] for k in todo)
     log_metrics(client, run_id, {"rows": plan.num_rows, "parts": num_parts, "seconds": seconds,
                                  "rows_per_s": new_rows / seconds if seconds else 0.0,
@@ -157,7 +157,7 @@ def _generation_run(client: Any, model_uri: str, version: str, output: str, spec
 
 
 def _manifest(requested: str, model_uri: str, version: str, run_id: str, config: Config, plan: Plan,
-              encoder: TableEncoder, parts: list[dict[str, Any]]) -> dict[str, Any]:
+              encoder: TableEncoder, parts: list[dict[str, Any]], privacy: dict | None) -> dict[str, Any]:
     gen = config.generate
     return {
         "format": "cvae-synthetic/1",
@@ -175,6 +175,7 @@ def _manifest(requested: str, model_uri: str, version: str, run_id: str, config:
         "excluded_columns": encoder.excluded,  # left out of the model (data.exclude): absent from every part
         "generated_ids": encoder.id_columns,  # fresh values, unique in this dataset, never a training value
         "value_protection": encoder.protection(),
+        "differential_privacy": privacy,  # the model's (epsilon, delta) and accountant; null: not trained privately
         "arrow_schema": base64.b64encode(encoder.schema.serialize().to_pybytes()).decode("ascii"),
         "created_at": datetime.now(timezone.utc).isoformat(),
         "code_version": _code_version(),

@@ -208,6 +208,10 @@ def _check_seen(encoder: TableEncoder, name: str, value: Any, allow_unseen_conti
         return
     if isinstance(codec, CategoricalCodec):
         if value not in codec.categories:
+            if encoder.privacy is not None and name not in encoder.privacy.get("public", []):
+                raise UserError(f"generate.conditions: {name}={value!r} is not among the values this differentially "
+                                "private model kept (a value must be frequent enough to pass its noise threshold); "
+                                "request a kept value, or retrain with a larger train.privacy.epsilon")
             shown = ", ".join(map(str, codec.categories[:8])) + (" ..." if len(codec.categories) > 8 else "")
             raise UserError(f"generate.conditions: {name}={value!r} was never seen in training (seen: {shown})")
         return

@@ -117,11 +117,13 @@ def _image_grid(plt: Any, real: Any, synthetic: Any, name: str, elements: list[s
 
 
 def loss_curve(history: list[dict[str, float]]) -> Iterator[tuple[str, Any]]:
-    """("loss_curve.png", figure): training loss (beta-weighted) and, with a holdout, its negative ELBO per epoch."""
+    """("loss_curve.png", figure): training loss (beta-weighted) and, with a holdout, its negative ELBO per epoch.
+    A private run has no training loss (it is not reported: it would come from training rows without noise)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [int(entry["epoch"]) + 1 for entry in history]
-    ax.plot(epochs, [entry["loss"] for entry in history], marker="o", label="training loss (recon + beta x KL)")
+    if all("loss" in entry for entry in history):
+        ax.plot(epochs, [entry["loss"] for entry in history], marker="o", label="training loss (recon + beta x KL)")
     if all("val_elbo" in entry for entry in history):
         ax.plot(epochs, [-entry["val_elbo"] for entry in history], marker="o", label="holdout negative ELBO")
     ax.set_xlabel("epoch")

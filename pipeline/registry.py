@@ -50,6 +50,17 @@ def register(client: MlflowClient, run_id: str, artifact_dir: str, config: Confi
     return str(version)
 
 
+def tag_guarantee(client: MlflowClient, run_id: str, name: str, version: str, guarantee: dict) -> None:
+    """A private model's final (epsilon, delta) and accountant, as tags on its run and its registered version."""
+    tags = {"privacy.epsilon": f"{guarantee['epsilon']:.6g}", "privacy.delta": f"{guarantee['delta']:.6g}",
+            "privacy.accountant": guarantee["accountant"],
+            "privacy.statistics_epsilon": f"{guarantee['statistics_epsilon']:.6g}",
+            "privacy.noise_multiplier": f"{guarantee['noise_multiplier']:.6g}"}
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+        client.set_model_version_tag(name, version, key, value)
+
+
 def fetch_model(model_uri: str) -> dict[str, bytes]:
     """The artifact files of a registered pyfunc, as bytes: shipped to Ray actors, which need no MLflow access."""
     with tempfile.TemporaryDirectory() as scratch:

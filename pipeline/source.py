@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import DataConfig, EncoderConfig
-from pipeline.encoding import EncoderSketch, TableEncoder, infer_kind
+from pipeline.encoding import EncoderSketch, FineHistograms, TableEncoder, infer_kind
 from pipeline.errors import UserError, user_error_in
+from pipeline.privacy import FineGrid, PrivateFit
 from pipeline.storage import arrow_filesystem, redact
 
 ROW_HASH = "row_hash"
@@ -145,32 +146,64 @@ def training_rows(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float
 
 
 def sketch_block(batch: pa.Table, schema: pa.Schema, conditions: list[str], kinds: dict[str, str],
-                 config: EncoderConfig, seed: int, fraction: float) -> pa.Table:
+                 config: EncoderConfig, seed: int, fraction: float, private: bool) -> pa.Table:
     """Ray Data map: one block's training rows -> a one-row table holding their pickled `EncoderSketch`."""
-    sketch = EncoderSketch(schema, conditions, config, kinds, seed)
+    sketch = EncoderSketch(schema, conditions, config, kinds, seed, private)
     rows, row_hash = training_rows(batch, schema, seed, fraction)
     if rows.num_rows:
         sketch.update(rows, row_hash)
-    return pa.table({SKETCH: pa.array([pickle.dumps(sketch, protocol=pickle.HIGHEST_PROTOCOL)], pa.large_binary())})
+    return _pickled(sketch)
 
 
-def fit_encoder(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config: EncoderConfig,
-                seed: int) -> TableEncoder:
-    """One distributed pass over the training split only: no statistic the model stores has seen a holdout row
-    (holdout values the split lacks encode as "other" or clip to the bounds). Ray tasks sketch each block and
-    the driver merges the bounded sketches as they arrive, never holding rows. Sample keys come from the row
-    hash, so the encoder is the same whatever the block sizes, worker count or merge order. Batches take the
-    footer's Arrow `schema`, so the model's output has exactly the types a Parquet reader sees in the input."""
-    merged = EncoderSketch(schema, data.conditions, config, data.columns, seed)  # bad columns fail here, unwrapped
-    sketches = ds.map_batches(sketch_block, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-                              fn_kwargs={"schema": schema, "conditions": data.conditions, "kinds": data.columns,
-                                         "config": config, "seed": seed, "fraction": data.holdout_fraction})
+def fine_block(batch: pa.Table, schema: pa.Schema, grids: dict[str, list[FineGrid | None]], seed: int,
+               fraction: float) -> pa.Table:
+    """Ray Data map, the second pass of a private fit: one block's training rows -> pickled `FineHistograms`."""
+    histograms = FineHistograms(grids)
+    rows, _ = training_rows(batch, schema, seed, fraction)
+    if rows.num_rows:
+        histograms.update(rows)
+    return _pickled(histograms)
+
+
+def _pickled(state: Any) -> pa.Table:
+    return pa.table({SKETCH: pa.array([pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)], pa.large_binary())})
+
+
+def _merged(ds: ray.data.Dataset, block_fn: Any, kwargs: dict[str, Any], into: Any) -> Any:
+    """Map every block to a pickled sketch with `block_fn` and merge them into `into` on the driver as they arrive.
+    A data problem a Ray task found (NaN values...) is raised as the driver would raise it."""
+    sketches = ds.map_batches(block_fn, batch_format="pyarrow", batch_size=None, zero_copy_batch=True, fn_kwargs=kwargs)
     try:
         for row in sketches.iter_rows():
-            merged.merge(pickle.loads(row[SKETCH]))
-    except Exception as exc:  # a data problem a Ray task found (NaN values...): raised as the driver would
+            into.merge(pickle.loads(row[SKETCH]))
+    except Exception as exc:
         found = user_error_in(exc)
         if found is None:
             raise
         raise found from None
-    return merged.finalize(data.exclude)
+    return into
+
+
+def fit_encoder(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config: EncoderConfig,
+                seed: int, private: PrivateFit | None = None) -> TableEncoder:
+    """One distributed pass over the training split only: no statistic the model stores has seen a holdout row
+    (holdout values the split lacks encode as "other" or clip to the bounds). Ray tasks sketch each block and
+    the driver merges the bounded sketches as they arrive, never holding rows. Sample keys come from the row
+    hash, so the encoder is the same whatever the block sizes, worker count or merge order. Batches take the
+    footer's Arrow `schema`, so the model's output has exactly the types a Parquet reader sees in the input.
+    A `private` fit reads the training split a second time, for the numeric columns' quantiles between their
+    private bounds (pipeline/privacy.py)."""
+    merged = EncoderSketch(schema, data.conditions, config, data.columns, seed,  # bad columns fail here, unwrapped
+                           private is not None)
+    _merged(ds, sketch_block, {"schema": schema, "conditions": data.conditions, "kinds": data.columns,
+                               "config": config, "seed": seed, "fraction": data.holdout_fraction,
+                               "private": private is not None}, merged)
+    if private is None:
+        return merged.finalize(data.exclude)
+    noise = merged.statistics_noise(private)
+    grids = merged.private_grids(noise)
+    fine = FineHistograms(grids)
+    if grids:
+        _merged(ds, fine_block, {"schema": schema, "grids": grids, "seed": seed, "fraction": data.holdout_fraction},
+                fine)
+    return merged.finalize(data.exclude, noise, fine)

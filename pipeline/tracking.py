@@ -86,8 +86,8 @@ def tagged_run(client: MlflowClient, experiment_id: str, tag: str, value: str, r
 
 
 def _param_value(key: str, value: Any) -> str:
-    if "storage_options" in key:
-        return "***"
+    if "storage_options" in key or (key == "train.privacy.noise_seed" and value is not None):
+        return "***"  # credentials; the privacy noise seed, which would let anyone remove the noise
     return redact(str(value))[:6000]
 
 

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import posixpath
+import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,21 @@ import ray.train.torch
 import torch
 
 from pipeline import console
-from pipeline.artifact import ARTIFACT_FILES, MODEL_ARTIFACT
+from pipeline.artifact import MODEL_ARTIFACT, PRIVACY_FILE, artifact_files
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config
+from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
 from pipeline.model import build_model
 from pipeline.plots import loss_curve
-from pipeline.registry import register
+from pipeline.privacy import PrivateFit, SgdPlan, budget, epoch_noise, sgd_epsilon, sgd_plan
+from pipeline.registry import register, tag_guarantee
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
                                log_metrics, log_training_data, reconcile_metrics)
 from pipeline.source import (cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema,
                              object_store_share, read_table)
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
-from pipeline.train_worker import train_loop_per_worker
+from pipeline.train_worker import feed_rows, train_loop_per_worker
 
 class EpochLogger(ray.train.UserCallback):
     """On the Ray Train controller: each persisted epoch goes to MLflow (kept for later if MLflow is away), and a
@@ -53,8 +56,10 @@ class EpochLogger(ray.train.UserCallback):
         epoch_metrics = metrics[0]
         epoch = int(epoch_metrics["epoch"])
         remaining = (self.epochs - epoch - 1) * epoch_metrics["epoch_seconds"]
+        loss = f"loss {epoch_metrics['loss']:.3f}  " if "loss" in epoch_metrics else ""
         validation = f"val_elbo {epoch_metrics['val_elbo']:.3f}  " if "val_elbo" in epoch_metrics else ""
-        self._say("progress", f"epoch {epoch + 1}/{self.epochs}  loss {epoch_metrics['loss']:.3f}  {validation}"
+        spent = f"epsilon {epoch_metrics['epsilon']:.2f}  " if "epsilon" in epoch_metrics else ""
+        self._say("progress", f"epoch {epoch + 1}/{self.epochs}  {loss}{validation}{spent}"
                               f"{epoch_metrics['rows_per_s']:,.0f} rows/s  {epoch_metrics['epoch_seconds']:.1f}s  "
                               f"ETA {remaining:.0f}s")
         problem = self.tracking.add(epoch_metrics)
@@ -78,7 +83,43 @@ class EpochLogger(ray.train.UserCallback):
 
 
 JOB_IDENTITY = "cvae-job.json"
+PRIVATE_ENCODER = "private-encoder.json"  # a private job's encoder: fitted (and its budget spent) once per job
 CONTROLLER_POLL_S = 0.2
+
+
+def private_encoder(fs: Any, job_dir: str, fit: Any) -> tuple[TableEncoder, int]:
+    """A private job's encoder and training row count: fitted once (`fit()` spends the statistics' budget) and kept
+    in the job folder, so a resumed job trains on with the same encoder and spends nothing again."""
+    path = posixpath.join(job_dir, PRIVATE_ENCODER)
+    if fs.exists(path):
+        with fs.open(path, "rb") as handle:
+            saved = json.loads(handle.read())
+        return TableEncoder.from_json(saved["encoder"]), saved["training_rows"]
+    encoder = fit()
+    with fs.open(path, "wb") as handle:
+        handle.write(json.dumps({"encoder": encoder.to_json(), "training_rows": encoder.fitted_rows}).encode())
+    return encoder, encoder.fitted_rows
+
+
+def require_opacus() -> None:
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        raise UserError("train.privacy.epsilon is set but Opacus is not installed; pip install 'cvae-synth[privacy]' "
+                        "(or opacus) on the driver and every Ray node") from None
+
+
+def check_first_epoch(plan: SgdPlan, epochs: int) -> None:
+    """A noise multiplier the user set must leave room for at least one epoch; a derived one must exist."""
+    noise = epoch_noise(plan, [], epochs, None)
+    if noise is None:
+        raise UserError(f"train.privacy.epsilon={plan.epsilon:g}: no noise multiplier up to 1000 fits "
+                        f"{epochs} epochs; raise train.privacy.epsilon or lower train.epochs")
+    one_epoch = sgd_epsilon([(noise, plan.sample_rate, plan.steps_per_chunk)], plan.sgd_delta)
+    if one_epoch > plan.sgd_epsilon:
+        raise UserError(f"train.privacy.noise_multiplier={noise:g} spends epsilon {one_epoch + plan.statistics_epsilon:.3g}"
+                        f" in one epoch, over train.privacy.epsilon={plan.epsilon:g}; raise the noise multiplier "
+                        "or the epsilon, or leave the noise multiplier unset")
 
 
 def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[str, Any]:
@@ -88,7 +129,8 @@ def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[st
             "schema": [f"{field.name}: {field.type}" for field in schema],
             "data.conditions": data.conditions, "data.columns": data.columns, "data.exclude": data.exclude,
             "data.holdout_fraction": data.holdout_fraction, "train.seed": config.train.seed,
-            "encoder": config.encoder.model_dump(), "model": config.model.model_dump()}
+            "encoder": config.encoder.model_dump(), "model": config.model.model_dump(),
+            "train.privacy": config.train.privacy.model_dump(exclude={"noise_seed"})}
 
 
 def claim_job(fs: Any, job_dir: str, identity: dict[str, Any], restart: bool) -> None:
@@ -165,9 +207,20 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     ensure_ray(config.ray.address)
     clock.lap("ray_start")
     dataset = read_table(fs, files, modelled.names)
-    encoder = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed)
+    privacy = config.train.privacy
+    spend = budget(privacy, rows) if privacy.epsilon is not None else None
+    noise_seed = privacy.noise_seed if privacy.noise_seed is not None else secrets.randbits(63)
+    job_dir = posixpath.join(storage_path.rstrip("/"), config.train.name)
+    if spend is None:
+        encoder, train_rows = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed), None
+    else:
+        encoder, train_rows = private_encoder(storage_fs, job_dir, lambda: fit_encoder(
+            dataset, modelled, data, config.encoder, config.train.seed,
+            PrivateFit(spend.statistics_epsilon, spend.statistics_delta, noise_seed, tuple(privacy.public_columns))))
+    protected = (f"statistics with (epsilon {spend.statistics_epsilon:g}, delta {spend.statistics_delta:.2g})-DP noise"
+                 if spend else f"values seen in fewer than {config.encoder.min_value_count} rows protected")
     console.progress(f"encoder fitted in {clock.lap('encoder_fit'):.2f}s on the training split of {rows:,} rows "
-          f"({encoder.kinds_summary()}; values seen in fewer than {config.encoder.min_value_count} rows protected): "
+          f"({encoder.kinds_summary()}; {protected}): "
           f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
     if encoder.id_columns:
         console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
@@ -182,7 +235,15 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     loop = {"model": model.config.to_dict(), "model_config": config.model.model_dump(),
             "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": config.train.epochs,
             "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
-            "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0}
+            "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0,
+            "privacy": None}
+    if spend is not None:
+        require_opacus()
+        plan = sgd_plan(privacy, spend, train_rows // config.train.num_workers,
+                        feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim), config.train.batch_size,
+                        noise_seed)
+        check_first_epoch(plan, config.train.epochs)
+        loop["privacy"] = asdict(plan)
     splits = cache_splits(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
                           rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     clock.lap("tracking_setup")
@@ -218,7 +279,8 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
                                f"{str(exc).strip().splitlines()[-1]}") from exc
     clock.lap("training")
-    best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
+    # a private model is the last checkpoint: picking the best by holdout score would make it depend on holdout rows
+    best = result.checkpoint if spend else result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as latest:
@@ -229,9 +291,16 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     with best.as_directory() as checkpoint_dir, tempfile.TemporaryDirectory() as scratch:
         export = Path(scratch) / MODEL_ARTIFACT
         export.mkdir()
-        for name in (*ARTIFACT_FILES, "artifact.json"):
+        for name in (*artifact_files(checkpoint_dir), "artifact.json"):
             shutil.copy(Path(checkpoint_dir) / name, export / name)
         version = register(client, run_id, str(export), config)
+        guarantee = json.loads((export / PRIVACY_FILE).read_text()) if spend else None
+    if guarantee:
+        tag_guarantee(client, run_id, config.mlflow.model_name, version, guarantee)
+        stopped = f"; stopped after {len(history)} of {config.train.epochs} epochs: one more would exceed it" \
+            if len(history) < config.train.epochs else ""
+        console.result(f"differential privacy: ({guarantee['epsilon']:.3g}, {guarantee['delta']:.2g})-DP of a "
+                       f"target epsilon {guarantee['target_epsilon']:g} ({guarantee['accountant']}){stopped}")
     for path, figure in loss_curve(history):
         client.log_figure(run_id, figure, path)
     clock.lap("register")

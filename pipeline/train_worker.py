@@ -1,4 +1,5 @@
-"""What runs on every Ray Train worker: the epoch loop, validation, the device feed, DDP averages, checkpoints.
+"""What runs on every Ray Train worker: the epoch loop, validation, the device feed, DDP averages, checkpoints,
+and, under `train.privacy`, DP-SGD (Poisson-sampled steps, per-row clipped gradients, noise once per global step).
 
 No MLflow here: the controller (pipeline.train.EpochLogger) tracks what the workers report.
 """
@@ -21,10 +22,17 @@ import torch.distributed as dist
 from pipeline.artifact import save_artifact
 from pipeline.config import ModelConfig
 from pipeline.model import CVAE, CVAEConfig
+from pipeline.privacy import SgdPlan, epoch_noise, guarantee, sgd_epsilon
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SHUFFLE_BUFFER_BATCHES = 20  # rows shuffled together: at least this many batches
 FEED_BYTES = 32 * 1024 ** 2  # float32 rows per chunk Ray Data hands a worker (one host-to-device copy each)
+PER_SAMPLE_ROWS = 256  # rows whose per-row gradients are held at once (memory: rows x parameters floats)
+
+
+def feed_rows(batch_size: int, row_width: int) -> int:
+    """Rows per chunk Ray Data hands a worker: a whole number of batches, about FEED_BYTES of float32."""
+    return batch_size * max(SHUFFLE_BUFFER_BATCHES, FEED_BYTES // (4 * row_width * batch_size))
 
 
 def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
@@ -85,6 +93,12 @@ def _global_means(terms: dict[str, float], device: torch.device) -> dict[str, fl
     return {key: packed[i].item() / max(rows, 1) for i, key in enumerate(keys)} | {"rows": int(rows)}
 
 
+def guarantee_metrics(plan: SgdPlan, history: list[tuple[float, float, int]], noise_multiplier: float) -> dict:
+    """The epoch's privacy metrics: `epsilon` spent so far (statistics included) and the noise used."""
+    spent = guarantee(plan, history, noise_multiplier)
+    return {"epsilon": spent["epsilon"], "noise_multiplier": noise_multiplier, "dp_steps": spent["steps"]}
+
+
 def _global_max(value: float, device: torch.device) -> float:
     if not dist.is_available() or not dist.is_initialized():
         return value
@@ -99,7 +113,7 @@ def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_se
     number of batches), moved to the device once; each chunk is shuffled and sliced there, so a GPU is never
     waiting on one small host-to-device copy per step. Every worker gets ceil(shard rows / batch_size) batches,
     as DDP needs."""
-    chunk = batch_size * max(SHUFFLE_BUFFER_BATCHES, FEED_BYTES // (4 * row_width * batch_size))
+    chunk = feed_rows(batch_size, row_width)
     generator = torch.Generator(device).manual_seed(shuffle_seed) if shuffle_seed is not None else None
     for block in shard.iter_torch_batches(batch_size=chunk, dtypes=torch.float32, device=device,
                                           pin_memory=device.type == "cuda"):
@@ -108,6 +122,68 @@ def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_se
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
             yield x[rows], c[rows]
+
+
+def per_row_gradients(model: CVAE, x: torch.Tensor, c: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """{parameter name: (rows, *shape)} gradients of each row's own loss (torch.func: one vmapped backward)."""
+    from torch.func import functional_call, grad, vmap
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def row_loss(params: dict[str, torch.Tensor], x_row: torch.Tensor, c_row: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (params, buffers), (x_row[None], c_row[None], beta))["loss"]
+    return vmap(grad(row_loss), in_dims=(None, 0, 0), randomness="different")(params, x, c)
+
+
+def private_step(model: CVAE, optimizer: Any, x: torch.Tensor, c: torch.Tensor, beta: float) -> None:
+    """One DP-SGD step on a Poisson-sampled batch (possibly empty): Opacus's DP optimizer clips each row's
+    gradient, sums, adds noise once (rank 0 in DDP), all-reduces and divides by the expected global batch.
+    Per-row gradients are computed PER_SAMPLE_ROWS at a time and accumulated (Opacus's skipped steps)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    starts = range(0, len(x), PER_SAMPLE_ROWS) if len(x) else [0]
+    for i, start in enumerate(starts):
+        if len(x):
+            grads = per_row_gradients(model, x[start:start + PER_SAMPLE_ROWS], c[start:start + PER_SAMPLE_ROWS], beta)
+            for (name, _), p in zip(model.named_parameters(), params):
+                p.grad_sample = grads[name]
+        else:  # no row sampled: the step still adds noise, so it still counts
+            for p in params:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
+        optimizer.signal_skip_step(do_skip=i < len(starts) - 1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def run_private_epoch(model: CVAE, optimizer: Any, shard: Any, plan: SgdPlan, beta: float, device: torch.device,
+                      sampler: torch.Generator) -> dict[str, float]:
+    """Every chunk of `plan.chunk_rows` rows of this worker's shard gets `plan.steps_per_chunk` steps, each taking
+    every row of the chunk with probability `plan.sample_rate`. Every worker has as many chunks (equal shards), so
+    DDP steps stay in lock-step. No loss is reported: it would be computed from training rows without noise."""
+    model.train()
+    rows = 0
+    for block in shard.iter_torch_batches(batch_size=plan.chunk_rows, dtypes=torch.float32, device=device):
+        x, c = block["x"], block["c"]
+        for _ in range(plan.steps_per_chunk):
+            taken = torch.rand(len(x), generator=sampler, device=sampler.device) < plan.sample_rate
+            taken = taken.to(device)
+            private_step(model, optimizer, x[taken], c[taken], beta)
+            rows += int(taken.sum())
+    return {"rows": rows}
+
+
+def private_optimizer(model: CVAE, optimizer: torch.optim.Optimizer, plan: SgdPlan, noise_multiplier: float) -> Any:
+    """Opacus's DP optimizer around `optimizer`; the distributed one when there are several workers (it adds the
+    noise on rank 0 only and all-reduces the noisy sum, so the noise enters once per global step)."""
+    from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    kind = DistributedDPOptimizer if distributed else DPOptimizer
+    return kind(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                expected_batch_size=plan.expected_batch, loss_reduction="mean")
+
+
+def _secret_generator(plan: SgdPlan, *stream: int) -> torch.Generator:
+    """A CPU generator from the secret noise seed: Poisson sampling and the noise must stay unpredictable."""
+    return torch.Generator().manual_seed(hash((plan.seed, *stream)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -127,12 +203,18 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(Path(directory) / "weights.pt", weights_only=True))
             saved = torch.load(Path(directory) / "training_state.pt", weights_only=True)
             optimizer_state, progress = saved["optimizer"], {"history": [], **saved["progress"]}
-    model = ray.train.torch.prepare_model(model)
+    plan = SgdPlan(**loop["privacy"]) if loop["privacy"] else None
+    # DP-SGD reduces clipped, noisy gradients itself: DDP's own all-reduce in backward would mix unclipped ones.
+    # Every rank starts from the same seed or checkpoint, and takes the same all-reduced steps.
+    model = model.to(device) if plan else ray.train.torch.prepare_model(model)
     core: CVAE = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" and plan is None  # per-row gradients in float32
+    history = [tuple(segment) for segment in progress.get("privacy_history", [])]
+    noise_multiplier = epoch_noise(plan, history, loop["epochs"] - progress["epoch"] - 1,
+                                   progress.get("noise_multiplier")) if plan else None
     train_shard = ray.train.get_dataset_shard("train")
     holdout_shard = ray.train.get_dataset_shard("holdout") if loop["has_holdout"] else None
     model_config = ModelConfig(**loop["model_config"])
@@ -142,12 +224,25 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     for epoch in range(progress["epoch"] + 1, loop["epochs"]):
         torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
         started = time.perf_counter()
-        batches = _shard_batches(train_shard, loop["batch_size"], device, seed * 7919 + epoch * 31 + rank, row_width)
-        metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp), device)
+        if plan:
+            if noise_multiplier is None or sgd_epsilon([*history, (noise_multiplier, plan.sample_rate,
+                                                                  plan.steps_per_chunk)], plan.sgd_delta) > plan.sgd_epsilon:
+                break  # one more epoch would spend more than train.privacy.epsilon
+            private = private_optimizer(core, optimizer, plan, noise_multiplier)
+            private.generator = _secret_generator(plan, epoch, -1)  # the noise (only rank 0's is used)
+            metrics = run_private_epoch(core, private, train_shard, plan, beta_for_epoch(model_config, epoch), device,
+                                        _secret_generator(plan, epoch, rank))
+            history.append((noise_multiplier, plan.sample_rate, plan.steps_per_chunk))
+            metrics = _global_means(metrics, device) | guarantee_metrics(plan, history, noise_multiplier)
+        else:
+            batches = _shard_batches(train_shard, loop["batch_size"], device, seed * 7919 + epoch * 31 + rank,
+                                     row_width)
+            metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp),
+                                    device)
         seconds = time.perf_counter() - started
         metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
                     "beta": beta_for_epoch(model_config, epoch), "previous_report_seconds": report_seconds}
-        score = -metrics["loss"]
+        score = -metrics.get("loss", 0.0)
         if holdout_shard is not None:
             held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None,
                                                                row_width), seed), device)
@@ -157,10 +252,12 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         metrics["worker_peak_rss_mb"] = _global_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, device)
         progress = {"epoch": epoch, "best": max(progress["best"], score),
                     "stale": 0 if score > progress["best"] else progress["stale"] + 1,
-                    "history": [*progress["history"], {key: float(value) for key, value in metrics.items()}]}
+                    "history": [*progress["history"], {key: float(value) for key, value in metrics.items()}],
+                    "privacy_history": [list(segment) for segment in history], "noise_multiplier": noise_multiplier}
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:
-                save_artifact(directory, core, loop["encoder_json"])
+                save_artifact(directory, core, loop["encoder_json"],
+                              guarantee(plan, history, noise_multiplier) if plan else None)
                 torch.save({"optimizer": optimizer.state_dict(), "progress": progress},
                            Path(directory) / "training_state.pt")
             reporting = time.perf_counter()
