@@ -27,11 +27,9 @@ VERSION_TAG = "cvae.registered_version"
 
 def register(client: MlflowClient, run_id: str, artifact_dir: str, config: Config) -> str:
     """Log the pyfunc and register it once per run (a resumed run returns the version it already has)."""
-    run = client.get_run(run_id)
     name = config.mlflow.model_name
-    if VERSION_TAG in run.data.tags:
-        version = run.data.tags[VERSION_TAG]
-    else:
+    version = registered_version(client, run_id)
+    if version is None:
         _, encoder = load_artifact(artifact_dir)  # refuses a tampered folder before anything is logged
         example = example_conditions(encoder)
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), \
@@ -50,15 +48,22 @@ def register(client: MlflowClient, run_id: str, artifact_dir: str, config: Confi
     return str(version)
 
 
-def tag_guarantee(client: MlflowClient, run_id: str, name: str, version: str, guarantee: dict) -> None:
-    """A private model's final (epsilon, delta) and accountant, as tags on its run and its registered version."""
+def registered_version(client: MlflowClient, run_id: str) -> str | None:
+    """The version this run registered already (a resumed run keeps it), or None."""
+    return client.get_run(run_id).data.tags.get(VERSION_TAG)
+
+
+def tag_guarantee(client: MlflowClient, run_id: str, name: str, version: str | None, guarantee: dict) -> None:
+    """A private model's (epsilon, delta) and accountant, as tags on its run and on `version` (None: the version
+    registered earlier keeps the tags of the checkpoint it was registered from)."""
     tags = {"privacy.epsilon": f"{guarantee['epsilon']:.6g}", "privacy.delta": f"{guarantee['delta']:.6g}",
             "privacy.accountant": guarantee["accountant"],
             "privacy.statistics_epsilon": f"{guarantee['statistics_epsilon']:.6g}",
             "privacy.noise_multiplier": f"{guarantee['noise_multiplier']:.6g}"}
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
-        client.set_model_version_tag(name, version, key, value)
+        if version is not None:
+            client.set_model_version_tag(name, version, key, value)
 
 
 def fetch_model(model_uri: str) -> dict[str, bytes]:

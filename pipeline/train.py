@@ -10,6 +10,7 @@ resumed into a shape mismatch, unless the user asks to restart.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import posixpath
@@ -36,7 +37,7 @@ from pipeline.errors import UserError
 from pipeline.model import build_model
 from pipeline.plots import loss_curve
 from pipeline.privacy import PrivateFit, SgdPlan, budget, epoch_noise, sgd_epsilon, sgd_plan
-from pipeline.registry import register, tag_guarantee
+from pipeline.registry import register, registered_version, tag_guarantee
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
                                log_metrics, log_training_data, reconcile_metrics)
 from pipeline.source import (cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema,
@@ -102,11 +103,9 @@ def private_encoder(fs: Any, job_dir: str, fit: Any) -> tuple[TableEncoder, int]
 
 
 def require_opacus() -> None:
-    try:
-        import opacus  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("opacus") is None:
         raise UserError("train.privacy.epsilon is set but Opacus is not installed; pip install 'cvae-synth[privacy]' "
-                        "(or opacus) on the driver and every Ray node") from None
+                        "(or opacus) on the driver and every Ray node")
 
 
 def check_first_epoch(plan: SgdPlan, epochs: int) -> None:
@@ -293,10 +292,11 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         export.mkdir()
         for name in (*artifact_files(checkpoint_dir), "artifact.json"):
             shutil.copy(Path(checkpoint_dir) / name, export / name)
+        registered_before = registered_version(client, run_id) is not None
         version = register(client, run_id, str(export), config)
         guarantee = json.loads((export / PRIVACY_FILE).read_text()) if spend else None
     if guarantee:
-        tag_guarantee(client, run_id, config.mlflow.model_name, version, guarantee)
+        tag_guarantee(client, run_id, config.mlflow.model_name, None if registered_before else version, guarantee)
         stopped = f"; stopped after {len(history)} of {config.train.epochs} epochs: one more would exceed it" \
             if len(history) < config.train.epochs else ""
         console.result(f"differential privacy: ({guarantee['epsilon']:.3g}, {guarantee['delta']:.2g})-DP of a "

@@ -181,9 +181,9 @@ def private_optimizer(model: CVAE, optimizer: torch.optim.Optimizer, plan: SgdPl
                 expected_batch_size=plan.expected_batch, loss_reduction="mean")
 
 
-def _secret_generator(plan: SgdPlan, *stream: int) -> torch.Generator:
-    """A CPU generator from the secret noise seed: Poisson sampling and the noise must stay unpredictable."""
-    return torch.Generator().manual_seed(hash((plan.seed, *stream)) & 0x7FFF_FFFF_FFFF_FFFF)
+def _secret_generator(plan: SgdPlan, device: torch.device, *stream: int) -> torch.Generator:
+    """A generator from the secret noise seed: Poisson sampling and the noise must stay unpredictable."""
+    return torch.Generator(device).manual_seed(hash((plan.seed, *stream)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -229,9 +229,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                                                                   plan.steps_per_chunk)], plan.sgd_delta) > plan.sgd_epsilon:
                 break  # one more epoch would spend more than train.privacy.epsilon
             private = private_optimizer(core, optimizer, plan, noise_multiplier)
-            private.generator = _secret_generator(plan, epoch, -1)  # the noise (only rank 0's is used)
+            private.generator = _secret_generator(plan, device, epoch, -1)  # the noise (only rank 0's is used)
             metrics = run_private_epoch(core, private, train_shard, plan, beta_for_epoch(model_config, epoch), device,
-                                        _secret_generator(plan, epoch, rank))
+                                        _secret_generator(plan, torch.device("cpu"), epoch, rank))
             history.append((noise_multiplier, plan.sample_rate, plan.steps_per_chunk))
             metrics = _global_means(metrics, device) | guarantee_metrics(plan, history, noise_multiplier)
         else:
