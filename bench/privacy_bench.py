@@ -1,0 +1,203 @@
+"""Privacy benchmark: what differential privacy costs, ours beside TabularARGN's, on held-out rows, in one run.
+
+    python bench/privacy_bench.py [--tables adult pizzaplace seattle-weather] [--epsilons 1 4 10] [--epochs 10]
+
+Per table one seeded 80/20 split; every system trains on the same 80% and is judged against it and the 20%
+none of them saw. Systems: our CVAE without privacy and at each epsilon (`cvae train` in-process: Ray Train,
+2 DDP workers, MLflow; `train.privacy.epsilon`, everything else default), and MOSTLY AI's TabularARGN
+(mostlyai-engine) without privacy and with its own DP-SGD at the same epsilon and delta, its value protection
+given the same share of the budget as our statistics (20%), and the wall time our run at that epsilon took.
+Judges: mostlyai-qa (accuracy over columns, pairs and triples against the training rows, `*_max` the holdout's
+own; DCR share: synthetic rows closer to a training than to a holdout row) and SDMetrics' QualityReport against
+the holdout. Throughput: our training rows per second (the median epoch), with and without DP.
+Needs the `bench` extra plus mostlyai-engine and mostlyai-qa, with the CPU torch the project uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+warnings.filterwarnings("ignore")
+
+CONDITIONS = {"adult": ["income"], "pizzaplace": ["type"], "seattle-weather": ["weather"], "nuclides": ["is_stable"],
+              "airports": ["state"], "penguins-raw": ["Species"]}
+STATISTICS_SHARE = 0.2
+MAX_SYNTHETIC_ROWS = 20_000
+
+
+def split(table: pa.Table, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    cut = int(0.8 * table.num_rows)
+    return table.take(order[:cut]), table.take(order[cut:])
+
+
+def judge_frame(table: pa.Table) -> pd.DataFrame:
+    """One representation for every system and both judges: times of day as seconds, dates as datetimes."""
+    columns = {}
+    for field in table.schema:
+        column = table.column(field.name)
+        if pa.types.is_time(field.type):
+            column = column.cast(pa.int64()).cast(pa.float64())
+            columns[field.name] = column.to_pandas() / {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[field.type.unit]
+        elif pa.types.is_date(field.type):
+            columns[field.name] = pd.to_datetime(column.to_pandas())
+        elif pa.types.is_decimal(field.type):
+            columns[field.name] = column.cast(pa.float64()).to_pandas()
+        else:
+            columns[field.name] = column.to_pandas()
+    return pd.DataFrame(columns)
+
+
+def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, folder: str) -> dict:
+    from mostlyai import qa
+    from sdmetrics.reports.single_table import QualityReport
+
+    synthetic = synthetic[list(training.columns)].astype(training.dtypes.to_dict(), errors="ignore")
+    _, metrics = qa.report(syn_tgt_data=synthetic, trn_tgt_data=training, hol_tgt_data=holdout,
+                           max_sample_size_embeddings=0, report_path=f"{folder}/qa.html")
+    accuracy, distances = metrics.accuracy, metrics.distances
+    sdtypes = {}
+    for name in training.columns:
+        values = training[name]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            sdtypes[name] = "datetime"
+        elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            sdtypes[name] = "numerical"
+        elif values.nunique() > 0.9 * max(values.notna().sum(), 1):
+            sdtypes[name] = "id"
+        else:
+            sdtypes[name] = "categorical"
+    report = QualityReport()
+    report.generate(holdout.astype({c: str for c, t in sdtypes.items() if t == "categorical"}),
+                    synthetic.astype({c: str for c, t in sdtypes.items() if t == "categorical"}),
+                    {"columns": {c: {"sdtype": t} for c, t in sdtypes.items()}}, verbose=False)
+    return {"qa_accuracy": accuracy.overall, "qa_holdout_own": accuracy.overall_max,
+            "qa_univariate": accuracy.univariate, "qa_bivariate": accuracy.bivariate,
+            "qa_trivariate": accuracy.trivariate, "dcr_share": distances.dcr_share,
+            "sdmetrics_quality": report.get_score()}
+
+
+def run_cvae(name: str, training_file: str, folder: str, epochs: int, epsilon: float | None, rows: int) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.artifact import load_artifact_files, privacy_guarantee
+    from pipeline.config import GenerateConfig, load_config
+    from pipeline.plan import build_plan
+    from pipeline.registry import fetch_model
+    from pipeline.sampling import synthesize
+    from pipeline.train import train
+
+    tag = "plain" if epsilon is None else f"eps{epsilon:g}"
+    overrides = [f"data.path={training_file}", f"data.conditions={CONDITIONS[name]}", "data.holdout_fraction=0.0",
+                 f"train.epochs={epochs}", f"train.storage_path={folder}/runs", f"train.name={name}-{tag}",
+                 f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db", "mlflow.alias=null",
+                 f"mlflow.model_name={name}-{tag}"]
+    if epsilon is not None:
+        overrides += [f"train.privacy.epsilon={epsilon}", f"train.privacy.statistics_share={STATISTICS_SHARE}"]
+    config = load_config(None, overrides)
+    started = time.perf_counter()
+    outcome = train(config)
+    fit_s = time.perf_counter() - started
+    client = MlflowClient(config.mlflow.tracking_uri)
+    throughput = statistics.median(m.value for m in client.get_metric_history(outcome.run_id, "rows_per_s"))
+    files = fetch_model(outcome.model_uri)
+    model, encoder = load_artifact_files(files)
+    plan = build_plan(GenerateConfig(num_rows=rows), encoder)
+    started = time.perf_counter()
+    synthetic = synthesize(model, encoder, plan.rows(0, rows), seed=0)
+    guarantee = privacy_guarantee(files) or {}
+    return {"fit_s": fit_s, "train_rows_per_s": throughput, "generate_rows_per_s": rows / (time.perf_counter() - started),
+            "epochs_run": len(client.get_metric_history(outcome.run_id, "epoch_seconds")),
+            "epsilon_spent": guarantee.get("epsilon"), "delta": guarantee.get("delta"),
+            "synthetic": judge_frame(synthetic)}
+
+
+def run_argn(training: pd.DataFrame, folder: str, minutes: float, epsilon: float | None, delta: float | None,
+             rows: int) -> dict:
+    from mostlyai.engine import TabularARGN
+    from mostlyai.engine.domain import DifferentialPrivacyConfig
+
+    privacy = None if epsilon is None else DifferentialPrivacyConfig(
+        max_epsilon=epsilon, delta=delta, value_protection_epsilon=STATISTICS_SHARE * epsilon)
+    model = TabularARGN(max_training_time=minutes, max_epochs=100, differential_privacy=privacy, device="cpu",
+                        workspace_dir=f"{folder}/argn-{epsilon}", random_state=0, verbose=0)
+    started = time.perf_counter()
+    model.fit(training)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    synthetic = model.sample(n_samples=rows)
+    spent = None
+    progress = Path(folder) / f"argn-{epsilon}" / "ModelStore" / "model-data" / "progress-messages.csv"
+    if progress.exists() and epsilon is not None:
+        messages = pd.read_csv(progress)
+        if "dp_eps" in messages:
+            spent = float(messages["dp_eps"].dropna().iloc[-1])
+    return {"fit_s": fit_s, "generate_rows_per_s": rows / (time.perf_counter() - started), "epsilon_spent": spent,
+            "synthetic": synthetic}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", default=["adult", "pizzaplace", "seattle-weather"])
+    parser.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 4.0, 10.0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--no-argn", action="store_true")
+    parser.add_argument("--out", default="bench/results/privacy.json")
+    args = parser.parse_args()
+    from pipeline.config import BUNDLED_DATA
+
+    results = []
+    for name in args.tables:
+        table = pq.read_table(BUNDLED_DATA / f"{name}.parquet")
+        training, holdout = split(table)
+        rows = min(training.num_rows, MAX_SYNTHETIC_ROWS)
+        folder = tempfile.mkdtemp(prefix=f"privacy-bench-{name}-")
+        training_file = f"{folder}/training.parquet"
+        pq.write_table(training, training_file)
+        trn, hol = judge_frame(training), judge_frame(holdout)
+        for epsilon in [None, *args.epsilons]:
+            ours = run_cvae(name, training_file, folder, args.epochs, epsilon, rows)
+            entries = [("cvae", ours)]
+            if not args.no_argn:
+                delta = ours["delta"] if epsilon is not None else None
+                entries.append(("TabularARGN", run_argn(trn, folder, ours["fit_s"] / 60, epsilon, delta, rows)))
+            for system, outcome in entries:
+                scores = judge(outcome.pop("synthetic"), trn, hol, folder)
+                result = {"table": name, "rows": table.num_rows, "system": system, "epsilon": epsilon, **outcome,
+                          **scores}
+                results.append(result)
+                print(json.dumps(result), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| table | system | epsilon (spent) | fit s | train rows/s | qa accuracy (holdout's own) | bivariate "
+          "| trivariate | DCR share | SDMetrics quality |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        target = "none" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        spent = f" ({r['epsilon_spent']:.2f})" if r.get("epsilon_spent") is not None else ""
+        speed = f"{r['train_rows_per_s']:,.0f}" if "train_rows_per_s" in r else ""
+        print(f"| {r['table']} | {r['system']} | {target}{spent} | {r['fit_s']:.0f} | {speed} | "
+              f"{r['qa_accuracy']:.3f} ({r['qa_holdout_own']:.3f}) | {r['qa_bivariate']:.3f} | "
+              f"{r['qa_trivariate']:.3f} | {r['dcr_share']:.3f} | {r['sdmetrics_quality']:.3f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
