@@ -69,6 +69,7 @@ class CVAE(nn.Module):
             self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
         else:
             self.register_buffer("log_sigma", torch.full((n_gaussian,), math.log(config.sigma)))
+        self.on_row_log_sigma = None  # DP-SGD's hook on each row's copy of log_sigma (pipeline/dp_sgd.py)
 
     def posterior(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(torch.cat([x, c], dim=1)).chunk(2, dim=1)
@@ -100,14 +101,21 @@ class CVAE(nn.Module):
         mu, logvar = self.prior(distinct)
         return mu[row_of], logvar[row_of]
 
-    def sigma(self) -> torch.Tensor:
-        return self.log_sigma.exp().clamp(min=MIN_SIGMA)
+    def sigma(self, rows: int | None = None) -> torch.Tensor:
+        """The decoder's std per Gaussian span; (rows, spans) when `rows` is given: each row its own copy of
+        log_sigma, so DP-SGD can see each row's gradient of it (`on_row_log_sigma`)."""
+        if rows is None:
+            return self.log_sigma.exp().clamp(min=MIN_SIGMA)
+        log_sigma = self.log_sigma.expand(rows, -1)
+        if self.on_row_log_sigma is not None and log_sigma.requires_grad:
+            self.on_row_log_sigma(log_sigma)
+        return log_sigma.exp().clamp(min=MIN_SIGMA)
 
     def reconstruction(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of x under the decoder output, per row."""
         nll = out.new_zeros(out.shape[0])
         if len(self.gaussian_index):
-            sigma = self.sigma()
+            sigma = self.sigma(out.shape[0])
             residual = (x[:, self.gaussian_index] - out[:, self.gaussian_index]) / sigma
             nll = nll + (0.5 * residual ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)).sum(1)
         if len(self.bernoulli_index):
@@ -118,13 +126,16 @@ class CVAE(nn.Module):
             nll = nll - (target * F.log_softmax(out[:, start: start + width], dim=1)).sum(1)
         return nll
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
-        """Batch means of loss (recon + beta*KL), recon and KL; -(recon + KL) is the ELBO."""
+    def row_terms(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(recon, KL) per row, shape (n,) each: one draw of z ~ q(z|x,c) per row."""
         mu_q, logvar_q = self.posterior(x, c)
         z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q).exp()
         out = self.decoder(torch.cat([z, c], dim=1))
-        recon = self.reconstruction(out, x).mean()
-        kl = kl_diag_gaussians(mu_q, logvar_q, *self.prior(c)).mean()
+        return self.reconstruction(out, x), kl_diag_gaussians(mu_q, logvar_q, *self.prior(c))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
+        """Batch means of loss (recon + beta*KL), recon and KL; -(recon + KL) is the ELBO."""
+        recon, kl = (term.mean() for term in self.row_terms(x, c))
         return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
 
     @torch.no_grad()

@@ -118,6 +118,10 @@ def build_plan(config: GenerateConfig, encoder: TableEncoder, storage_options: d
     spec = config.conditions
     schema = condition_schema(encoder)
     if spec == "proportional":
+        if not encoder.condition_distribution:
+            raise UserError("generate.conditions=proportional: no condition combination of this differentially "
+                            "private model passed its noise threshold; request conditions by value, e.g. "
+                            "{column: {value: count}}, or retrain with a larger train.privacy.epsilon")
         combos = [_coerce(schema, dict(zip(encoder.conditions, entry["values"])), "the training distribution")
                   for entry in encoder.condition_distribution]
         counts = apportion(config.num_rows, [entry["count"] for entry in encoder.condition_distribution])

@@ -221,6 +221,9 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     console.progress(f"encoder fitted in {clock.lap('encoder_fit'):.2f}s on the training split of {rows:,} rows "
           f"({encoder.kinds_summary()}; {protected}): "
           f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
+    if spend and not encoder.condition_distribution:
+        console.warn("no condition combination passed the privacy noise threshold: generation needs conditions "
+                     "requested by value (generate.conditions), or a larger train.privacy.epsilon")
     if encoder.id_columns:
         console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
                          "(data.columns.NAME=categorical to model one instead)")

@@ -22,12 +22,12 @@ import torch.distributed as dist
 from pipeline.artifact import save_artifact
 from pipeline.config import ModelConfig
 from pipeline.model import CVAE, CVAEConfig
+from pipeline.dp_sgd import private_optimizer, run_private_epoch, secret_generator
 from pipeline.privacy import SgdPlan, epoch_noise, guarantee, sgd_epsilon
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SHUFFLE_BUFFER_BATCHES = 20  # rows shuffled together: at least this many batches
 FEED_BYTES = 32 * 1024 ** 2  # float32 rows per chunk Ray Data hands a worker (one host-to-device copy each)
-PER_SAMPLE_ROWS = 256  # rows whose per-row gradients are held at once (memory: rows x parameters floats)
 
 
 def feed_rows(batch_size: int, row_width: int) -> int:
@@ -124,68 +124,6 @@ def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_se
             yield x[rows], c[rows]
 
 
-def per_row_gradients(model: CVAE, x: torch.Tensor, c: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """{parameter name: (rows, *shape)} gradients of each row's own loss (torch.func: one vmapped backward)."""
-    from torch.func import functional_call, grad, vmap
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-
-    def row_loss(params: dict[str, torch.Tensor], x_row: torch.Tensor, c_row: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, (params, buffers), (x_row[None], c_row[None], beta))["loss"]
-    return vmap(grad(row_loss), in_dims=(None, 0, 0), randomness="different")(params, x, c)
-
-
-def private_step(model: CVAE, optimizer: Any, x: torch.Tensor, c: torch.Tensor, beta: float) -> None:
-    """One DP-SGD step on a Poisson-sampled batch (possibly empty): Opacus's DP optimizer clips each row's
-    gradient, sums, adds noise once (rank 0 in DDP), all-reduces and divides by the expected global batch.
-    Per-row gradients are computed PER_SAMPLE_ROWS at a time and accumulated (Opacus's skipped steps)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    starts = range(0, len(x), PER_SAMPLE_ROWS) if len(x) else [0]
-    for i, start in enumerate(starts):
-        if len(x):
-            grads = per_row_gradients(model, x[start:start + PER_SAMPLE_ROWS], c[start:start + PER_SAMPLE_ROWS], beta)
-            for (name, _), p in zip(model.named_parameters(), params):
-                p.grad_sample = grads[name]
-        else:  # no row sampled: the step still adds noise, so it still counts
-            for p in params:
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
-        optimizer.signal_skip_step(do_skip=i < len(starts) - 1)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
-def run_private_epoch(model: CVAE, optimizer: Any, shard: Any, plan: SgdPlan, beta: float, device: torch.device,
-                      sampler: torch.Generator) -> dict[str, float]:
-    """Every chunk of `plan.chunk_rows` rows of this worker's shard gets `plan.steps_per_chunk` steps, each taking
-    every row of the chunk with probability `plan.sample_rate`. Every worker has as many chunks (equal shards), so
-    DDP steps stay in lock-step. No loss is reported: it would be computed from training rows without noise."""
-    model.train()
-    rows = 0
-    for block in shard.iter_torch_batches(batch_size=plan.chunk_rows, dtypes=torch.float32, device=device):
-        x, c = block["x"], block["c"]
-        for _ in range(plan.steps_per_chunk):
-            taken = torch.rand(len(x), generator=sampler, device=sampler.device) < plan.sample_rate
-            taken = taken.to(device)
-            private_step(model, optimizer, x[taken], c[taken], beta)
-            rows += int(taken.sum())
-    return {"rows": rows}
-
-
-def private_optimizer(model: CVAE, optimizer: torch.optim.Optimizer, plan: SgdPlan, noise_multiplier: float) -> Any:
-    """Opacus's DP optimizer around `optimizer`; the distributed one when there are several workers (it adds the
-    noise on rank 0 only and all-reduces the noisy sum, so the noise enters once per global step)."""
-    from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    kind = DistributedDPOptimizer if distributed else DPOptimizer
-    return kind(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                expected_batch_size=plan.expected_batch, loss_reduction="mean")
-
-
-def _secret_generator(plan: SgdPlan, device: torch.device, *stream: int) -> torch.Generator:
-    """A generator from the secret noise seed: Poisson sampling and the noise must stay unpredictable."""
-    return torch.Generator(device).manual_seed(hash((plan.seed, *stream)) & 0x7FFF_FFFF_FFFF_FFFF)
-
-
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint."""
     context = ray.train.get_context()
@@ -228,10 +166,10 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             if noise_multiplier is None or sgd_epsilon([*history, (noise_multiplier, plan.sample_rate,
                                                                   plan.steps_per_chunk)], plan.sgd_delta) > plan.sgd_epsilon:
                 break  # one more epoch would spend more than train.privacy.epsilon
-            private = private_optimizer(core, optimizer, plan, noise_multiplier)
-            private.generator = _secret_generator(plan, device, epoch, -1)  # the noise (only rank 0's is used)
+            private = private_optimizer(optimizer, plan, noise_multiplier,
+                                        secret_generator(plan, device, epoch, -1))  # only rank 0's noise is used
             metrics = run_private_epoch(core, private, train_shard, plan, beta_for_epoch(model_config, epoch), device,
-                                        _secret_generator(plan, torch.device("cpu"), epoch, rank))
+                                        secret_generator(plan, torch.device("cpu"), epoch, rank))
             history.append((noise_multiplier, plan.sample_rate, plan.steps_per_chunk))
             metrics = _global_means(metrics, device) | guarantee_metrics(plan, history, noise_multiplier)
         else:

@@ -340,4 +340,4 @@ def test_mlflow_server_image_has_the_postgres_driver_and_boto3():
         assert package in mlflow_stage, package
     assert "--target mlflow-server -t ghcr.io/acme/cvae-synth:mlflow" in dockerfile
     # The job image stays the last stage, so a build without --target still produces it.
-    assert stages[-1].startswith("base-${VARIANT}") and "pip install --no-cache-dir ." in stages[-1]
+    assert stages[-1].startswith("base-${VARIANT}") and 'pip install --no-cache-dir ".[privacy]"' in stages[-1]
