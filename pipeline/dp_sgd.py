@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.model import CVAE
-from pipeline.privacy import SgdPlan
+from pipeline.privacy import History, SgdPlan, guarantee
 
 
 class RowNorms:
@@ -91,8 +91,22 @@ def private_step(model: CVAE, norms: RowNorms, optimizer: Any, x: torch.Tensor, 
     optimizer.zero_grad(set_to_none=True)
 
 
-def run_private_epoch(model: CVAE, optimizer: Any, shard: Any, plan: SgdPlan, beta: float, device: torch.device,
-                      sampler: torch.Generator) -> dict[str, float]:
+def private_epoch(model: CVAE, optimizer: torch.optim.Optimizer, shard: Any, plan: SgdPlan, history: History,
+                  noise_multiplier: float, beta: float, epoch: int, rank: int) -> dict[str, float]:
+    """One epoch of DP-SGD; appends its segment to `history` and returns this worker's sampled rows and the
+    epoch's privacy metrics (`epsilon` spent so far, statistics included). Noise and sampling come from the
+    secret seed, per epoch (a resumed epoch draws what it drew before) and per rank (sampling)."""
+    device = next(model.parameters()).device
+    private = private_optimizer(optimizer, plan, noise_multiplier, secret_generator(plan, device, epoch, -1))
+    sampler = secret_generator(plan, torch.device("cpu"), epoch, rank)
+    sampled = sampled_steps(model, private, shard, plan, beta, device, sampler)
+    history.append((noise_multiplier, plan.sample_rate, plan.steps_per_chunk))
+    spent = guarantee(plan, history, noise_multiplier)
+    return sampled | {"epsilon": spent["epsilon"], "noise_multiplier": noise_multiplier, "dp_steps": spent["steps"]}
+
+
+def sampled_steps(model: CVAE, optimizer: Any, shard: Any, plan: SgdPlan, beta: float, device: torch.device,
+                  sampler: torch.Generator) -> dict[str, float]:
     """Every chunk of `plan.chunk_rows` rows of this worker's shard gets `plan.steps_per_chunk` steps, each taking
     every row of the chunk with probability `plan.sample_rate`. Every worker has as many chunks (equal shards), so
     DDP steps stay in lock-step. No loss is reported: it would be computed from training rows without noise."""

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from pipeline.config import PrivacyConfig
+from pipeline.errors import UserError
 
 ACCOUNTANT = "rdp"
 DEFAULT_MAX_DELTA = 1e-5
@@ -282,6 +283,30 @@ def epoch_noise(plan: SgdPlan, history: History, epochs_left: int, saved: float 
             <= plan.sgd_epsilon:
         return saved
     return noise_for_budget(history, plan.sample_rate, steps, plan.sgd_epsilon, plan.sgd_delta)
+
+
+def next_epoch_fits(plan: SgdPlan, history: History, noise_multiplier: float | None) -> bool:
+    """Whether one more epoch at this noise stays within the budget: training stops before it would not."""
+    return noise_multiplier is not None and sgd_epsilon(
+        [*history, (noise_multiplier, plan.sample_rate, plan.steps_per_chunk)], plan.sgd_delta) <= plan.sgd_epsilon
+
+
+def check_budget(plan: SgdPlan, epochs: int) -> None:
+    """Before any work: Opacus is there, and the budget pays for at least one epoch (a derived noise multiplier
+    exists; one the user set spends no more than the budget in one epoch)."""
+    import importlib.util
+    if importlib.util.find_spec("opacus") is None:
+        raise UserError("train.privacy.epsilon is set but Opacus is not installed; pip install 'cvae-synth[privacy]' "
+                        "(or opacus) on the driver and every Ray node")
+    noise = epoch_noise(plan, [], epochs, None)
+    if noise is None:
+        raise UserError(f"train.privacy.epsilon={plan.epsilon:g}: no noise multiplier up to {MAX_NOISE_MULTIPLIER:g} "
+                        f"fits {epochs} epochs; raise train.privacy.epsilon or lower train.epochs")
+    if not next_epoch_fits(plan, [], noise):
+        one_epoch = sgd_epsilon([(noise, plan.sample_rate, plan.steps_per_chunk)], plan.sgd_delta)
+        raise UserError(f"train.privacy.noise_multiplier={noise:g} spends epsilon "
+                        f"{one_epoch + plan.statistics_epsilon:.3g} in one epoch, over train.privacy.epsilon="
+                        f"{plan.epsilon:g}; raise the noise multiplier or the epsilon, or leave the noise multiplier unset")
 
 
 def guarantee(plan: SgdPlan, history: History, noise_multiplier: float) -> dict:

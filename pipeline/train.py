@@ -10,7 +10,6 @@ resumed into a shape mismatch, unless the user asks to restart.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import posixpath
@@ -36,7 +35,7 @@ from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
 from pipeline.model import build_model
 from pipeline.plots import loss_curve
-from pipeline.privacy import PrivateFit, SgdPlan, budget, epoch_noise, sgd_epsilon, sgd_plan
+from pipeline.privacy import PrivateFit, budget, check_budget, sgd_plan
 from pipeline.registry import register, registered_version, tag_guarantee
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
                                log_metrics, log_training_data, reconcile_metrics)
@@ -100,25 +99,6 @@ def private_encoder(fs: Any, job_dir: str, fit: Any) -> tuple[TableEncoder, int]
     with fs.open(path, "wb") as handle:
         handle.write(json.dumps({"encoder": encoder.to_json(), "training_rows": encoder.fitted_rows}).encode())
     return encoder, encoder.fitted_rows
-
-
-def require_opacus() -> None:
-    if importlib.util.find_spec("opacus") is None:
-        raise UserError("train.privacy.epsilon is set but Opacus is not installed; pip install 'cvae-synth[privacy]' "
-                        "(or opacus) on the driver and every Ray node")
-
-
-def check_first_epoch(plan: SgdPlan, epochs: int) -> None:
-    """A noise multiplier the user set must leave room for at least one epoch; a derived one must exist."""
-    noise = epoch_noise(plan, [], epochs, None)
-    if noise is None:
-        raise UserError(f"train.privacy.epsilon={plan.epsilon:g}: no noise multiplier up to 1000 fits "
-                        f"{epochs} epochs; raise train.privacy.epsilon or lower train.epochs")
-    one_epoch = sgd_epsilon([(noise, plan.sample_rate, plan.steps_per_chunk)], plan.sgd_delta)
-    if one_epoch > plan.sgd_epsilon:
-        raise UserError(f"train.privacy.noise_multiplier={noise:g} spends epsilon {one_epoch + plan.statistics_epsilon:.3g}"
-                        f" in one epoch, over train.privacy.epsilon={plan.epsilon:g}; raise the noise multiplier "
-                        "or the epsilon, or leave the noise multiplier unset")
 
 
 def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[str, Any]:
@@ -240,11 +220,10 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0,
             "privacy": None}
     if spend is not None:
-        require_opacus()
         plan = sgd_plan(privacy, spend, train_rows // config.train.num_workers,
                         feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim), config.train.batch_size,
                         noise_seed)
-        check_first_epoch(plan, config.train.epochs)
+        check_budget(plan, config.train.epochs)
         loop["privacy"] = asdict(plan)
     splits = cache_splits(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
                           rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)

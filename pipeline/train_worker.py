@@ -22,8 +22,8 @@ import torch.distributed as dist
 from pipeline.artifact import save_artifact
 from pipeline.config import ModelConfig
 from pipeline.model import CVAE, CVAEConfig
-from pipeline.dp_sgd import private_optimizer, run_private_epoch, secret_generator
-from pipeline.privacy import SgdPlan, epoch_noise, guarantee, sgd_epsilon
+from pipeline.dp_sgd import private_epoch
+from pipeline.privacy import SgdPlan, epoch_noise, guarantee, next_epoch_fits
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SHUFFLE_BUFFER_BATCHES = 20  # rows shuffled together: at least this many batches
@@ -93,12 +93,6 @@ def _global_means(terms: dict[str, float], device: torch.device) -> dict[str, fl
     return {key: packed[i].item() / max(rows, 1) for i, key in enumerate(keys)} | {"rows": int(rows)}
 
 
-def guarantee_metrics(plan: SgdPlan, history: list[tuple[float, float, int]], noise_multiplier: float) -> dict:
-    """The epoch's privacy metrics: `epsilon` spent so far (statistics included) and the noise used."""
-    spent = guarantee(plan, history, noise_multiplier)
-    return {"epsilon": spent["epsilon"], "noise_multiplier": noise_multiplier, "dp_steps": spent["steps"]}
-
-
 def _global_max(value: float, device: torch.device) -> float:
     if not dist.is_available() or not dist.is_initialized():
         return value
@@ -163,15 +157,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
         started = time.perf_counter()
         if plan:
-            if noise_multiplier is None or sgd_epsilon([*history, (noise_multiplier, plan.sample_rate,
-                                                                  plan.steps_per_chunk)], plan.sgd_delta) > plan.sgd_epsilon:
+            if not next_epoch_fits(plan, history, noise_multiplier):
                 break  # one more epoch would spend more than train.privacy.epsilon
-            private = private_optimizer(optimizer, plan, noise_multiplier,
-                                        secret_generator(plan, device, epoch, -1))  # only rank 0's noise is used
-            metrics = run_private_epoch(core, private, train_shard, plan, beta_for_epoch(model_config, epoch), device,
-                                        secret_generator(plan, torch.device("cpu"), epoch, rank))
-            history.append((noise_multiplier, plan.sample_rate, plan.steps_per_chunk))
-            metrics = _global_means(metrics, device) | guarantee_metrics(plan, history, noise_multiplier)
+            spent = private_epoch(core, optimizer, train_shard, plan, history, noise_multiplier,
+                                  beta_for_epoch(model_config, epoch), epoch, rank)
+            metrics = _global_means({"rows": spent.pop("rows")}, device) | spent
         else:
             batches = _shard_batches(train_shard, loop["batch_size"], device, seed * 7919 + epoch * 31 + rank,
                                      row_width)

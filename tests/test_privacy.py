@@ -286,3 +286,71 @@ def test_private_training_is_reproducible_and_a_resumed_job_adds_to_its_epsilon(
     version_tags = client.get_model_version("dp-a", first.version).tags  # registered from the first checkpoint
     assert float(version_tags["privacy.epsilon"]) == pytest.approx(once["epsilon"], rel=1e-5)
     assert float(client.get_run(first.run_id).data.tags["privacy.epsilon"]) == pytest.approx(twice["epsilon"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, monkeypatch):
+    """SIGKILL a worker of a private run after two epochs: the new worker group continues from the checkpoint's
+    spent history, so every epoch is accounted once (no reset, no double count of the epoch the kill cut short),
+    the total stays within the target, and the weights equal an uninterrupted private run's (the noise and the
+    sampling of each epoch are drawn again as before)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from test_train import checkpoints, same_weights, train_attempts, weights
+
+    from pipeline.privacy import sgd_epsilon
+    from pipeline.train import train
+
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    same = ("train.epochs=4", "train.keep_checkpoints=10", "model.hidden=[64]", "train.privacy.epsilon=8")
+    config = _private_config(workdir, *same, "train.max_failures=2", "train.name=dp-fault",
+                             "mlflow.model_name=dp-fault")
+    client = MlflowClient(config.mlflow.tracking_uri)
+    killed = {}
+
+    def kill_a_worker_after_two_epochs():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "epsilon")] if runs else []
+            except Exception:  # noqa: BLE001 - the store is still being created
+                steps = []
+            running = [a for a in train_attempts("dp-fault") if a.status == "RUNNING" and a.workers]
+            if len(steps) >= 2 and running:
+                killed.update(pid=running[-1].workers[-1].pid, steps=steps)
+                os.kill(killed["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_a_worker_after_two_epochs, daemon=True)
+    killer.start()
+    outcome = train(config)
+    killer.join()
+
+    assert killed and 2 <= len(killed["steps"]) < 4, killed
+    assert [a.status for a in train_attempts("dp-fault")] == ["ERRORED", "FINISHED"]
+    saved = checkpoints(workdir / "runs" / "train" / "dp-fault")
+    assert [progress["epoch"] for _, progress, _ in saved] == [0, 1, 2, 3]
+    for _, progress, _ in saved:  # each checkpoint accounts for exactly the epochs it holds
+        assert len(progress["privacy_history"]) == progress["epoch"] + 1
+    final = privacy_guarantee_of(saved[-1][0])
+    sgd_delta = final["delta"] - final["statistics_delta"]
+    assert final["sgd_epsilon"] == pytest.approx(sgd_epsilon([tuple(s) for s in final["history"]], sgd_delta))
+    assert len(final["history"]) == 4 and final["epsilon"] <= 8.0
+    spent = sorted(client.get_metric_history(outcome.run_id, "epsilon"), key=lambda m: m.step)
+    assert [m.step for m in spent] == [0, 1, 2, 3] and spent[-1].value == pytest.approx(final["epsilon"])
+
+    train(_private_config(workdir, *same, "train.name=dp-no-fault", "mlflow.model_name=dp-no-fault"))
+    reference = {p["epoch"]: folder for folder, p, _ in checkpoints(workdir / "runs" / "train" / "dp-no-fault")}
+    for folder, progress, _ in saved:
+        assert same_weights(weights(folder), weights(reference[progress["epoch"]])), progress["epoch"]
+
+
+def privacy_guarantee_of(folder) -> dict:
+    import json
+    return json.loads((folder / "privacy.json").read_text())

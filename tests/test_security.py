@@ -39,12 +39,14 @@ def files_holding(secrets: list[str], *folders: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_known_secrets_appear_in_nothing_a_run_writes(workdir, adult_on_s3, s3_endpoint, s3):
-    """Credentials in storage options and in a URI. `cvae run` (train, generate, evaluate) on a Ray cluster of its
-    own whose session folder (every Ray log, worker output included) is private to this test: grep all of it, the
-    console, checkpoints, the MLflow store and artifacts, the run's temp files and every object it wrote to S3."""
+    """Credentials in storage options and in a URI, and a private run's noise seed. `cvae run` (train, generate,
+    evaluate; with train.privacy) on a Ray cluster of its own whose session folder (every Ray log, worker output
+    included) is private to this test: grep all of it, the console, checkpoints, the MLflow store and artifacts,
+    the run's temp files and every object it wrote to S3."""
     s3.mkdir("secret-out")
     key_id = "AKIASECRETKEY0000000"
-    secrets = [SECRET, key_id]
+    noise_seed = "918273645546372819"  # differential privacy's secret: whoever knows it can remove the noise
+    secrets = [SECRET, key_id, noise_seed]
     options = json.dumps({"endpoint_url": s3_endpoint, "key": key_id, "secret": SECRET})
     private = Path(tempfile.mkdtemp(prefix="cvae-ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     (private / "tmp").mkdir()
@@ -55,7 +57,8 @@ def test_known_secrets_appear_in_nothing_a_run_writes(workdir, adult_on_s3, s3_e
     overrides = [f"mlflow.tracking_uri={tracking}", "mlflow.model_name=adult-secret", f"data.path={adult_on_s3}",
                  "data.conditions=[income]", f"data.storage_options={options}", "train.epochs=1", "model.hidden=[32]",
                  f"train.storage_path={workdir}/runs", "generate.num_rows=2000", "generate.output=s3://secret-out/data",
-                 f"generate.storage_options={options}", "evaluate.sample_rows=1000", "evaluate.privacy_rows=200"]
+                 f"generate.storage_options={options}", "evaluate.sample_rows=1000", "evaluate.privacy_rows=200",
+                 "train.privacy.epsilon=8", f"train.privacy.noise_seed={noise_seed}"]
     try:
         run = subprocess.run([sys.executable, "-m", "pipeline", "run", "--verbose",
                               *sum([["--set", o] for o in overrides], [])],
