@@ -294,13 +294,8 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     spent history, so every epoch is accounted once (no reset, no double count of the epoch the kill cut short),
     the total stays within the target, and the weights equal an uninterrupted private run's (the noise and the
     sampling of each epoch are drawn again as before)."""
-    import os
-    import signal
-    import threading
-    import time
-
     from mlflow.tracking import MlflowClient
-    from test_train import checkpoints, same_weights, train_attempts, weights
+    from test_train import checkpoints, kill_a_worker_after, same_weights, train_attempts, weights
 
     from pipeline.privacy import sgd_epsilon
     from pipeline.train import train
@@ -311,24 +306,7 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
                              "mlflow.model_name=dp-fault")
     client = MlflowClient(config.mlflow.tracking_uri)
     killed = {}
-
-    def kill_a_worker_after_two_epochs():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "epsilon")] if runs else []
-            except Exception:  # noqa: BLE001 - the store is still being created
-                steps = []
-            running = [a for a in train_attempts("dp-fault") if a.status == "RUNNING" and a.workers]
-            if len(steps) >= 2 and running:
-                killed.update(pid=running[-1].workers[-1].pid, steps=steps)
-                os.kill(killed["pid"], signal.SIGKILL)
-                return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_a_worker_after_two_epochs, daemon=True)
-    killer.start()
+    killer = kill_a_worker_after(client, "dp-fault", "epsilon", 2, killed)
     outcome = train(config)
     killer.join()
 

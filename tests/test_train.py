@@ -98,6 +98,30 @@ def same_weights(first, second) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
+def kill_a_worker_after(client: MlflowClient, job: str, metric: str, epochs: int, killed: dict) -> threading.Thread:
+    """A started thread that SIGKILLs one running worker of training job `job` as soon as MLflow holds `epochs`
+    epochs of `metric`; it records the pid and the epochs logged by then in `killed`."""
+    def kill():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, metric)] if runs else []
+            except Exception:  # noqa: BLE001 - the store is still being created
+                steps = []
+            running = [a for a in train_attempts(job) if a.status == "RUNNING" and a.workers]
+            if len(steps) >= epochs and running:
+                pid = running[-1].workers[-1].pid
+                os.kill(pid, signal.SIGKILL)
+                killed.update(pid=pid, steps=steps)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer
+
+
 def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir, monkeypatch, capsys):
     """SIGKILL one training worker after its second epoch. Ray Train records the failed attempt and starts a new
     worker group, which continues from the last checkpoint: the epochs after it are computed once each, and from the
@@ -107,25 +131,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir, monkey
     config = config_for(workdir, *same, "train.max_failures=2", "train.name=fault", "mlflow.model_name=adult-fault")
     client = MlflowClient(config.mlflow.tracking_uri)
     killed = {}
-
-    def kill_a_worker_mid_training():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-                steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] if runs else []
-            except Exception:  # noqa: BLE001 - the store is still being created
-                steps = []
-            running = [a for a in train_attempts("fault") if a.status == "RUNNING" and a.workers]
-            if len(steps) >= 2 and running:
-                pid = running[-1].workers[-1].pid
-                os.kill(pid, signal.SIGKILL)
-                killed.update(pid=pid, steps=steps)
-                return
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_worker_mid_training, daemon=True)
-    killer.start()
+    killer = kill_a_worker_after(client, "fault", "loss", 2, killed)
     outcome = train(config)
     killer.join()
 
