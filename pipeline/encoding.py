@@ -565,7 +565,7 @@ class NumericCodec:
             knots.append(_knots(grid.quantiles(mass, probs), grid.low, grid.high, z_grid))
             low.append(grid.low)
             high.append(grid.high)
-        noisy_nulls = max(0.0, float(noise.noisy(sketch.nulls, f"{field.name}/nulls")))
+        noisy_nulls = noise.nulls(sketch.nulls, field.name)
         nullable = noisy_nulls >= noise.post_cut(1) or not knots
         null_rate = min(1.0, noisy_nulls / max(sketch.rows, 1)) if knots else 1.0
         return cls(field.name, field.type, kind, knots, low, high, null_rate, nullable)
@@ -698,7 +698,7 @@ class CategoricalCodec:
         value the selection dropped cannot be requested."""
         kept = noise.select(sketch.counts, f"{field.name}/values", protect)
         ranked = sorted(kept.items(), key=lambda kv: (-kv[1], str(kv[0])))
-        noisy_nulls = max(0.0, float(noise.noisy(sketch.nulls, f"{field.name}/nulls")))
+        noisy_nulls = noise.nulls(sketch.nulls, field.name)
         head, tail = ranked[: max_categories - 1], ranked[max_categories - 1: max_categories - 1 + TAIL_VALUES_KEPT]
         other_rows = max(sketch.rows - noisy_nulls - sum(c for _, c in head), sum(c for _, c in tail), 1.0)
         if replacement == "token" and not is_string_like(field.type):
@@ -791,7 +791,7 @@ class IdCodec:
             prefix = ID_PREFIXES[0]
         else:
             start = 10 ** (len(str(np.iinfo(_storage_type(field.type).to_pandas_dtype()).max)) - 1)
-        noisy_nulls = max(0.0, float(noise.noisy(sketch.nulls, f"{field.name}/nulls")))
+        noisy_nulls = noise.nulls(sketch.nulls, field.name)
         return cls(field.name, field.type, prefix, start, min(1.0, noisy_nulls / max(sketch.rows, 1)),
                    noisy_nulls >= noise.post_cut(1))
 

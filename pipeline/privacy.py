@@ -99,6 +99,10 @@ class StatisticsNoise:
         rng = np.random.default_rng(_stream_seed(self.seed, stream))
         return np.asarray(counts, dtype=np.float64) + rng.normal(0.0, self.sigma, size=np.shape(counts))
 
+    def nulls(self, count: int, column: str) -> float:
+        """A column's noisy null count, clipped at 0: one draw per column, whichever codec asks for it."""
+        return max(0.0, float(self.noisy(count, f"{column}/nulls")))
+
     def select(self, counts: dict, stream: str, at_least: float = 0.0) -> dict:
         """Keys whose noisy count reaches the threshold (and `at_least`), with their noisy counts. Keys are
         noised in a fixed order, so the same data and seed give the same result."""
