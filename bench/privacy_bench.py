@@ -25,71 +25,16 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 warnings.filterwarnings("ignore")
 
-CONDITIONS = {"adult": ["income"], "pizzaplace": ["type"], "seattle-weather": ["weather"], "nuclides": ["is_stable"],
-              "airports": ["state"], "penguins-raw": ["Species"]}
+from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, split  # noqa: E402 (bench/)
+
 STATISTICS_SHARE = 0.2
-MAX_SYNTHETIC_ROWS = 20_000
-
-
-def split(table: pa.Table, seed: int = 0) -> tuple[pa.Table, pa.Table]:
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    cut = int(0.8 * table.num_rows)
-    return table.take(order[:cut]), table.take(order[cut:])
-
-
-def judge_frame(table: pa.Table) -> pd.DataFrame:
-    """One representation for every system and both judges: times of day as seconds, dates as datetimes."""
-    columns = {}
-    for field in table.schema:
-        column = table.column(field.name)
-        if pa.types.is_time(field.type):
-            column = column.cast(pa.int64()).cast(pa.float64())
-            columns[field.name] = column.to_pandas() / {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[field.type.unit]
-        elif pa.types.is_date(field.type):
-            columns[field.name] = pd.to_datetime(column.to_pandas())
-        elif pa.types.is_decimal(field.type):
-            columns[field.name] = column.cast(pa.float64()).to_pandas()
-        else:
-            columns[field.name] = column.to_pandas()
-    return pd.DataFrame(columns)
-
-
-def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, folder: str) -> dict:
-    from mostlyai import qa
-    from sdmetrics.reports.single_table import QualityReport
-
-    synthetic = synthetic[list(training.columns)].astype(training.dtypes.to_dict(), errors="ignore")
-    _, metrics = qa.report(syn_tgt_data=synthetic, trn_tgt_data=training, hol_tgt_data=holdout,
-                           max_sample_size_embeddings=0, report_path=f"{folder}/qa.html")
-    accuracy, distances = metrics.accuracy, metrics.distances
-    sdtypes = {}
-    for name in training.columns:
-        values = training[name]
-        if pd.api.types.is_datetime64_any_dtype(values):
-            sdtypes[name] = "datetime"
-        elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            sdtypes[name] = "numerical"
-        elif values.nunique() > 0.9 * max(values.notna().sum(), 1):
-            sdtypes[name] = "id"
-        else:
-            sdtypes[name] = "categorical"
-    report = QualityReport()
-    report.generate(holdout.astype({c: str for c, t in sdtypes.items() if t == "categorical"}),
-                    synthetic.astype({c: str for c, t in sdtypes.items() if t == "categorical"}),
-                    {"columns": {c: {"sdtype": t} for c, t in sdtypes.items()}}, verbose=False)
-    return {"qa_accuracy": accuracy.overall, "qa_holdout_own": accuracy.overall_max,
-            "qa_univariate": accuracy.univariate, "qa_bivariate": accuracy.bivariate,
-            "qa_trivariate": accuracy.trivariate, "dcr_share": distances.dcr_share,
-            "sdmetrics_quality": report.get_score()}
 
 
 def run_cvae(name: str, training_file: str, folder: str, epochs: int, epsilon: float | None, rows: int) -> dict:

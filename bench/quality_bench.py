@@ -1,26 +1,26 @@
-"""Quality benchmark: our CVAE beside ctgan's TVAE and SDV's GaussianCopula on Adult and digits, in one run.
+"""Quality benchmark: our CVAE beside MOSTLY AI's TabularARGN, ctgan's TVAE and SDV's GaussianCopula, judged on
+held-out rows at equal wall time, in one run.
 
-    python bench/quality_bench.py [--budget-seconds 144] [--datasets adult digits]
+    python bench/quality_bench.py [--tables adult digits ...] [--systems cvae argn tvae copula] [--seeds 0]
+                                  [--set model.KEY=VALUE ...] [--out bench/results/quality.jsonl]
 
-Two budgets: 10 epochs each, and equal wall-clock time (each system gets the
-epochs that fit in --budget-seconds, from its own 10-epoch run: fixed cost plus
-wall time per epoch; 144 s is a tenth of the ~24 minutes TVAE needs for 300
-epochs on Adult here). The judge is
-SDMetrics' own QualityReport (not our evaluator, whose score is printed beside
-it), on as many synthetic rows as the real table has, against the whole real
-table, which every system trains on. Our CVAE runs the real pipeline (`cvae
-train`: Ray Train, 2 DDP workers, MLflow), so its fit seconds include starting
-Ray, checkpoints and registration. Generation rows/s is each system's in-memory
-sampling rate. The rare condition asks for rows with race=Other (0.8% of Adult;
-the CVAE conditions on income and race) or digit=8: the share of returned rows
-that satisfy it. Each run is its own process, so peak RSS is its own.
-Needs the `bench` extra (ctgan, sdmetrics; sdv where installable).
+Per table one seeded 80/20 split (bench/judging.py); every system trains on the same 80% and generates
+min(training rows, 20,000) rows. Ours runs the real pipeline, `cvae train` on the training split written to
+Parquet (Ray start, Ray Train with 2 DDP workers, MLflow, registration: all inside its fit seconds), with the
+defaults, `data.holdout_fraction=0` (the benchmark holds rows out itself) and the table's natural condition
+column; generation is `pipeline.sampling.synthesize` on the registered model with proportional conditions.
+Equal wall time: TabularARGN (`max_training_time`, its other settings as shipped) and TVAE (epochs until the time
+runs out) get the seconds our fit took for the same seed; GaussianCopula is one closed-form fit.
+Judges: mostlyai-qa (accuracy over every column, pair and triple against the training rows; the holdout's own
+accuracy beside it; DCR share) and SDMetrics' QualityReport against the holdout. Each system runs in its own
+process, so its peak RSS is its own (ours adds each Ray Train worker's). `--set` passes overrides to `cvae
+train` (an ablation); results are appended to --out as JSON lines.
+Needs the `bench` extra (ctgan, sdv, sdmetrics, mostlyai-engine, mostlyai-qa) with the CPU torch the project uses.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -28,224 +28,237 @@ import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 warnings.filterwarnings("ignore")
 
-RARE = {"adult": ("race", "Other"), "digits": ("digit", 8)}
-CONDITIONS = {"adult": ["income", "race"], "digits": ["digit"]}
-SAMPLE_ROWS = 100_000
+from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, sdtypes, split  # noqa: E402 (bench/)
+
+TABLES = ["adult", "digits", "pizzaplace", "airports", "nuclides", "penguins-raw", "seattle-weather", "sf-temps"]
+LABELS = {"cvae": "cvae (ours)", "argn": "TabularARGN", "tvae": "ctgan TVAE", "copula": "SDV GaussianCopula"}
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def real_table(dataset: str) -> pa.Table:
-    from pipeline.config import BUNDLED_DATA
-
-    return pq.read_table(BUNDLED_DATA / f"{dataset}.parquet")
-
-
-def flat_frame(table: pa.Table) -> pd.DataFrame:
-    """The flat table peers and SDMetrics take: an image column becomes one float column per pixel."""
-    columns = {}
-    for field in table.schema:
-        if pa.types.is_fixed_size_list(field.type):
-            pixels = table.column(field.name).combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
-            columns |= {f"{field.name}_{j}": pixels[:, j].astype(float) for j in range(pixels.shape[1])}
-        else:
-            columns[field.name] = table.column(field.name).to_pandas()
-    return pd.DataFrame(columns)
-
-
-def sdtypes(frame: pd.DataFrame, dataset: str) -> dict[str, str]:
-    categorical = {"digit"} if dataset == "digits" else set()
-    return {c: "categorical" if c in categorical or frame[c].dtype == object or str(frame[c].dtype).startswith(("str", "string"))
-            else "numerical" for c in frame.columns}
-
-
-def judge(real: pd.DataFrame, synthetic: pd.DataFrame, dataset: str) -> dict[str, float]:
-    """SDMetrics' QualityReport, and our evaluator's overall on the same frames."""
-    from sdmetrics.reports.single_table import QualityReport
-
-    from pipeline.metrics import prepare, quality
-
-    types = sdtypes(real, dataset)
-    synthetic = synthetic[list(real.columns)]
-    report = QualityReport()
-    report.generate(real, synthetic, {"columns": {c: {"sdtype": t} for c, t in types.items()}}, verbose=False)
-    shapes, pairs = report.get_properties()["Score"].tolist()
-    kinds = {c: "categorical" if t == "categorical" else "numeric" for c, t in types.items()}
-    tables = [pa.Table.from_pandas(frame.astype({c: str for c, t in types.items() if t == "categorical"}),
-                                   preserve_index=False) for frame in (real, synthetic)]
-    ours = quality(*prepare(tables, kinds))["overall"]
-    return {"sdmetrics_quality": report.get_score(), "sdmetrics_shapes": shapes, "sdmetrics_pairs": pairs,
-            "our_quality": ours}
-
-
-def run_cvae(dataset: str, epochs: int) -> dict:
+def run_cvae(table: str, folder: str, rows: int, budget_s: float, seed: int, overrides: list[str]) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.config import BUNDLED_DATA, GenerateConfig, load_config
-    from pipeline.plan import build_plan
     from pipeline.artifact import load_artifact_files
+    from pipeline.config import GenerateConfig, load_config
+    from pipeline.plan import build_plan
     from pipeline.registry import fetch_model
     from pipeline.sampling import synthesize
     from pipeline.train import train
 
-    folder = tempfile.mkdtemp(prefix="quality-bench-")
-    overrides = [f"data.path={BUNDLED_DATA / f'{dataset}.parquet'}", f"data.conditions={CONDITIONS[dataset]}",
-                 f"train.epochs={epochs}", f"train.storage_path={folder}/runs", "data.holdout_fraction=0.0",
-                 f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db", "mlflow.alias=null", f"train.name=bench-{dataset}"]
-    if dataset == "digits":
-        overrides += ["data.columns={digit: categorical}", "train.batch_size=128"]
-    config = load_config(None, overrides)
+    config = load_config(None, [
+        f"data.path={folder}/training.parquet", f"data.conditions={CONDITIONS[table]}", "data.holdout_fraction=0.0",
+        f"train.seed={seed}", f"train.storage_path={folder}/runs-{seed}", f"train.name={table}",
+        f"mlflow.tracking_uri=sqlite:///{folder}/mlflow-{seed}.db", "mlflow.alias=null",
+        f"mlflow.model_name={table}", *overrides])
     started = time.perf_counter()
-    outcome = train(config)
+    outcome = train(config, restart=True)
     fit_s = time.perf_counter() - started
     client = MlflowClient(config.mlflow.tracking_uri)
-    history = sorted(client.get_metric_history(outcome.run_id, "epoch_seconds"), key=lambda m: m.step)
-    worker_rss = max(m.value for m in client.get_metric_history(outcome.run_id, "worker_peak_rss_mb"))
-    # wall time per epoch, validation, checkpoint and report included: the spacing of the per-epoch metrics
-    epoch_wall = (history[-1].timestamp - history[0].timestamp) / 1000 / max(len(history) - 1, 1)
     model, encoder = load_artifact_files(fetch_model(outcome.model_uri))
-    real = real_table(dataset)
-    conditions = build_plan(GenerateConfig(num_rows=SAMPLE_ROWS), encoder).rows(0, SAMPLE_ROWS)
+    plan = build_plan(GenerateConfig(num_rows=rows, seed=seed), encoder)
     started = time.perf_counter()
-    synthesize(model, encoder, conditions, seed=1)
-    rows_per_s = SAMPLE_ROWS / (time.perf_counter() - started)
-    proportional = build_plan(GenerateConfig(num_rows=real.num_rows), encoder)
-    synthetic = synthesize(model, encoder, proportional.rows(0, real.num_rows), seed=0)
-    column, value = RARE[dataset]
-    rare_plan = build_plan(GenerateConfig(conditions=[{column: value, "count": 1000}]), encoder)
-    rare = synthesize(model, encoder, rare_plan.rows(0, 1000), seed=2).column(column).to_pylist()
-    return {"fit_s": fit_s, "epoch_wall_s": epoch_wall, "fixed_s": max(0.0, fit_s - len(history) * epoch_wall),
-            "rows_per_s": rows_per_s,
-            "rare_share": sum(v == value for v in rare) / 1000, "worker_rss_mb": worker_rss,
-            **judge(flat_frame(real), flat_frame(synthetic), dataset)}
+    synthetic = synthesize(model, encoder, plan.rows(0, rows), seed=seed)
+    generate_s = time.perf_counter() - started
+    return {"fit_s": fit_s, "generate_s": generate_s, "synthetic": judge_frame(synthetic),
+            "epochs_run": len(client.get_metric_history(outcome.run_id, "epoch_seconds")),
+            "worker_rss_mb": max(m.value for m in client.get_metric_history(outcome.run_id, "worker_peak_rss_mb"))}
 
 
-def run_tvae(dataset: str, epochs: int) -> dict:
-    from ctgan import TVAE
-    from ctgan.data_transformer import DataTransformer
+def run_argn(training: pd.DataFrame, folder: str, rows: int, budget_s: float, seed: int) -> dict:
+    from mostlyai.engine import TabularARGN
 
-    real = flat_frame(real_table(dataset))
-    discrete = [c for c, t in sdtypes(real, dataset).items() if t == "categorical"]
-    train = real.copy()
-    train[discrete] = train[discrete].astype(object).fillna("<null>")
+    model = TabularARGN(max_training_time=budget_s / 60, device="cpu", workspace_dir=f"{folder}/argn-{seed}",
+                        random_state=seed, verbose=0)
     started = time.perf_counter()
-    DataTransformer().fit(train, discrete)  # TVAE's own first step, timed alone: the fixed part of its fit
-    transformer_s = time.perf_counter() - started
-    model = TVAE(epochs=epochs, batch_size=500 if dataset == "adult" else 128)
-    started = time.perf_counter()
-    model.fit(train, discrete)
+    model.fit(training)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
-    model.sample(SAMPLE_ROWS)
-    rows_per_s = SAMPLE_ROWS / (time.perf_counter() - started)
-    synthetic = model.sample(len(real))
-    synthetic[discrete] = synthetic[discrete].replace("<null>", np.nan)
-    if dataset == "digits":
-        synthetic["digit"] = synthetic["digit"].astype(real["digit"].dtype)
-    column, value = RARE[dataset]
-    unconditional = model.sample(10_000)  # ctgan's TVAE has no conditional sampling: the yield of asking anyway
-    return {"fit_s": fit_s, "epoch_wall_s": (fit_s - transformer_s) / epochs, "fixed_s": transformer_s,
-            "rows_per_s": rows_per_s, "rare_share": float((unconditional[column] == value).mean()),
-            **judge(real, synthetic, dataset)}
+    synthetic = model.sample(n_samples=rows)
+    return {"fit_s": fit_s, "generate_s": time.perf_counter() - started, "synthetic": synthetic}
 
 
-def run_copula(dataset: str, epochs: int) -> dict:
+def tvae_frame(training: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """What TVAE can take: ids left out (they get fresh values, as ours do), dates as numbers, categories as
+    text with nulls as a value, a numeric column's nulls as a separate category column."""
+    types = sdtypes(training)
+    frame = {}
+    for name, kind in types.items():
+        values = training[name]
+        if kind == "id":
+            continue
+        if kind == "datetime":
+            frame[name] = values.astype("int64").where(values.notna()).astype(float)
+        elif kind == "categorical":
+            frame[name] = values.astype(object).where(values.notna(), "<null>").astype(str)
+            continue
+        else:
+            frame[name] = values.astype(float)
+        if frame[name].isna().any():
+            frame[f"{name}.null"] = frame[name].isna().map({True: "y", False: "n"})
+            frame[name] = frame[name].fillna(frame[name].median() if frame[name].notna().any() else 0.0)
+    frame = pd.DataFrame(frame)
+    discrete = [c for c in frame.columns if frame[c].dtype == object]
+    return frame, discrete, types
+
+
+def tvae_back(sampled: pd.DataFrame, training: pd.DataFrame, types: dict[str, str]) -> pd.DataFrame:
+    out = {}
+    for name, kind in types.items():
+        if kind == "id":
+            out[name] = [f"syn-{i}" for i in range(len(sampled))]
+            continue
+        values = sampled[name]
+        if f"{name}.null" in sampled:
+            values = values.where(sampled[f"{name}.null"] != "y")
+        if kind == "datetime":
+            values = pd.to_datetime(values.round(), unit="ns").astype(training[name].dtype)
+        elif kind == "categorical":
+            values = values.where(values != "<null>")
+            known = {str(v): v for v in training[name].dropna().unique()}
+            values = values.map(lambda v: known.get(v, v) if isinstance(v, str) else v)
+        out[name] = values
+    return pd.DataFrame(out)
+
+
+def run_tvae(training: pd.DataFrame, folder: str, rows: int, budget_s: float, seed: int) -> dict:
+    """ctgan's TVAE with as many epochs as fit in the budget: its epoch loop runs over a deadline."""
+    import torch
+    from ctgan.synthesizers import tvae
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    deadline = time.perf_counter() + budget_s
+    epochs_run = []
+
+    def until_deadline(epochs, disable=True):
+        for epoch in epochs:
+            if epoch and time.perf_counter() > deadline:
+                return
+            epochs_run.append(epoch)
+            yield epoch
+
+    tvae.tqdm = until_deadline  # the loop's iterator: `for i in tqdm(range(self.epochs))`
+    frame, discrete, types = tvae_frame(training)
+    model = tvae.TVAE(epochs=1_000_000)
+    started = time.perf_counter()
+    model.fit(frame, discrete)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    sampled = model.sample(rows)
+    return {"fit_s": fit_s, "generate_s": time.perf_counter() - started, "epochs_run": len(epochs_run),
+            "synthetic": tvae_back(sampled, training, types)}
+
+
+def run_copula(training: pd.DataFrame, folder: str, rows: int, budget_s: float, seed: int) -> dict:
     from sdv.metadata import Metadata
-    from sdv.sampling import Condition
     from sdv.single_table import GaussianCopulaSynthesizer
 
-    real = flat_frame(real_table(dataset))
-    types = sdtypes(real, dataset)
-    metadata = Metadata.load_from_dict({"tables": {"table": {"columns": {c: {"sdtype": t} for c, t in types.items()}}}})
+    np.random.seed(seed)
+    metadata = Metadata.detect_from_dataframes({"table": training})
     model = GaussianCopulaSynthesizer(metadata)
     started = time.perf_counter()
-    model.fit({"table": real})  # SDV 2 takes and returns {table name: frame}
+    model.fit({"table": training})  # SDV 2 takes a dict of one table
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
-    model.sample(SAMPLE_ROWS)
-    rows_per_s = SAMPLE_ROWS / (time.perf_counter() - started)
-    synthetic = model.sample(len(real))["table"]
-    column, value = RARE[dataset]
-    try:
-        rows = model.sample_from_conditions([Condition({column: value}, num_rows=1000)])["table"]
-        rare_share = float((rows[column] == value).sum() / 1000)
-    except (ValueError, RuntimeError):  # "Unable to sample any rows for the given conditions"
-        rare_share = 0.0
-    return {"fit_s": fit_s, "rows_per_s": rows_per_s, "rare_share": rare_share,
-            **judge(real, synthetic, dataset)}
+    synthetic = model.sample(rows)
+    if isinstance(synthetic, dict):  # SDV 2 samples a dict of one table too
+        synthetic = synthetic["table"]
+    return {"fit_s": fit_s, "generate_s": time.perf_counter() - started, "synthetic": synthetic}
 
 
-SYSTEMS = {"cvae": run_cvae, "tvae": run_tvae, "copula": run_copula}
-LABELS = {"cvae": "cvae (ours)", "tvae": "ctgan TVAE", "copula": "SDV GaussianCopula"}
+def run_one(system: str, table: str, folder: str, budget_s: float, seed: int, overrides: list[str]) -> dict:
+    """In a child process: fit and sample one system; the synthetic rows go to a Parquet file in `folder`."""
+    training = pq.read_table(f"{folder}/training.parquet")
+    rows = min(training.num_rows, MAX_SYNTHETIC_ROWS)
+    if system == "cvae":
+        outcome = run_cvae(table, folder, rows, budget_s, seed, overrides)
+    else:
+        outcome = {"argn": run_argn, "tvae": run_tvae, "copula": run_copula}[system](
+            judge_frame(training), folder, rows, budget_s, seed)
+    path = f"{folder}/{system}-{seed}.parquet"
+    outcome.pop("synthetic").to_parquet(path)
+    generate_s = outcome.pop("generate_s")
+    return outcome | {"synthetic_path": path, "generate_rows_per_s": rows / generate_s, "peak_rss_mb": peak_rss_mb()}
 
 
-def child(system: str, dataset: str, epochs: int) -> dict | None:
-    output = subprocess.run([sys.executable, __file__, "--one", system, dataset, str(epochs)],
+def child(system: str, table: str, folder: str, budget_s: float, seed: int, overrides: list[str]) -> dict | None:
+    command = [sys.executable, __file__, "--one", system, table, folder, str(budget_s), str(seed)]
+    output = subprocess.run(command + [arg for value in overrides for arg in ("--set", value)],
                             capture_output=True, text=True)
     lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
     if output.returncode or not lines:
-        print(f"{system} on {dataset} failed:\n{output.stderr[-2000:]}", file=sys.stderr)
+        print(f"{system} on {table} failed:\n{output.stderr[-3000:]}", file=sys.stderr)
         return None
-    return json.loads(lines[-1]) | {"system": system, "dataset": dataset, "epochs": epochs}
-
-
-def budget_epochs(ten: dict, budget: float) -> int:
-    """Epochs that fit in the budget, from a 10-epoch run's fixed cost and wall time per epoch."""
-    return max(1, math.floor((budget - ten["fixed_s"]) / ten["epoch_wall_s"]))
+    return json.loads(lines[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--budget-seconds", type=float, default=144.0)
-    parser.add_argument("--datasets", nargs="+", default=["adult", "digits"])
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS))
-    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", default=TABLES)
+    parser.add_argument("--systems", nargs="+", default=list(LABELS), choices=list(LABELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--budget-seconds", type=float, help="peers' wall time when ours is not run")
+    parser.add_argument("--set", action="append", default=[], help="an override for `cvae train` (ablations)")
+    parser.add_argument("--out", default="bench/results/quality.jsonl")
+    parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        system, dataset, epochs = args.one
-        result = SYSTEMS[system](dataset, int(epochs))
-        print(json.dumps(result | {"peak_rss_mb": peak_rss_mb()}))
+        system, table, folder, budget_s, seed = args.one
+        print(json.dumps(run_one(system, table, folder, float(budget_s), int(seed), args.set)))
         return
-    rows = []
-    for dataset in args.datasets:
-        for system in args.systems:
-            ten = child(system, dataset, 10)
-            if ten is None:
-                continue
-            rows.append(ten | {"budget": "10 epochs"})
-            if system != "copula":  # one closed-form fit: no epochs to spend
-                epochs = budget_epochs(ten, args.budget_seconds)
-                timed = child(system, dataset, epochs)
-                if timed:
-                    rows.append(timed | {"budget": f"{args.budget_seconds:.0f} s"})
-    print(f"\n{os.cpu_count()} CPUs; SDMetrics QualityReport on as many synthetic rows as the real table has")
-    header = (f"{'dataset':<8}{'budget':<11}{'system':<20}{'epochs':>7}{'fit s':>8}{'quality':>9}{'shapes':>8}"
-              f"{'pairs':>7}{'ours':>7}{'gen rows/s':>12}{'peak RSS MB':>13}{'rare cond.':>11}")
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        rss = f"{row['peak_rss_mb']:.0f}" + (f"+{row['worker_rss_mb']:.0f}w" if "worker_rss_mb" in row else "")
-        epochs = "-" if row["system"] == "copula" else str(row["epochs"])
-        print(f"{row['dataset']:<8}{row['budget']:<11}{LABELS[row['system']]:<20}{epochs:>7}{row['fit_s']:>8.1f}"
-              f"{row['sdmetrics_quality']:>9.4f}{row['sdmetrics_shapes']:>8.3f}{row['sdmetrics_pairs']:>7.3f}"
-              f"{row['our_quality']:>7.3f}{row['rows_per_s']:>12,.0f}{rss:>13}{row['rare_share']:>11.1%}")
-    print("\nquality/shapes/pairs: SDMetrics QualityReport; ours: pipeline.metrics on the same rows. fit s: the whole "
-          "fit call (for cvae: `cvae train` with Ray start, 2 DDP workers, checkpoints, MLflow). peak RSS: the process "
-          "(+w: each Ray Train worker). rare cond.: share of returned rows that satisfy race=Other (adult) or "
-          "digit=8 (digits) when asked for them.")
+    from pipeline.config import BUNDLED_DATA
+
+    results = []
+    for table in args.tables:
+        training, holdout = split(pq.read_table(BUNDLED_DATA / f"{table}.parquet"))
+        folder = tempfile.mkdtemp(prefix=f"quality-bench-{table}-")
+        pq.write_table(training, f"{folder}/training.parquet")
+        trn, hol = judge_frame(training), judge_frame(holdout)
+        for seed in args.seeds:
+            budget_s = args.budget_seconds
+            for system in args.systems:
+                outcome = child(system, table, folder, budget_s or 60.0, seed, args.set if system == "cvae" else [])
+                if outcome is None:
+                    continue
+                if system == "cvae":
+                    budget_s = outcome["fit_s"]
+                scores = judge(pd.read_parquet(outcome.pop("synthetic_path")), trn, hol, folder)
+                result = {"table": table, "rows": training.num_rows + holdout.num_rows, "system": system,
+                          "seed": seed, "overrides": args.set if system == "cvae" else [],
+                          "budget_s": budget_s, **outcome, **scores,
+                          "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}
+                results.append(result)
+                print(json.dumps(result), flush=True)
+                with Path(args.out).open("a") as handle:
+                    handle.write(json.dumps(result) + "\n")
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{os.cpu_count()} CPUs; judged on the 20% holdout no system saw")
+    print("| table (rows) | system | seed | fit s | generate rows/s | peak RSS MB | mostlyai-qa accuracy (holdout's own) "
+          "| bivariate | trivariate | DCR share | SDMetrics quality |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        rss = f"{r['peak_rss_mb']:.0f}" + (f" + {r['worker_rss_mb']:.0f}/worker" if "worker_rss_mb" in r else "")
+        print(f"| {r['table']} ({r['rows']:,}) | {LABELS[r['system']]} | {r['seed']} | {r['fit_s']:.0f} | "
+              f"{r['generate_rows_per_s']:,.0f} | {rss} | {r['qa_accuracy']:.3f} ({r['qa_holdout_own']:.3f}) | "
+              f"{r['qa_bivariate']:.3f} | {r['qa_trivariate']:.3f} | {r['dcr_share']:.3f} | "
+              f"{r['sdmetrics_quality']:.3f} |")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
