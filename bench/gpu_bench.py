@@ -80,7 +80,7 @@ def train_through_ray(encoder, splits, batch_size: int, epochs: int, use_gpu: bo
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config)
     loop = {"model": model.config.to_dict(), "model_config": config.model_dump(), "encoder_json": encoder.to_json(),
             "seed": 0, "epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "weight_decay": 0.0, "patience": 0,
-            "has_holdout": True}
+            "has_holdout": True, "lr_schedule": "constant", "passes_per_epoch": 1, "privacy": None}
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker, train_loop_config=loop,
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu),

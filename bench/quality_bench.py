@@ -256,8 +256,12 @@ def print_table(results: list[dict]) -> None:
         rss = f"{r['peak_rss_mb']:.0f}" + (f" + {r['worker_rss_mb']:.0f}/worker" if "worker_rss_mb" in r else "")
         print(f"| {r['table']} ({r['rows']:,}) | {LABELS[r['system']]} | {r['seed']} | {r['fit_s']:.0f} | "
               f"{r['generate_rows_per_s']:,.0f} | {rss} | {r['qa_accuracy']:.3f} ({r['qa_holdout_own']:.3f}) | "
-              f"{r['qa_bivariate']:.3f} | {r['qa_trivariate']:.3f} | {r['dcr_share']:.3f} | "
+              f"{r['qa_bivariate']:.3f} | {_maybe(r['qa_trivariate'])} | {r['dcr_share']:.3f} | "
               f"{r['sdmetrics_quality']:.3f} |")
+
+
+def _maybe(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"  # a table of two columns has no triples
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class ModelConfig(Section):
     sigma: float = Field(0.1, gt=0.0)
     beta: float = Field(1.0, ge=0.0)
     kl_warmup_epochs: int = Field(0, ge=0)
+    latent_mixture: int = Field(20, ge=0, le=256)  # components per condition combination fitted after training
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "ModelConfig":
@@ -98,9 +99,10 @@ class PrivacyConfig(Section):
 
 class TrainConfig(Section):
     name: str = Field("cvae", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    epochs: int = Field(10, ge=1)
+    epochs: int | Literal["auto"] = "auto"  # auto: enough epochs for about AUTO_STEPS optimizer steps (train.py)
     batch_size: int = Field(500, ge=1)
     lr: float = Field(3e-3, gt=0.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: from train.lr down to 0 over the epochs
     weight_decay: float = Field(0.0, ge=0.0)
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0.0)
@@ -113,6 +115,13 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping_patience: int = Field(0, ge=0)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @field_validator("epochs")
+    @classmethod
+    def _at_least_one_epoch(cls, epochs: int | str) -> int | str:
+        if isinstance(epochs, int) and epochs < 1:
+            raise ValueError(f"must be >= 1 or auto, got {epochs}")
+        return epochs
 
     @model_validator(mode="after")
     def _private_runs_do_not_stop_early(self) -> "TrainConfig":

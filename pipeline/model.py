@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.encoding import Span
+from pipeline.latent_prior import LatentMixture, draw
 
 UNIQUE_PRIOR_MIN_ROWS = 1024
 LOGVAR_BOUND = 10.0
@@ -32,6 +33,8 @@ class CVAEConfig:
     prior: str = "conditional"
     variance: str = "learned"
     sigma: float = 0.1
+    mixture_components: int = 0  # most latent mixture components per condition combination (0: draw from p(z|c))
+    mixture_size: list[int] = field(default_factory=lambda: [0, 0])  # fitted (combinations, components)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +73,13 @@ class CVAE(nn.Module):
         else:
             self.register_buffer("log_sigma", torch.full((n_gaussian,), math.log(config.sigma)))
         self.on_row_log_sigma = None  # DP-SGD's hook on each row's copy of log_sigma (pipeline/dp_sgd.py)
+        combinations, components = config.mixture_size
+        if components:  # the latent mixture fitted after training (pipeline/latent_prior.py); not trained
+            self.register_buffer("mixture_keys", torch.zeros(combinations, config.c_dim))
+            self.register_buffer("mixture_owner", torch.zeros(components, dtype=torch.long))
+            self.register_buffer("mixture_weights", torch.zeros(components))
+            self.register_buffer("mixture_means", torch.zeros(components, latent))
+            self.register_buffer("mixture_scale_tril", torch.zeros(components, latent, latent))
 
     def posterior(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(torch.cat([x, c], dim=1)).chunk(2, dim=1)
@@ -100,6 +110,38 @@ class CVAE(nn.Module):
             return self.prior(c)
         mu, logvar = self.prior(distinct)
         return mu[row_of], logvar[row_of]
+
+    @property
+    def mixture(self) -> LatentMixture | None:
+        if not self.config.mixture_size[1]:
+            return None
+        return LatentMixture(self.mixture_keys, self.mixture_owner, self.mixture_weights, self.mixture_means,
+                             self.mixture_scale_tril)
+
+    def with_mixture(self, mixture: LatentMixture) -> "CVAE":
+        """A copy of this model that draws z from `mixture` for the condition combinations it holds."""
+        config = CVAEConfig(**{**self.config.to_dict(), "mixture_size": [mixture.combinations, mixture.components]})
+        model = CVAE(config)
+        state = self.state_dict() | {"mixture_keys": mixture.keys, "mixture_owner": mixture.owner,
+                                     "mixture_weights": mixture.weights, "mixture_means": mixture.means,
+                                     "mixture_scale_tril": mixture.scale_tril}
+        model.load_state_dict(state)
+        return model
+
+    def latent(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, latent) codes to decode: from the latent mixture for a row whose condition vector it holds,
+        otherwise from p(z|c). float32, even under autocast."""
+        mu_p, logvar_p = (t.float() for t in self.prior_of_rows(c))
+        z = mu_p + torch.randn(mu_p.shape, generator=generator, device=c.device) * (0.5 * logvar_p).exp()
+        mixture = self.mixture
+        if mixture is None:
+            return z
+        combination = combination_of(c, mixture.keys)
+        held = combination >= 0
+        if held.any():
+            with torch.autocast(c.device.type, enabled=False):
+                z[held] = draw(mixture, combination[held], generator)
+        return z
 
     def sigma(self, rows: int | None = None) -> torch.Tensor:
         """The decoder's std per Gaussian span; (rows, spans) when `rows` is given: each row its own copy of
@@ -140,10 +182,9 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Encoded rows drawn from p(x|z,c) with z ~ p(z|c): Gaussian values, one-hot categories, 0/1 nulls."""
-        mu_p, logvar_p = (t.float() for t in self.prior_of_rows(c))  # float32 outside the matmuls, even under autocast
-        noise = torch.randn(mu_p.shape, generator=generator, device=c.device)
-        out = self.decoder(torch.cat([mu_p + noise * (0.5 * logvar_p).exp(), c], dim=1)).float()
+        """Encoded rows drawn from p(x|z,c), z from the latent mixture or p(z|c): Gaussian values, one-hot
+        categories, 0/1 nulls."""
+        out = self.decoder(torch.cat([self.latent(c, generator), c], dim=1)).float()
         x = torch.zeros_like(out)
         if len(self.gaussian_index):
             mean = out[:, self.gaussian_index]
@@ -171,8 +212,19 @@ class CVAE(nn.Module):
         return torch.stack(chosen, dim=1)
 
 
+def combination_of(c: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(n,) index of each row's condition vector in `keys`, -1 where it has none. Rows and keys are matched by a
+    projection and then checked exactly (two keys sharing a projection leave the other's rows unmatched)."""
+    projection = torch.linspace(1.0, 2.0, c.shape[1], dtype=torch.float64, device=c.device).sqrt()
+    key_values, order = torch.sort(keys.double() @ projection)
+    position = torch.searchsorted(key_values, c.double() @ projection).clamp(max=len(keys) - 1)
+    index = order[position]
+    return torch.where((keys[index] == c).all(dim=1), index, torch.full_like(index, -1))
+
+
 def build_model(x_dim: int, c_dim: int, spans: list[Span], config: ModelConfig) -> CVAE:
     """A fresh CVAE sized for an encoder's spans, shaped by the `model.*` config keys."""
     return CVAE(CVAEConfig(x_dim=x_dim, c_dim=c_dim, spans=[asdict(s) for s in spans],
                            latent_dim=config.latent_dim, hidden=list(config.hidden), prior=config.prior,
-                           variance=config.variance, sigma=config.sigma))
+                           variance=config.variance, sigma=config.sigma,
+                           mixture_components=config.latent_mixture))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import posixpath
 import secrets
@@ -28,12 +29,13 @@ import ray.train.torch
 import torch
 
 from pipeline import console
-from pipeline.artifact import MODEL_ARTIFACT, PRIVACY_FILE, artifact_files
+from pipeline.artifact import MODEL_ARTIFACT, PRIVACY_FILE, artifact_files, load_artifact, save_artifact
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config
 from pipeline.encoding import TableEncoder
 from pipeline.errors import UserError
-from pipeline.model import build_model
+from pipeline.latent_prior import FIT_BATCH_ROWS, collect_codes, fit_mixture
+from pipeline.model import CVAE, build_model
 from pipeline.plots import loss_curve
 from pipeline.privacy import PrivateFit, budget, check_budget, sgd_plan
 from pipeline.registry import register, registered_version, tag_guarantee
@@ -85,6 +87,32 @@ class EpochLogger(ray.train.UserCallback):
 JOB_IDENTITY = "cvae-job.json"
 PRIVATE_ENCODER = "private-encoder.json"  # a private job's encoder: fitted (and its budget spent) once per job
 CONTROLLER_POLL_S = 0.2
+AUTO_STEPS = 3000  # `train.epochs: auto` trains for about this many optimizer steps...
+AUTO_MIN_EPOCHS = 10  # ...in at least this many epochs (BENCHMARKS.md, Quality: how the defaults were chosen)
+MIN_EPOCH_STEPS = 40  # ...of at least this many steps each: an epoch of a small table is several passes over it
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    epochs: int
+    passes_per_epoch: int = 1  # passes over the training split in one epoch (one report, checkpoint, validation)
+
+
+def plan_epochs(config: Config, rows: int) -> EpochPlan:
+    """`train.epochs` as given (one pass each), or for auto about AUTO_STEPS optimizer steps: each of the workers
+    steps through its shard in `train.batch_size` rows, so a 1,000-row table needs a thousand passes to learn what
+    ten passes teach on Adult (~400 steps there). Such passes are grouped into epochs of at least MIN_EPOCH_STEPS
+    steps, so the per-epoch report, checkpoint and validation (~0.3 s) do not take longer than the steps. A
+    private run's auto is AUTO_MIN_EPOCHS single passes: its budget is accounted per pass and spread over them,
+    and more of them means more noise in every step."""
+    if config.train.epochs != "auto":
+        return EpochPlan(config.train.epochs)
+    if config.train.privacy.epsilon is not None:
+        return EpochPlan(AUTO_MIN_EPOCHS)
+    shard_rows = rows * (1.0 - config.data.holdout_fraction) / config.train.num_workers
+    steps_per_pass = max(1, math.ceil(shard_rows / config.train.batch_size))
+    passes = math.ceil(MIN_EPOCH_STEPS / steps_per_pass)
+    return EpochPlan(max(AUTO_MIN_EPOCHS, math.ceil(AUTO_STEPS / (steps_per_pass * passes))), passes)
 
 
 def private_encoder(fs: Any, job_dir: str, fit: Any) -> tuple[TableEncoder, int]:
@@ -162,6 +190,23 @@ class Stages:
         return self.seconds[stage]
 
 
+def with_latent_mixture(model: CVAE, train_split: ray.data.Dataset, rows: float, config: Config) -> CVAE:
+    """The trained model plus the latent mixture fitted to the training rows' codes (pipeline/latent_prior.py),
+    on the driver: one more read of the training split (kept in memory unless the table streams), no Ray task."""
+    batches = ((batch["x"], batch["c"]) for batch in train_split.iter_torch_batches(
+        batch_size=FIT_BATCH_ROWS, dtypes=torch.float32))
+    conditions, means, variances = collect_codes(model, batches, int(rows), config.train.seed)
+    mixture = fit_mixture(conditions, means, variances, config.model.latent_mixture, config.train.seed)
+    return model if mixture is None else model.with_mixture(mixture)
+
+
+def _mixture_summary(export: Path) -> str:
+    combinations, components = json.loads((export / "model.json").read_text())["mixture_size"]
+    if not components:
+        return "no condition combination has enough rows; generation draws z from p(z|c)"
+    return f"{components} Gaussian components over {combinations} condition combination(s)"
+
+
 def train(config: Config, restart: bool = False) -> TrainOutcome:
     """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow.
     `restart` discards the checkpoints of an earlier job under the same `train.name`."""
@@ -214,16 +259,20 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         log_training_data(run_id, data.path, data_digest, rows)
 
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
+    plan_of_epochs = plan_epochs(config, rows)
+    epochs = plan_of_epochs.epochs
     loop = {"model": model.config.to_dict(), "model_config": config.model.model_dump(),
-            "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": config.train.epochs,
-            "batch_size": config.train.batch_size, "lr": config.train.lr, "weight_decay": config.train.weight_decay,
+            "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": epochs,
+            "passes_per_epoch": plan_of_epochs.passes_per_epoch,
+            "batch_size": config.train.batch_size, "lr": config.train.lr, "lr_schedule": config.train.lr_schedule,
+            "weight_decay": config.train.weight_decay,
             "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0,
             "privacy": None}
     if spend is not None:
         plan = sgd_plan(privacy, spend, train_rows // config.train.num_workers,
                         feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim), config.train.batch_size,
                         noise_seed)
-        check_budget(plan, config.train.epochs)
+        check_budget(plan, epochs)
         loop["privacy"] = asdict(plan)
     splits = cache_splits(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
                           rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
@@ -248,7 +297,7 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
                                                              checkpoint_score_attribute="score",
                                                              checkpoint_score_order="max"),
-                callbacks=[EpochLogger(tracking_uri, run_id, config.train.epochs, lines)],
+                callbacks=[EpochLogger(tracking_uri, run_id, epochs, lines)],
                 logging_config=ray.train.LoggingConfig(log_level="INFO" if console.verbose() else "WARNING")),
             datasets=splits,
             dataset_config=ray.train.DataConfig(execution_options=ingest),
@@ -274,13 +323,19 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         export.mkdir()
         for name in (*artifact_files(checkpoint_dir), "artifact.json"):
             shutil.copy(Path(checkpoint_dir) / name, export / name)
+        if config.model.latent_mixture and spend is None:
+            trained, _ = load_artifact(export)
+            save_artifact(export, with_latent_mixture(trained, splits["train"], rows * (1 - data.holdout_fraction),
+                                                      config), encoder.to_json())
+            console.progress(f"latent mixture fitted in {clock.lap('latent_mixture'):.1f}s: "
+                             f"{_mixture_summary(export)}")
         registered_before = registered_version(client, run_id) is not None
         version = register(client, run_id, str(export), config)
         guarantee = json.loads((export / PRIVACY_FILE).read_text()) if spend else None
     if guarantee:
         tag_guarantee(client, run_id, config.mlflow.model_name, None if registered_before else version, guarantee)
-        stopped = f"; stopped after {len(history)} of {config.train.epochs} epochs: one more would exceed it" \
-            if len(history) < config.train.epochs else ""
+        stopped = f"; stopped after {len(history)} of {epochs} epochs: one more would exceed it" \
+            if len(history) < epochs else ""
         console.result(f"differential privacy: ({guarantee['epsilon']:.3g}, {guarantee['delta']:.2g})-DP of a "
                        f"target epsilon {guarantee['target_epsilon']:g} ({guarantee['accountant']}){stopped}")
     for path, figure in loss_curve(history):

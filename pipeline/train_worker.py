@@ -5,6 +5,7 @@ No MLflow here: the controller (pipeline.train.EpochLogger) tracks what the work
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import resource
@@ -40,6 +41,15 @@ def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
     if config.kl_warmup_epochs == 0:
         return config.beta
     return config.beta * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
+
+
+def lr_for_epoch(loop: dict[str, Any], epoch: int) -> float:
+    """`train.lr`, or under the cosine schedule its value at the middle of this epoch on a half cosine from
+    train.lr down to 0 over all epochs: large steps first, then small ones that settle the model on the data
+    instead of jumping around it. Set per epoch (not per step), so a resumed epoch uses what it used."""
+    if loop["lr_schedule"] == "constant":
+        return loop["lr"]
+    return loop["lr"] * 0.5 * (1.0 + math.cos(math.pi * (epoch + 0.5) / loop["epochs"]))
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], beta: float,
@@ -101,21 +111,28 @@ def _global_max(value: float, device: torch.device) -> float:
     return packed.item()
 
 
-def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None,
-                   row_width: int) -> Iterable[Batch]:
-    """Gradient-step batches from a worker's shard: Ray Data hands over large chunks (up to FEED_BYTES, a whole
-    number of batches), moved to the device once; each chunk is shuffled and sliced there, so a GPU is never
-    waiting on one small host-to-device copy per step. Every worker gets ceil(shard rows / batch_size) batches,
-    as DDP needs."""
-    chunk = feed_rows(batch_size, row_width)
+def _feed(shard: Any, batch_size: int, device: torch.device, row_width: int) -> Iterable[Batch]:
+    """A worker's shard as Ray Data hands it over: large chunks (up to FEED_BYTES, a whole number of batches),
+    moved to the device once, so a GPU is never waiting on one small host-to-device copy per step."""
+    for block in shard.iter_torch_batches(batch_size=feed_rows(batch_size, row_width), dtypes=torch.float32,
+                                          device=device, pin_memory=device.type == "cuda"):
+        yield block["x"], block["c"]
+
+
+def _batches(chunks: Iterable[Batch], batch_size: int, device: torch.device, shuffle_seed: int | None) -> Iterable[Batch]:
+    """Gradient-step batches: each chunk shuffled and sliced on the device. Every worker gets ceil(shard rows /
+    batch_size) batches, as DDP needs."""
     generator = torch.Generator(device).manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    for block in shard.iter_torch_batches(batch_size=chunk, dtypes=torch.float32, device=device,
-                                          pin_memory=device.type == "cuda"):
-        x, c = block["x"], block["c"]
+    for x, c in chunks:
         order = torch.randperm(len(x), generator=generator, device=device) if generator is not None else None
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
             yield x[rows], c[rows]
+
+
+def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_seed: int | None,
+                   row_width: int) -> Iterable[Batch]:
+    return _batches(_feed(shard, batch_size, device, row_width), batch_size, device, shuffle_seed)
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -153,8 +170,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     row_width = loop["model"]["x_dim"] + loop["model"]["c_dim"]
 
     report_seconds = 0.0  # the previous epoch's checkpoint upload and report, measured when it returned
+    kept_shard: list[Batch] = []
     for epoch in range(progress["epoch"] + 1, loop["epochs"]):
         torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_for_epoch(loop, epoch)
         started = time.perf_counter()
         if plan:
             if not next_epoch_fits(plan, history, noise_multiplier):
@@ -163,13 +183,20 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                                   beta_for_epoch(model_config, epoch), epoch, rank)
             metrics = _global_means({"rows": spent.pop("rows")}, device) | spent
         else:
-            batches = _shard_batches(train_shard, loop["batch_size"], device, seed * 7919 + epoch * 31 + rank,
-                                     row_width)
+            shuffle = seed * 7919 + epoch * 31 + rank
+            if loop["passes_per_epoch"] == 1:
+                batches = _shard_batches(train_shard, loop["batch_size"], device, shuffle, row_width)
+            else:  # a small shard, read once and kept: an epoch is several passes over it (train.plan_epochs)
+                kept_shard = kept_shard or list(_feed(train_shard, loop["batch_size"], device, row_width))
+                batches = itertools.chain.from_iterable(
+                    _batches(kept_shard, loop["batch_size"], device, shuffle + 104_729 * repeat)
+                    for repeat in range(loop["passes_per_epoch"]))
             metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp),
                                     device)
         seconds = time.perf_counter() - started
         metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
-                    "beta": beta_for_epoch(model_config, epoch), "previous_report_seconds": report_seconds}
+                    "beta": beta_for_epoch(model_config, epoch), "lr": lr_for_epoch(loop, epoch),
+                    "previous_report_seconds": report_seconds}
         score = -metrics.get("loss", 0.0)
         if holdout_shard is not None:
             held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None,

@@ -1,0 +1,114 @@
+"""The latent mixture fitted after training (pipeline/latent_prior.py) and the training plan's defaults
+(auto epochs, cosine learning rate): what a user sees in generated rows and in a saved model."""
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+from pipeline.artifact import load_artifact, save_artifact
+from pipeline.config import load_config
+from pipeline.latent_prior import collect_codes, fit_mixture
+from pipeline.model import CVAE, CVAEConfig, combination_of
+from pipeline.sampling import synthesize
+from pipeline.train import AUTO_MIN_EPOCHS, EpochPlan, plan_epochs
+from pipeline.train_worker import lr_for_epoch
+
+SPANS = [{"column": "a", "kind": "gaussian", "start": 0, "width": 1},
+         {"column": "b", "kind": "gaussian", "start": 1, "width": 1}]
+
+
+def clusters(seed=0):
+    """Codes of three condition combinations: 600 rows around +5, 300 around -5 (two tight halves), 50 rows."""
+    rng = np.random.default_rng(seed)
+    conditions = np.repeat(np.eye(3), [600, 300, 50], axis=0)
+    means = np.concatenate([rng.normal(5, 1, (600, 4)),
+                            np.concatenate([rng.normal(-7, 0.3, (150, 4)), rng.normal(-3, 0.3, (150, 4))]),
+                            rng.normal(0, 1, (50, 4))])
+    return conditions, means, np.full_like(means, 0.01)
+
+
+def model_with(mixture) -> CVAE:
+    torch.manual_seed(0)
+    return CVAE(CVAEConfig(x_dim=2, c_dim=3, spans=SPANS, latent_dim=4, hidden=[8])).with_mixture(mixture)
+
+
+def test_codes_are_drawn_where_each_combination_put_them():
+    """Rows of a combination get codes from its own components (both halves of a bimodal one, nothing between);
+    a combination with fewer rows than a component needs keeps the prior p(z|c)."""
+    model = model_with(fit_mixture(*clusters(), max_components=4, seed=0))
+    c = torch.from_numpy(np.repeat(np.eye(3), 20_000, axis=0)).float()
+    z = model.latent(c, torch.Generator().manual_seed(1)).detach()
+    first, second, small = z[:20_000, 0], z[20_000:40_000, 0], z[40_000:, 0]
+    assert abs(first.mean() - 5) < 0.1 and abs(first.std() - 1) < 0.1
+    assert abs((second < -5).double().mean() - 0.5) < 0.03  # both modes, equally often
+    assert ((second > -5.5) & (second < -4.5)).double().mean() < 0.01  # not the gap between them
+    mu_p, logvar_p = model.prior(c[40_000:41_000])
+    assert combination_of(c[40_000:41_000], model.mixture_keys).eq(-1).all()
+    assert abs(small.mean() - mu_p[:, 0].mean()) < 0.1  # from p(z|c)
+
+
+def test_no_component_sits_on_a_few_rows():
+    """Ten outlying rows among a thousand: no component is fitted to them, and no draw lands near them."""
+    rng = np.random.default_rng(0)
+    means = np.concatenate([rng.normal(0, 1, (1000, 4)), rng.normal(50, 0.1, (10, 4))])
+    mixture = fit_mixture(np.zeros((1010, 1)), means, np.full_like(means, 0.01), max_components=10, seed=0)
+    assert mixture is not None and (mixture.means.abs() < 10).all()
+    z = CVAE(CVAEConfig(x_dim=2, c_dim=1, spans=SPANS, latent_dim=4, hidden=[8])).with_mixture(mixture).latent(
+        torch.zeros(50_000, 1), torch.Generator().manual_seed(0))
+    assert z.abs().max() < 25
+
+
+def test_the_fit_does_not_depend_on_row_order_or_batches():
+    torch.manual_seed(0)
+    model = CVAE(CVAEConfig(x_dim=2, c_dim=3, spans=SPANS, latent_dim=4, hidden=[8]))
+    x = torch.randn(3000, 2)
+    c = torch.from_numpy(np.repeat(np.eye(3), 1000, axis=0)).float()
+    order = torch.randperm(3000)
+    fits = []
+    for rows, size in ((torch.arange(3000), 500), (order, 777)):
+        batches = [(x[rows[i:i + size]], c[rows[i:i + size]]) for i in range(0, 3000, size)]
+        fits.append(fit_mixture(*collect_codes(model, batches, rows=3000, seed=0), max_components=5, seed=0))
+    for name in ("keys", "owner", "weights", "means", "scale_tril"):
+        torch.testing.assert_close(getattr(fits[0], name), getattr(fits[1], name))
+
+
+def test_a_saved_model_keeps_its_mixture(tmp_path, adult):
+    """The mixture travels in the artifact's weights: a reloaded model gives the same rows for the same seed."""
+    from pipeline.config import EncoderConfig
+    from pipeline.encoding import TableEncoder
+    from pipeline.model import build_model
+    from pipeline.config import ModelConfig
+
+    table = adult.slice(0, 3000)
+    encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
+    x, c = map(torch.from_numpy, encoder.transform(table))
+    torch.manual_seed(0)
+    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig(hidden=[32], latent_dim=4))
+    mixture = fit_mixture(*collect_codes(model, [(x, c)], rows=3000, seed=0), max_components=3, seed=0)
+    assert mixture.combinations == 2  # both income values hold hundreds of rows
+    model = model.with_mixture(mixture)
+    save_artifact(tmp_path, model, encoder.to_json())
+    reloaded, encoder_again = load_artifact(tmp_path)
+    requested = table.select(["income"]).slice(0, 500)
+    first = synthesize(model, encoder, requested, seed=4)
+    assert first.equals(synthesize(reloaded, encoder_again, requested, seed=4))
+    assert pc.all(pc.equal(first["income"], requested["income"])).as_py()
+
+
+def test_auto_epochs_give_small_tables_as_many_steps_as_large_ones():
+    """About 3,000 optimizer steps whatever the table's size; a small table's epoch is several passes over it, so
+    that the per-epoch report and checkpoint do not outweigh its steps."""
+    def plan(rows: int, *overrides: str) -> EpochPlan:
+        return plan_epochs(load_config(None, list(overrides)), rows)
+
+    assert plan(48_842) == EpochPlan(69, 1)  # Adult: 44k training rows, 2 workers of 500-row batches: 44 steps a pass
+    assert plan(1_461) == EpochPlan(75, 20)  # seattle-weather: 2 steps a pass, 40 an epoch
+    assert plan(20_000_000) == EpochPlan(AUTO_MIN_EPOCHS, 1)
+    assert plan(1_461, "train.epochs=3") == EpochPlan(3, 1)  # a number is taken as given
+    assert plan(1_461, "train.privacy.epsilon=4") == EpochPlan(AUTO_MIN_EPOCHS, 1)  # accounted per pass
+
+
+def test_cosine_learning_rate_falls_from_lr_to_near_zero():
+    loop = {"lr": 0.01, "epochs": 10, "lr_schedule": "cosine"}
+    rates = [lr_for_epoch(loop, epoch) for epoch in range(10)]
+    assert rates == sorted(rates, reverse=True) and 0.0099 < rates[0] < 0.01 and rates[-1] < 0.0003
+    assert lr_for_epoch(loop | {"lr_schedule": "constant"}, 9) == 0.01
