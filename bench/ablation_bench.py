@@ -1,103 +1,106 @@
-"""What moves the score: one model setting changed at a time from the defaults, on Adult, judged by SDMetrics.
+"""What moves the score: one setting changed at a time from the defaults, judged on held-out rows by both judges.
 
-    python bench/ablation_bench.py [--epochs 10] [--seeds 0 1 2]
+    python bench/ablation_bench.py [--tables adult seattle-weather] [--seeds 0 1 2] [--variants NAME ...]
 
-Trains in-process with the pipeline's own encoder, model and epoch loop (no Ray,
-no MLflow: only the model is compared), draws as many rows as Adult has with the
-proportional plan, and scores them with SDMetrics' QualityReport against the whole
-table. Each variant runs over the given seeds; prints mean and spread. Needs the
-`bench` extra (sdmetrics). Nothing here is a test.
+In-process (no Ray, no MLflow: only the model and its training plan are compared), on the seeded 80/20 split of
+bench/judging.py: the pipeline's encoder fitted on the 80%, its model, the auto epoch plan (pipeline.train.
+plan_epochs for 2 workers: the same optimizer steps, on batches of 2 x train.batch_size rows, as DDP averages
+them), the per-epoch learning rate of the worker loop and the latent mixture fitted as `cvae train` fits it; then
+min(training rows, 20,000) rows with the proportional plan, scored by mostlyai-qa (accuracy against the training
+rows; DCR share) and SDMetrics against the holdout. Each variant runs over the given seeds; prints the mean and
+the spread (max - min). Needs the `bench` extra. Nothing here is a test.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import tempfile
 import time
 import warnings
 
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import BUNDLED_DATA, EncoderConfig, GenerateConfig, ModelConfig, TrainConfig
-from pipeline.encoding import TableEncoder
-from pipeline.model import build_model
-from pipeline.plan import build_plan
-from pipeline.sampling import synthesize
-from pipeline.train_worker import beta_for_epoch, run_epoch
-
 warnings.filterwarnings("ignore")
-VARIANTS: list[tuple[str, dict]] = [
-    ("defaults", {}),
-    ("prior N(0, I)", {"prior": "standard"}),
-    ("fixed sigma 0.1", {"variance": "fixed"}),
-    ("fixed sigma 1.0", {"variance": "fixed", "sigma": 1.0}),
-    ("lr 1e-3", {"lr": 1e-3}),
-    ("lr 1e-2", {"lr": 1e-2}),
-    ("batch 250", {"batch_size": 250}),
-    ("batch 1000", {"batch_size": 1000}),
-    ("hidden 128x2, latent 128 (TVAE's)", {"hidden": [128, 128], "latent_dim": 128}),
-    ("hidden 512x2", {"hidden": [512, 512]}),
-    ("latent 8", {"latent_dim": 8}),
-    ("latent 64", {"latent_dim": 64}),
-    ("beta 0.5", {"beta": 0.5}),
-    ("beta 2", {"beta": 2.0}),
-    ("KL warm-up 3 epochs", {"kl_warmup_epochs": 3}),
-    ("100 quantile knots", {"quantiles": 100}),
-]
-TRAIN_KEYS = {"lr", "batch_size"}
+
+from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, split  # noqa: E402 (bench/)
+from pipeline.config import BUNDLED_DATA, GenerateConfig, load_config  # noqa: E402
+from pipeline.encoding import TableEncoder  # noqa: E402
+from pipeline.latent_prior import collect_codes, fit_mixture  # noqa: E402
+from pipeline.model import build_model  # noqa: E402
+from pipeline.plan import build_plan  # noqa: E402
+from pipeline.sampling import synthesize  # noqa: E402
+from pipeline.train import plan_epochs  # noqa: E402
+from pipeline.train_worker import beta_for_epoch, lr_for_epoch, run_epoch  # noqa: E402
+
+VARIANTS: dict[str, list[str]] = {  # name -> `cvae train --set` overrides from the defaults
+    "defaults": [],
+    "no latent mixture": ["model.latent_mixture=0"],
+    "constant lr": ["train.lr_schedule=constant"],
+    "10 epochs": ["train.epochs=10"],
+    "old defaults (10 epochs, constant lr, no mixture)": ["train.epochs=10", "train.lr_schedule=constant",
+                                                          "model.latent_mixture=0"],
+    "latent 16": ["model.latent_dim=16"],
+    "latent mixture 50": ["model.latent_mixture=50"],
+}
+WORKERS = 2  # the default train.num_workers: one step averages both workers' batches
 
 
-def score(table, encoder, model, seed: int) -> float:
-    from sdmetrics.reports.single_table import QualityReport
-
-    plan = build_plan(GenerateConfig(num_rows=table.num_rows), encoder)
-    synthetic = synthesize(model, encoder, plan.rows(0, plan.num_rows), seed=seed + 1).to_pandas()
-    metadata = {"columns": {f.name: {"sdtype": "numerical" if str(f.type).startswith("int") else "categorical"}
-                            for f in table.schema}}
-    report = QualityReport()
-    report.generate(table.to_pandas(), synthetic, metadata, verbose=False)
-    return report.get_score()
-
-
-def fit(table, changes: dict, epochs: int, seed: int) -> tuple[float, float]:
-    """(quality, training seconds) for the defaults with `changes` applied."""
+def fit_and_judge(table_name: str, overrides: list[str], seed: int) -> dict:
+    config = load_config(None, [f"train.seed={seed}", "data.holdout_fraction=0.0", *overrides])
+    training, holdout = split(pq.read_table(BUNDLED_DATA / f"{table_name}.parquet"))
     torch.manual_seed(seed)
-    train = TrainConfig(**{k: v for k, v in changes.items() if k in TRAIN_KEYS})
-    encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig(quantiles=changes.get("quantiles", 1000)))
-    x, c = (torch.from_numpy(m) for m in encoder.transform(table))
-    model_config = ModelConfig(**{k: v for k, v in changes.items() if k not in TRAIN_KEYS | {"quantiles"}})
-    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, model_config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    encoder = TableEncoder.fit(training.to_batches(65_536), CONDITIONS[table_name], config.encoder, seed=seed)
+    x, c = (torch.from_numpy(m) for m in encoder.transform(training))
+    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
+    plan = plan_epochs(config, training.num_rows)
+    loop = {"lr": config.train.lr, "lr_schedule": config.train.lr_schedule, "epochs": plan.epochs}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    batch = WORKERS * config.train.batch_size
     order = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
-    for epoch in range(epochs):
-        permutation = torch.randperm(len(x), generator=order)
-        batches = ((x[permutation[i: i + train.batch_size]], c[permutation[i: i + train.batch_size]])
-                   for i in range(0, len(x), train.batch_size))
-        run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch))
-    return score(table, encoder, model, seed), time.perf_counter() - started
+    for epoch in range(plan.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_for_epoch(loop, epoch)
+        for _ in range(plan.passes_per_epoch):
+            permutation = torch.randperm(len(x), generator=order)
+            batches = ((x[permutation[i: i + batch]], c[permutation[i: i + batch]]) for i in range(0, len(x), batch))
+            run_epoch(model, optimizer, batches, beta_for_epoch(config.model, epoch))
+    if config.model.latent_mixture:
+        mixture = fit_mixture(*collect_codes(model, [(x, c)], len(x), seed), config.model.latent_mixture, seed)
+        model = model if mixture is None else model.with_mixture(mixture)
+    train_s = time.perf_counter() - started
+    rows = min(training.num_rows, MAX_SYNTHETIC_ROWS)
+    synthetic = synthesize(model, encoder, build_plan(GenerateConfig(num_rows=rows, seed=seed), encoder).rows(0, rows),
+                           seed=seed)
+    scores = judge(judge_frame(synthetic), judge_frame(training), judge_frame(holdout), tempfile.mkdtemp())
+    return scores | {"train_s": train_s, "epochs": plan.epochs, "passes_per_epoch": plan.passes_per_epoch}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", default=["adult", "seattle-weather"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    table = pq.read_table(BUNDLED_DATA / "adult.parquet")
-    print(f"Adult, {args.epochs} epochs, seeds {args.seeds}, {os.cpu_count()} CPUs; SDMetrics QualityReport")
-    header = f"{'variant':<36}{'quality':>9}{'spread':>8}{'vs defaults':>13}{'train s':>9}"
-    print(header)
-    print("-" * len(header))
-    base = None
-    for name, changes in VARIANTS:
-        runs = [fit(table, changes, args.epochs, seed) for seed in args.seeds]
-        quality = statistics.mean(q for q, _ in runs)
-        spread = max(q for q, _ in runs) - min(q for q, _ in runs)
-        base = quality if base is None else base
-        print(f"{name:<36}{quality:>9.4f}{spread:>8.4f}{quality - base:>+13.4f}"
-              f"{statistics.mean(s for _, s in runs):>9.1f}", flush=True)
+    print(f"seeds {args.seeds}, {os.cpu_count()} CPUs; judged on the 20% holdout")
+    print("| table | variant | mostlyai-qa accuracy (spread) | trivariate | DCR share | SDMetrics quality (spread) "
+          "| vs defaults (accuracy) | train s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for table_name in args.tables:
+        base = None
+        for name in args.variants:
+            runs = [fit_and_judge(table_name, VARIANTS[name], seed) for seed in args.seeds]
+            mean = lambda key: statistics.mean(run[key] for run in runs)  # noqa: E731
+            spread = lambda key: max(run[key] for run in runs) - min(run[key] for run in runs)  # noqa: E731
+            base = mean("qa_accuracy") if base is None else base
+            trivariate = "-" if runs[0]["qa_trivariate"] is None else f"{mean('qa_trivariate'):.4f}"
+            print(f"| {table_name} | {name} | {mean('qa_accuracy'):.4f} ({spread('qa_accuracy'):.4f}) | "
+                  f"{trivariate} | {mean('dcr_share'):.3f} | {mean('sdmetrics_quality'):.4f} "
+                  f"({spread('sdmetrics_quality'):.4f}) | {mean('qa_accuracy') - base:+.4f} | {mean('train_s'):.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

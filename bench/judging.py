@@ -77,7 +77,25 @@ def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame
     report = QualityReport()
     report.generate(holdout.astype(as_text), synthetic.astype(as_text),
                     {"columns": {c: {"sdtype": t} for c, t in types.items()}}, verbose=False)
-    return {"qa_accuracy": accuracy.overall, "qa_holdout_own": accuracy.overall_max,
-            "qa_univariate": accuracy.univariate, "qa_bivariate": accuracy.bivariate,
-            "qa_trivariate": accuracy.trivariate, "dcr_share": distances.dcr_share,
-            "sdmetrics_quality": report.get_score()}
+    scores = {"qa_accuracy": accuracy.overall, "qa_holdout_own": accuracy.overall_max,
+              "qa_univariate": accuracy.univariate, "qa_bivariate": accuracy.bivariate,
+              "qa_trivariate": accuracy.trivariate, "dcr_share": distances.dcr_share,
+              "sdmetrics_quality": report.get_score()}
+    ids = [name for name, kind in types.items() if kind == "id"]
+    if ids:
+        scores["dcr_share_without_ids"] = dcr_share_without(ids, synthetic, training, holdout, folder)
+    return scores
+
+
+def dcr_share_without(columns: list[str], synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame,
+                      folder: str) -> float:
+    """mostlyai-qa's DCR share with identifier-like columns left out. It maps a synthetic value that no real row
+    holds (a fresh id) to one shared token, so every synthetic row sits at the same point in those columns, and
+    whichever real row happens to lie nearest that point (in the training or the holdout sample) pulls the share
+    towards 1 or 0 for all of them: a share about that one row, not about memorisation."""
+    from mostlyai import qa
+
+    _, metrics = qa.report(syn_tgt_data=synthetic.drop(columns=columns), trn_tgt_data=training.drop(columns=columns),
+                           hol_tgt_data=holdout.drop(columns=columns), max_sample_size_embeddings=0,
+                           report_path=f"{folder}/qa-without-ids.html")
+    return metrics.distances.dcr_share

@@ -45,6 +45,11 @@ LABELS = {"cvae": "cvae (ours)", "argn": "TabularARGN", "tvae": "ctgan TVAE", "c
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak resident memory: VmHWM, which starts afresh at exec. (getrusage's ru_maxrss does
+    not: Linux keeps it across exec, so a child would report its parent's peak at fork when that was higher.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -2,7 +2,9 @@
 
 Loss = negative ELBO = reconstruction + beta * KL. Reconstruction is a sum over
 the encoder's spans: Gaussian NLL (fixed or learned variance) for numeric
-values, cross-entropy for categories, BCE for null indicators.
+values, cross-entropy for categories, BCE for null indicators. Generation draws
+z from the latent mixture fitted after training (pipeline/latent_prior.py) where
+the model holds one for the row's condition vector, else from the prior.
 """
 from __future__ import annotations
 
@@ -33,8 +35,7 @@ class CVAEConfig:
     prior: str = "conditional"
     variance: str = "learned"
     sigma: float = 0.1
-    mixture_components: int = 0  # most latent mixture components per condition combination (0: draw from p(z|c))
-    mixture_size: list[int] = field(default_factory=lambda: [0, 0])  # fitted (combinations, components)
+    mixture_size: list[int] = field(default_factory=lambda: [0, 0])  # latent mixture: (combinations, components)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -226,5 +227,4 @@ def build_model(x_dim: int, c_dim: int, spans: list[Span], config: ModelConfig) 
     """A fresh CVAE sized for an encoder's spans, shaped by the `model.*` config keys."""
     return CVAE(CVAEConfig(x_dim=x_dim, c_dim=c_dim, spans=[asdict(s) for s in spans],
                            latent_dim=config.latent_dim, hidden=list(config.hidden), prior=config.prior,
-                           variance=config.variance, sigma=config.sigma,
-                           mixture_components=config.latent_mixture))
+                           variance=config.variance, sigma=config.sigma))

@@ -1,6 +1,7 @@
 """Real tables nobody tuned the model for, run as a new user would: `cvae run` with the defaults and one
 condition column. The output must have the input's schema, the requested rows and conditions, no protected
 value anywhere (artifact or rows), and an evaluation on the holdout."""
+import json
 import math
 
 import mlflow
@@ -15,6 +16,7 @@ from pipeline.audit import audit, protected_values, training_split
 from pipeline.cli import main
 from pipeline.config import BUNDLED_DATA
 from pipeline.encoding import TableEncoder
+from pipeline.latent_prior import ROWS_PER_COMPONENT
 from pipeline.source import ROW_HASH, holdout_mask, read_table
 from pipeline.storage import filesystem
 
@@ -57,6 +59,11 @@ def test_real_table_runs_with_the_defaults_and_leaks_nothing(name, ray_cluster, 
     encoder = TableEncoder.from_json(next((workdir / "model").rglob("encoder.json")).read_text())
     protected = protected_values(train, encoder)
     assert audit(protected, artifact, synthetic) == {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
+    # the latent mixture is fitted for every condition value with enough training rows (sf-temps conditions on
+    # an hourly timestamp: no value has, so generation draws from p(z|c) there)
+    combinations, components = json.loads(next((workdir / "model").rglob("model.json")).read_text())["mixture_size"]
+    many = pc.value_counts(train.column(condition)).field("counts").to_numpy() >= ROWS_PER_COMPONENT
+    assert combinations == many.sum() and components >= combinations, (combinations, components)
     for column in encoder.id_columns:  # fresh, unique, never a real value
         generated = pc.drop_null(synthetic.column(column))
         assert len(pc.unique(generated)) == len(generated)
