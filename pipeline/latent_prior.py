@@ -53,7 +53,7 @@ def keep_row(x: torch.Tensor, c: torch.Tensor, share: float, seed: int) -> torch
     values = torch.cat([x, c], dim=1).double()
     projection = torch.Generator().manual_seed(seed)
     weights = torch.rand(values.shape[1], generator=projection, dtype=torch.float64) + 0.5
-    hashed = torch.frac((values @ weights) * 1_000_003.0 + 0.61803398875)
+    hashed = torch.remainder((values @ weights) * 1_000_003.0 + 0.61803398875, 1.0)  # in [0, 1), any sign
     return hashed < share
 
 

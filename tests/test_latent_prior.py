@@ -6,7 +6,7 @@ import torch
 
 from pipeline.artifact import load_artifact, save_artifact
 from pipeline.config import load_config
-from pipeline.latent_prior import collect_codes, fit_mixture
+from pipeline.latent_prior import collect_codes, fit_mixture, keep_row
 from pipeline.model import CVAE, CVAEConfig, combination_of
 from pipeline.sampling import synthesize
 from pipeline.train import AUTO_MIN_EPOCHS, EpochPlan, plan_epochs
@@ -69,6 +69,16 @@ def test_the_fit_does_not_depend_on_row_order_or_batches():
         fits.append(fit_mixture(*collect_codes(model, batches, rows=3000, seed=0), max_components=5, seed=0))
     for name in ("keys", "owner", "weights", "means", "scale_tril"):
         torch.testing.assert_close(getattr(fits[0], name), getattr(fits[1], name))
+
+
+def test_a_large_table_is_sampled_evenly():
+    """Past MAX_CODES rows the fit keeps a share of them by a hash of their values: about that share, and rows of
+    every kind alike (negative and positive values too)."""
+    rows = torch.randn(200_000, 5, generator=torch.Generator().manual_seed(0))
+    kept = keep_row(rows[:, :3], rows[:, 3:], 0.25, seed=0)
+    assert abs(kept.double().mean() - 0.25) < 0.01
+    for column in range(5):
+        assert abs(kept[rows[:, column] < 0].double().mean() - kept[rows[:, column] >= 0].double().mean()) < 0.01
 
 
 def test_a_saved_model_keeps_its_mixture(tmp_path, adult):
