@@ -5,7 +5,7 @@ Why: the ELBO pulls each row's posterior q(z|x,c) towards p(z|c), but their aver
 never matches a single Gaussian. Decoding z drawn from p(z|c) lands partly where no training code lies (the
 decoder never learned those places) and misses clusters that hold many rows. A Gaussian mixture fitted to the
 codes ("ex-post density estimation", Ghosh et al., ICLR 2020) fixes that without touching the model or its
-training: on Adult it moved mostlyai-qa accuracy from 0.935 to 0.954 (BENCHMARKS.md, Quality).
+training: on Adult it moved mostlyai-qa accuracy on held-out rows from 0.940 to 0.952 (BENCHMARKS.md, Quality).
 
 Fitted on the driver from the posterior means of up to MAX_CODES training rows (kept by a hash of the row, so the
 same rows whatever the block order), per exact condition vector with at least ROWS_PER_COMPONENT rows per
