@@ -100,8 +100,7 @@ class CVAE(nn.Module):
         sort) and the grouping is checked exactly, so the result never differs from the per-row prior."""
         if self.prior_net is None or len(c) < UNIQUE_PRIOR_MIN_ROWS:
             return self.prior(c)
-        projection = torch.linspace(1.0, 2.0, c.shape[1], dtype=torch.float64, device=c.device).sqrt()
-        keys, row_of = torch.unique(c.double() @ projection, return_inverse=True)
+        keys, row_of = torch.unique(condition_hash(c), return_inverse=True)
         if len(keys) * 8 > len(c):
             return self.prior(c)
         first = torch.full((len(keys),), len(c), dtype=torch.long, device=c.device)
@@ -213,12 +212,16 @@ class CVAE(nn.Module):
         return torch.stack(chosen, dim=1)
 
 
+def condition_hash(c: torch.Tensor) -> torch.Tensor:
+    """(n,) float64: one number per condition row, equal for equal rows (distinct rows may collide: callers check)."""
+    return c.double() @ torch.linspace(1.0, 2.0, c.shape[1], dtype=torch.float64, device=c.device).sqrt()
+
+
 def combination_of(c: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """(n,) index of each row's condition vector in `keys`, -1 where it has none. Rows and keys are matched by a
     projection and then checked exactly (two keys sharing a projection leave the other's rows unmatched)."""
-    projection = torch.linspace(1.0, 2.0, c.shape[1], dtype=torch.float64, device=c.device).sqrt()
-    key_values, order = torch.sort(keys.double() @ projection)
-    position = torch.searchsorted(key_values, c.double() @ projection).clamp(max=len(keys) - 1)
+    key_values, order = torch.sort(condition_hash(keys))
+    position = torch.searchsorted(key_values, condition_hash(c)).clamp(max=len(keys) - 1)
     index = order[position]
     return torch.where((keys[index] == c).all(dim=1), index, torch.full_like(index, -1))
 

@@ -192,7 +192,7 @@ class Stages:
 
 def with_latent_mixture(model: CVAE, train_split: ray.data.Dataset, rows: float, config: Config) -> CVAE:
     """The trained model plus the latent mixture fitted to the training rows' codes (pipeline/latent_prior.py),
-    on the driver: one more read of the training split (kept in memory unless the table streams), no Ray task."""
+    on the driver: one more read of the training split (from the object store, or the files when it streams)."""
     batches = ((batch["x"], batch["c"]) for batch in train_split.iter_torch_batches(
         batch_size=FIT_BATCH_ROWS, dtypes=torch.float32))
     conditions, means, variances = collect_codes(model, batches, int(rows), config.train.seed)
@@ -200,8 +200,8 @@ def with_latent_mixture(model: CVAE, train_split: ray.data.Dataset, rows: float,
     return model if mixture is None else model.with_mixture(mixture)
 
 
-def _mixture_summary(export: Path) -> str:
-    combinations, components = json.loads((export / "model.json").read_text())["mixture_size"]
+def _mixture_summary(model: CVAE) -> str:
+    combinations, components = model.config.mixture_size
     if not components:
         return "no condition combination has enough rows; generation draws z from p(z|c)"
     return f"{components} Gaussian components over {combinations} condition combination(s)"
@@ -325,10 +325,9 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
             shutil.copy(Path(checkpoint_dir) / name, export / name)
         if config.model.latent_mixture and spend is None:
             trained, _ = load_artifact(export)
-            save_artifact(export, with_latent_mixture(trained, splits["train"], rows * (1 - data.holdout_fraction),
-                                                      config), encoder.to_json())
-            console.progress(f"latent mixture fitted in {clock.lap('latent_mixture'):.1f}s: "
-                             f"{_mixture_summary(export)}")
+            mixed = with_latent_mixture(trained, splits["train"], rows * (1 - data.holdout_fraction), config)
+            save_artifact(export, mixed, encoder.to_json())
+            console.progress(f"latent mixture fitted in {clock.lap('latent_mixture'):.1f}s: {_mixture_summary(mixed)}")
         registered_before = registered_version(client, run_id) is not None
         version = register(client, run_id, str(export), config)
         guarantee = json.loads((export / PRIVACY_FILE).read_text()) if spend else None
