@@ -19,6 +19,10 @@ person's value out (`encoder.min_value_count` = k).
   `data.columns.NAME: id`) are not modelled: generated row i gets a fresh value
   (prefix + i, or base + i) that no training value equals.
 Numeric and id nulls get their own indicator.
+- A date or timestamp condition column also feeds the network the phase of its
+  calendar cycles (time of day, day of week, day of year) as sine and cosine
+  pairs: its quantile z value orders a year of hours on one axis, on which the
+  daily cycle is 365 wiggles no small MLP fits, while a phase is one smooth input.
 
 Under `train.privacy` every statistic above is fitted from noisy counts instead
 (pipeline/privacy.py): categories and condition combinations need a noisy count
@@ -54,6 +58,8 @@ ID_NAMED_UNIQUE = 0.3    # the same, for a column named like an id (order ids re
 INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
 MAX_ID_COVERAGE = 0.5    # ...unless values seen k times or more still cover this share of its rows
 FORMAT = "cvae-table-encoder/2"
+CALENDAR_SECONDS = {"day": 86_400.0, "week": 7 * 86_400.0, "year": 365.2425 * 86_400.0}  # mean Gregorian year
+SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 UINT64 = 0xFFFFFFFFFFFFFFFF
 SAMPLE_KEY_SALT = 0x5A17_C0DE_D15C_0001  # keeps sample keys apart from the holdout split's use of the row hash
 
@@ -836,12 +842,36 @@ def codec_from_dict(field: pa.Field, spec: dict[str, Any]) -> Codec:
                         spec["null_rate"], spec["nullable"])
 
 
+def calendar_cycles(t: pa.DataType) -> list[str]:
+    """The calendar cycles a date or timestamp column's condition vector carries (a date has no time of day)."""
+    if pa.types.is_timestamp(t):
+        return ["day", "week", "year"]
+    return ["week", "year"] if pa.types.is_date(t) else []
+
+
+def calendar_phases(arr: pa.Array, cycles: list[str]) -> np.ndarray:
+    """(rows, 2 * len(cycles)) sine and cosine of each cycle's phase, in the column's local time when it has a
+    time zone; a null row is all zeros (no phase)."""
+    if pa.types.is_timestamp(arr.type):
+        local = pc.local_timestamp(arr) if arr.type.tz else arr
+        seconds = local.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        seconds *= SECONDS_PER_UNIT[arr.type.unit]
+    else:
+        seconds = arr.cast(pa.date32()).cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.float64) * 86_400.0
+    out = np.zeros((len(arr), 2 * len(cycles)), dtype=np.float32)
+    valid = np.asarray(arr.is_valid())
+    for i, cycle in enumerate(cycles):
+        angle = 2.0 * np.pi * np.mod(seconds[valid], CALENDAR_SECONDS[cycle]) / CALENDAR_SECONDS[cycle]
+        out[valid, 2 * i], out[valid, 2 * i + 1] = np.sin(angle), np.cos(angle)
+    return out
+
+
 class TableEncoder:
     """A fitted encoder: feature matrix x for the columns the model reconstructs, condition matrix c for the rest."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], codecs: dict[str, Codec],
                  condition_distribution: list[dict[str, Any]], excluded: list[str] = (), min_value_count: int = 1,
-                 privacy: dict[str, Any] | None = None):
+                 privacy: dict[str, Any] | None = None, calendar: dict[str, list[str]] | None = None):
         self.schema = schema
         self.privacy = privacy  # the statistics' noise (StatisticsNoise.describe()), None when fitted exactly
         self.fitted_rows: int | None = None  # training rows the fit saw (not saved: only the fitting job needs it)
@@ -853,6 +883,9 @@ class TableEncoder:
         self.min_value_count = min_value_count
         self.feature_spans = self._spans(self.features)
         self.condition_spans = self._spans(self.conditions)
+        # condition column -> the calendar cycles appended to c (None: a new fit, every date/timestamp condition)
+        self.calendar = ({name: calendar_cycles(schema.field(name).type) for name in self.conditions
+                          if calendar_cycles(schema.field(name).type)} if calendar is None else calendar)
 
     @classmethod
     def fit(cls, batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str], config: EncoderConfig,
@@ -888,7 +921,8 @@ class TableEncoder:
 
     @property
     def c_dim(self) -> int:
-        return sum(self.codecs[name].width for name in self.conditions)
+        return (sum(self.codecs[name].width for name in self.conditions)
+                + sum(2 * len(cycles) for cycles in self.calendar.values()))
 
     @property
     def id_columns(self) -> list[str]:
@@ -929,7 +963,9 @@ class TableEncoder:
         return self._encode(table, self.features), self.encode_conditions(table)
 
     def encode_conditions(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
-        return self._encode(table, self.conditions)
+        """Each condition column's codec block, then the calendar phases of its date and timestamp columns."""
+        phases = [calendar_phases(_plain(table.column(name)), cycles) for name, cycles in self.calendar.items()]
+        return np.concatenate([self._encode(table, self.conditions), *phases], axis=1)
 
     def _encode(self, table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
         blocks = [self.codecs[name].encode(_plain(table.column(name))) for name in names]
@@ -965,6 +1001,7 @@ class TableEncoder:
             "codecs": {name: codec.to_dict() for name, codec in self.codecs.items()},
             "condition_distribution": self.condition_distribution,
             "privacy": self.privacy,
+            "calendar": self.calendar,
         }
 
     def to_json(self) -> str:
@@ -978,7 +1015,7 @@ class TableEncoder:
             schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
             codecs = {field.name: codec_from_dict(field, data["codecs"][field.name]) for field in schema}
             return cls(schema, data["conditions"], codecs, data["condition_distribution"], data["excluded"],
-                       data["min_value_count"], data.get("privacy"))
+                       data["min_value_count"], data.get("privacy"), data.get("calendar", {}))
         except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
             raise UserError(f"encoder JSON is malformed ({type(exc).__name__}: {exc}); re-export the model") from None
 

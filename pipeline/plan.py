@@ -159,14 +159,13 @@ def _counts_plan(schema: pa.Schema, combos: list[list[Any]], counts: list[int]) 
 
 
 def apportion(total: int, weights: list[float]) -> list[int]:
-    """Split `total` in proportion to `weights` (largest remainder): exact, deterministic."""
-    weights_array = np.asarray(weights, dtype=np.float64)
-    quotas = total * weights_array / weights_array.sum()
-    counts = np.floor(quotas).astype(np.int64)
-    remainder = total - int(counts.sum())
-    order = np.argsort(-(quotas - counts), kind="stable")
-    counts[order[:remainder]] += 1
-    return counts.tolist()
+    """Split `total` in proportion to `weights` by rounding the running total: exact, deterministic, each count
+    within one of its quota, and the extra rows of equal weights spread evenly along the list (largest remainder
+    would give them all to the first entries: to the earliest dates when each date is one combination)."""
+    running = np.cumsum(np.asarray(weights, dtype=np.float64))
+    edges = np.floor(total * running / running[-1] + 0.5).astype(np.int64)
+    edges[-1] = total
+    return np.diff(edges, prepend=0).tolist()
 
 
 def _expand(schema: pa.Schema, encoder: TableEncoder, values: dict[str, Any], count: int,

@@ -69,6 +69,25 @@ def test_json_round_trip_gives_the_same_encoder(adult):
     assert loaded.inverse_transform(x, adult.select(["income", "sex"])).equals(round_trip(encoder, adult))
 
 
+def test_a_timestamp_condition_carries_its_calendar_phases():
+    """Hours a day apart share the time-of-day phase, hours a week apart the weekday too; the JSON round trip
+    keeps the phases, and an encoder saved before them still loads with the condition width its model has."""
+    base = dt.datetime(2024, 3, 1, 15)
+    times = [base, base + dt.timedelta(days=1), base + dt.timedelta(days=7), base + dt.timedelta(hours=3)]
+    table = pa.table({"t": pa.array(times, pa.timestamp("us")), "v": [1.0, 2.0, 3.0, 4.0]})
+    encoder = fit(table, ["t"])
+    c = encoder.encode_conditions(table)
+    assert encoder.calendar == {"t": ["day", "week", "year"]} and c.shape == (4, encoder.c_dim)
+    day, week = c[:, -6:-4], c[:, -4:-2]
+    np.testing.assert_allclose(day[0], day[1], atol=1e-5)
+    np.testing.assert_allclose(day[0], day[2], atol=1e-5)
+    np.testing.assert_allclose(week[0], week[2], atol=1e-5)
+    assert np.abs(day[0] - day[3]).max() > 0.5 and np.abs(week[0] - week[1]).max() > 0.5
+    np.testing.assert_array_equal(TableEncoder.from_json(encoder.to_json()).encode_conditions(table), c)
+    older = {key: value for key, value in encoder.to_dict().items() if key != "calendar"}
+    assert TableEncoder.from_dict(older).encode_conditions(table).shape == (4, encoder.c_dim - 6)
+
+
 def test_skewed_column_keeps_its_point_mass(adult):
     encoder = fit(adult, ["income"])
     x, _ = encoder.transform(adult)

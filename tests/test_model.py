@@ -4,11 +4,12 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from pipeline.config import EncoderConfig, ModelConfig
+from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig
 from pipeline.encoding import TableEncoder
 from pipeline.sampling import synthesize
 from pipeline.model import CVAE, CVAEConfig, build_model, kl_diag_gaussians
@@ -149,3 +150,25 @@ def test_categories_are_drawn_with_their_softmax_probabilities_in_every_span():
         expected = torch.softmax(out[0, start:start + width].double(), dim=0)
         assert len(share) == width  # never a column outside the span
         assert ((share - expected).abs() <= 5 * (expected * (1 - expected) / rows).sqrt() + 1e-9).all(), (share, expected)
+
+
+def test_a_timestamp_condition_brings_its_daily_and_seasonal_cycles():
+    """sf-temps (hourly San Francisco temperatures, one year) conditioned on its timestamp: rows generated for
+    held-out hours are warmer in the afternoon than at night and in late summer than in winter, as the real ones."""
+    table = pq.read_table(BUNDLED_DATA / "sf-temps.parquet")
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    train, holdout = table.take(order[1500:]), table.take(order[:1500])
+    torch.manual_seed(0)
+    encoder = TableEncoder.fit(train.to_batches(), ["date"], EncoderConfig())
+    x, c = map(torch.from_numpy, encoder.transform(train))
+    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig())
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for epoch in range(40):
+        run_epoch(model, optimizer, loader(x, c, seed=epoch), beta=1.0)
+    generated = synthesize(model, encoder, holdout.select(["date"]), seed=0).to_pandas()
+    real = holdout.to_pandas()
+    for cycle in ("hour", "month"):
+        real_profile = real.groupby(getattr(real["date"].dt, cycle))["temp"].mean()
+        generated_profile = generated.groupby(getattr(generated["date"].dt, cycle))["temp"].mean()
+        assert np.corrcoef(real_profile, generated_profile)[0, 1] > 0.9, (cycle, real_profile, generated_profile)
+        assert (generated_profile - real_profile).abs().mean() < 1.5, (cycle, real_profile, generated_profile)
