@@ -46,6 +46,21 @@ def test_codes_are_drawn_where_each_combination_put_them():
     assert abs(small.mean() - mu_p[:, 0].mean()) < 0.1  # from p(z|c)
 
 
+def test_a_large_combination_gets_a_cluster_per_hundred_rows_that_follows_its_codes():
+    """12,000 codes on a ring (a shape 20 EM components would smooth): one component per 100 rows, draws on the
+    ring at the codes' density, none in its empty middle."""
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, 12_000)
+    means = np.stack([np.cos(angle), np.sin(angle), rng.normal(0, 0.05, 12_000), rng.normal(0, 0.05, 12_000)], 1)
+    mixture = fit_mixture(np.zeros((12_000, 1)), means, np.full_like(means, 1e-4), max_components=20, seed=0)
+    assert mixture.components == 120
+    model = CVAE(CVAEConfig(x_dim=2, c_dim=1, spans=SPANS, latent_dim=4, hidden=[8])).with_mixture(mixture)
+    z = model.latent(torch.zeros(50_000, 1), torch.Generator().manual_seed(0)).detach().numpy()
+    radius = np.hypot(z[:, 0], z[:, 1])
+    assert np.abs(radius - 1).mean() < 0.1 and (radius < 0.5).mean() < 0.002
+    assert np.abs(np.histogram(np.arctan2(z[:, 1], z[:, 0]), 8)[0] / 50_000 - 1 / 8).max() < 0.01
+
+
 def test_no_component_sits_on_a_few_rows():
     """Ten outlying rows among a thousand: no component is fitted to them, and no draw lands near them."""
     rng = np.random.default_rng(0)
