@@ -196,4 +196,6 @@ def test_short_epochs_do_not_wait_for_the_controller(ray_cluster, workdir):
     waited = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "previous_report_seconds"),
                                       key=lambda m: m.step)]
     assert len(waited) == 4
-    assert max(waited[1:]) < 1.0, waited  # each report, checkpoint upload included, returned within a poll or so
+    # each report, checkpoint upload included, returns within a poll or so; the median, because one report in
+    # three can meet a 1.2 s hiccup on a loaded 2-core machine, while a 2 s poll makes every one wait ~1.8 s
+    assert sorted(waited[1:])[1] < 1.0, waited
