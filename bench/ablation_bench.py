@@ -43,6 +43,7 @@ VARIANTS: dict[str, list[str]] = {  # name -> `cvae train --set` overrides from 
                                                           "model.latent_mixture=0"],
     "latent 16": ["model.latent_dim=16"],
     "latent mixture 50": ["model.latent_mixture=50"],
+    "no point masses": ["encoder.point_mass_share=0"],
 }
 WORKERS = 2  # the default train.num_workers: one step averages both workers' batches
 

@@ -79,7 +79,7 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
     for name, (low, high) in protected.bounds.items():
         codec = encoder.codecs[name]
         if isinstance(codec, NumericCodec):
-            stored = np.asarray([v for knots in codec.knots for v in knots["values"]] + codec.low + codec.high)
+            stored = np.asarray(codec.stored_values())
             hits["artifact_values"] += int(((stored < low) | (stored > high)).sum())
         emitted = pc.drop_null(_plain(synthetic.column(name)))
         emitted = _numeric_storage(emitted).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -57,6 +57,7 @@ class EncoderConfig(Section):
     rare_replacement: Literal["token", "frequent"] = "token"
     sample_size: int = Field(100_000, ge=100)
     quantiles: int = Field(1000, ge=10, le=100_000)
+    point_mass_share: float = Field(0.01, ge=0.0, lt=1.0)  # a numeric value this common is a class of its own; 0: off
     max_condition_combinations: int = Field(10_000, ge=1)
 
 

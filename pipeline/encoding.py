@@ -6,10 +6,17 @@ person's value out (`encoder.min_value_count` = k).
 
 - Numbers (ints, floats, decimals, dates, times, timestamps, durations) get a
   quantile-to-normal transform fitted on a bounded uniform sample. It copes with
-  skew and point masses (Adult's capital-gain is 92% zeros) because every tied
-  value owns a z interval and decodes back to itself. Outside condition columns
-  the bounds are the k-th smallest and k-th largest values, not the min and max,
-  and there are at most rows/k knots.
+  skew, and every tied value owns a z interval and decodes back to itself.
+  Outside condition columns the bounds are the k-th smallest and k-th largest
+  values, not the min and max, and there are at most rows/k knots.
+- A value that holds `encoder.point_mass_share` of a numeric column's rows (and
+  k rows or more) is a point mass: Adult's capital-gain is 92% zeros, its
+  hours-per-week 47% forties, its education-num 16 levels. Point masses are one
+  class each of a softmax, beside a class for "between them", and only the rows
+  between them get the quantile z. Decoding draws Gaussian noise around z, and
+  that noise would otherwise smear a point mass over its neighbours. A numeric
+  element with no value (a null, a point-mass row) is NaN in x: the model
+  skips it in the loss instead of fitting a made-up 0.
 - Categories are one-hot over the values seen at least k times (at most
   `encoder.max_categories`), then one "other" class: the frequent tail beyond
   the cap, and every protected value, which decodes to a token or a frequent
@@ -50,6 +57,7 @@ from pipeline.privacy import (GRID_BINS, FineGrid, PrivateFit, StatisticsNoise, 
 Z_MAX = 4.0
 MAX_SAMPLE_VALUES = 8_000_000
 TAIL_VALUES_KEPT = 1000
+MAX_POINT_MASSES = 64  # softmax classes per numeric column, the most frequent values
 PROTECTED_TOKEN = "_RARE_"
 ID_PREFIXES = ("syn-", "syn_", "SYN-", "synthetic-", "x-syn-", "cvae-", "gen-", "s0-")
 ID_NAME_TOKENS = {"id", "ids", "uuid", "guid", "key", "code", "number", "no", "num", "nr"}
@@ -444,7 +452,8 @@ class EncoderSketch:
                                                           config.rare_replacement)
             else:
                 codecs[field.name] = NumericCodec.fit(field, kind, sketch, config.quantiles,
-                                                      protect if protect and protect > 1 else None)
+                                                      protect if protect and protect > 1 else None,
+                                                      0.0 if field.name in self.conditions else config.point_mass_share)
         combinations = self.combinations
         if noise is not None and not all(name in noise.public for name in self.conditions):
             combinations = _private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
@@ -516,44 +525,59 @@ def _by_count(item: tuple[Any, int]) -> tuple[int, str]:
 
 
 class NumericCodec:
-    """Quantile-to-normal transform per element, plus a null indicator when the column had nulls."""
+    """Per element: a quantile-to-normal transform of its values, and a softmax over its point masses when it has
+    any (then the transform covers only the values between them); plus a null indicator when the column had
+    nulls. x holds the Gaussian elements first, then each element's softmax, then the null flag."""
 
-    def __init__(self, name: str, arrow_type: pa.DataType, kind: str, knots: list[dict[str, list[float]]],
-                 low: list[float], high: list[float], null_rate: float, nullable: bool):
+    def __init__(self, name: str, arrow_type: pa.DataType, kind: str, knots: list[dict[str, list[float]] | None],
+                 low: list[float], high: list[float], null_rate: float, nullable: bool,
+                 masses: list[list[float]] | None = None):
         self.name, self.arrow_type, self.kind = name, arrow_type, kind
-        self.knots, self.low, self.high = knots, low, high
+        self.knots, self.low, self.high = knots, low, high  # knots[j] None: every value of element j is a mass
         self.null_rate, self.nullable = null_rate, nullable
-        self._decode = [_decoding_knots(k) for k in knots]
-        self._encode = [(np.asarray(k["values"]), np.asarray(k["z_low"]), np.asarray(k["z_high"])) for k in knots]
+        self.masses = masses if masses is not None else [[] for _ in knots]  # per element, ascending
+        self._masses = [np.asarray(m, dtype=np.float64) for m in self.masses]
+        self._gaussian = [j for j, k in enumerate(knots) if k is not None]  # elements with a z, in x order
+        self._decode = {j: _decoding_knots(knots[j]) for j in self._gaussian}
+        self._encode = {j: (np.asarray(knots[j]["values"]), np.asarray(knots[j]["z_low"]),
+                            np.asarray(knots[j]["z_high"])) for j in self._gaussian}
 
     @property
     def size(self) -> int:
         """Numeric elements per row (1, or the list length); 0 for a column with no value to model."""
         return len(self.knots)
 
+    def classes(self, j: int) -> int:
+        """Element j's softmax classes: one per point mass, then "between them" when it kept values between them."""
+        return len(self.masses[j]) + (self.knots[j] is not None) if self.masses[j] else 0
+
     @property
     def width(self) -> int:
-        return self.size + self.nullable
+        return len(self._gaussian) + sum(self.classes(j) for j in range(self.size)) + self.nullable
 
     @classmethod
     def fit(cls, field: pa.Field, kind: str, sketch: NumericSketch, quantiles: int,
-            protect: int | None) -> "NumericCodec":
-        """`protect` = k: bounds are the k-th smallest and largest values and each knot stands for about k rows
-        or more; a column with fewer than 2k - 1 values keeps none (it decodes to nulls). None: exact bounds."""
-        knots: list[dict[str, list[float]]] = []
+            protect: int | None, point_mass_share: float = 0.0) -> "NumericCodec":
+        """`protect` = k: bounds are the k-th smallest and largest values, each knot stands for about k rows or
+        more, and a point mass holds k rows or more; a column with fewer than 2k - 1 values keeps none (it decodes
+        to nulls). None: exact bounds. `point_mass_share` 0: no point masses."""
+        knots: list[dict[str, list[float]] | None] = []
+        masses: list[list[float]] = []
         low = high = np.empty(0)
         usable = len(sketch.sample) > 0 and (protect is None or sketch.values >= 2 * protect - 1)
         if usable:
             low, high = sketch.bounds(protect is not None)
-            levels = quantiles if protect is None else max(2, min(quantiles, sketch.values // protect))
-            z_grid = np.linspace(-Z_MAX, Z_MAX, levels + 1)
-            probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
-            ordered = np.sort(np.clip(sketch.sample, low, high), axis=0)
-            index = np.clip(np.ceil(probs * len(ordered)).astype(int) - 1, 0, len(ordered) - 1)
-            knots = [_knots(ordered[index, j], low[j], high[j], z_grid) for j in range(ordered.shape[1])]
+            for j in range(sketch.sample.shape[1]):
+                values = sketch.sample[:, j]
+                mass = (_point_masses(values, sketch.values, point_mass_share, protect or 1)  # before clipping, which
+                        if point_mass_share > 0 else np.empty(0))                             # adds ties at the bounds
+                between = np.sort(np.clip(values[~np.isin(values, mass)], low[j], high[j]))
+                rows = sketch.values * len(between) / len(values)  # the column's values between its point masses
+                masses.append(mass.tolist())
+                knots.append(_quantile_knots(between, rows, low[j], high[j], quantiles, protect, beside=len(mass) > 0))
         nullable = sketch.nulls > 0 or (sketch.values > 0 and not usable)
         null_rate = sketch.nulls / max(sketch.rows, 1) if usable else 1.0
-        return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable)
+        return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable, masses)
 
     @classmethod
     def fit_private(cls, field: pa.Field, kind: str, sketch: NumericSketch, grids: list[FineGrid | None],
@@ -577,29 +601,63 @@ class NumericCodec:
         return cls(field.name, field.type, kind, knots, low, high, null_rate, nullable)
 
     def spans(self, start: int) -> list[Span]:
-        spans = [Span(self.name, "gaussian", start + j, 1) for j in range(self.size)]
+        spans = [Span(self.name, "gaussian", start + i, 1) for i in range(len(self._gaussian))]
+        offset = start + len(self._gaussian)
+        for j in range(self.size):
+            if self.classes(j):
+                spans.append(Span(self.name, "softmax", offset, self.classes(j)))
+                offset += self.classes(j)
         if self.nullable:
-            spans.append(Span(self.name, "bernoulli", start + self.size, 1))
+            spans.append(Span(self.name, "bernoulli", offset, 1))
         return spans
 
     def encode(self, arr: pa.Array) -> np.ndarray:
+        """Gaussian elements are NaN where the row has no value there (a null, a point mass)."""
         out = np.zeros((len(arr), self.width), dtype=np.float32)
+        out[:, : len(self._gaussian)] = np.nan
         if self.size:
-            valid = np.asarray(arr.is_valid())
-            values = _numeric_values(arr, self.name)
-            for j, (unique, z_low, z_high) in enumerate(self._encode):
-                out[valid, j] = _to_z(values[:, j], unique, z_low, z_high)
+            rows = np.flatnonzero(np.asarray(arr.is_valid()))
+            values = _numeric_values(arr, self.name)  # the valid rows'
+            offset = len(self._gaussian)
+            for j in range(self.size):
+                between = np.ones(len(values), dtype=bool)
+                if self.masses[j]:
+                    drawn, between = self._classes_of(values[:, j], j)
+                    out[rows, offset + drawn] = 1.0
+                    offset += self.classes(j)
+                if self.knots[j] is not None:
+                    out[rows[between], self._gaussian.index(j)] = _to_z(values[between, j], *self._encode[j])
         if self.nullable:
-            out[:, self.size] = 1.0 if not self.size else np.asarray(arr.is_null(), dtype=np.float32)
+            out[:, -1] = np.asarray(arr.is_null(), dtype=np.float32) if self.size else 1.0
         return out
+
+    def _classes_of(self, values: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Element j's softmax class per value, and whether the value lies between its point masses. With no
+        values kept between them (too few for k), every value takes its nearest point mass."""
+        masses = self._masses[j]
+        slot = np.searchsorted(masses, values).clip(max=len(masses) - 1)
+        if self.knots[j] is None:
+            below = (slot - 1).clip(min=0)
+            nearer_below = np.abs(values - masses[below]) < np.abs(values - masses[slot])
+            return np.where(nearer_below, below, slot), np.zeros(len(values), dtype=bool)
+        at_mass = masses[slot] == values
+        return np.where(at_mass, slot, len(masses)), ~at_mass
 
     def decode(self, block: np.ndarray, rng: np.random.Generator) -> pa.Array:
         n = len(block)
-        is_null = block[:, self.size] > 0.5 if self.nullable else np.zeros(n, dtype=bool)
+        is_null = block[:, -1] > 0.5 if self.nullable else np.zeros(n, dtype=bool)
         if not self.size:
             return pa.nulls(n, self.arrow_type)
-        values = np.stack([np.interp(block[:, j].astype(np.float64), z_knots, x_knots)
-                           for j, (z_knots, x_knots) in enumerate(self._decode)], axis=1)
+        values = np.zeros((n, self.size))
+        for i, j in enumerate(self._gaussian):
+            values[:, j] = np.interp(block[:, i].astype(np.float64), *self._decode[j])
+        offset = len(self._gaussian)
+        for j in range(self.size):
+            if self.masses[j]:
+                drawn = block[:, offset: offset + self.classes(j)].argmax(axis=1)
+                at_mass = drawn < len(self.masses[j])
+                values[at_mass, j] = self._masses[j][drawn[at_mass]]
+                offset += self.classes(j)
         if self.kind == "list":
             value_type = self.arrow_type.value_type
             if pa.types.is_integer(value_type):
@@ -613,9 +671,38 @@ class NumericCodec:
             values = np.clip(np.rint(values), self.low, self.high)
         return _from_storage(pa.array(values[:, 0], mask=is_null).cast(storage, safe=False), self.arrow_type)
 
+    def stored_values(self) -> list[float]:
+        """Every number the codec keeps from the training values: knots, bounds, point masses (for the audit)."""
+        return ([v for knots in self.knots if knots is not None for v in knots["values"]] + self.low + self.high
+                + [v for masses in self.masses for v in masses])
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "knots": self.knots, "low": self.low, "high": self.high,
-                "null_rate": self.null_rate, "nullable": self.nullable}
+                "null_rate": self.null_rate, "nullable": self.nullable, "masses": self.masses}
+
+
+def _point_masses(values: np.ndarray, rows: int, share: float, min_rows: int) -> np.ndarray:
+    """The values holding `share` of an element's sampled values and an estimated `min_rows` of its `rows`,
+    ascending; at most MAX_POINT_MASSES, the most frequent ones."""
+    unique, counts = np.unique(values, return_counts=True)
+    kept = (counts >= share * len(values)) & (counts * rows / len(values) >= min_rows)
+    unique, counts = unique[kept], counts[kept]
+    return np.sort(unique[np.argsort(-counts, kind="stable")[:MAX_POINT_MASSES]])
+
+
+def _quantile_knots(ordered: np.ndarray, rows: float, low: float, high: float, quantiles: int, protect: int | None,
+                    beside: bool) -> dict[str, list[float]] | None:
+    """Knots for one element's sorted, clipped sample standing for `rows` values; None when there are none, or
+    too few for k. `beside` point masses, the ends are the sample's own k-th extremes (of the values between
+    the masses), not the column's bounds, so no value between 0 and the first non-zero one is invented."""
+    if not len(ordered) or (protect is not None and rows < 2 * protect - 1):
+        return None
+    levels = quantiles if protect is None else max(2, min(quantiles, int(rows) // protect))
+    z_grid = np.linspace(-Z_MAX, Z_MAX, levels + 1)
+    probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
+    index = np.clip(np.ceil(probs * len(ordered)).astype(int) - 1, 0, len(ordered) - 1)
+    k = min(protect or 1, len(ordered)) - 1
+    return _knots(ordered[index], ordered[k] if beside else low, ordered[-1 - k] if beside else high, z_grid)
 
 
 def _knots(values: np.ndarray, low: float, high: float, z_grid: np.ndarray) -> dict[str, list[float]]:
@@ -839,7 +926,7 @@ def codec_from_dict(field: pa.Field, spec: dict[str, Any]) -> Codec:
     if spec["kind"] == "id":
         return IdCodec(field.name, field.type, spec["prefix"], spec["start"], spec["null_rate"], spec["nullable"])
     return NumericCodec(field.name, field.type, spec["kind"], spec["knots"], spec["low"], spec["high"],
-                        spec["null_rate"], spec["nullable"])
+                        spec["null_rate"], spec["nullable"], spec.get("masses"))
 
 
 def calendar_cycles(t: pa.DataType) -> list[str]:
@@ -965,7 +1052,8 @@ class TableEncoder:
     def encode_conditions(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Each condition column's codec block, then the calendar phases of its date and timestamp columns."""
         phases = [calendar_phases(_plain(table.column(name)), cycles) for name, cycles in self.calendar.items()]
-        return np.concatenate([self._encode(table, self.conditions), *phases], axis=1)
+        # a condition is network input, not a target: a null numeric condition feeds 0, not NaN
+        return np.nan_to_num(np.concatenate([self._encode(table, self.conditions), *phases], axis=1), nan=0.0)
 
     def _encode(self, table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
         blocks = [self.codecs[name].encode(_plain(table.column(name))) for name in names]

@@ -83,7 +83,9 @@ class CVAE(nn.Module):
             self.register_buffer("mixture_scale_tril", torch.zeros(components, latent, latent))
 
     def posterior(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(torch.cat([x, c], dim=1)).chunk(2, dim=1)
+        """q(z|x,c); a Gaussian element with no value (NaN in x: a null, a point mass) enters as 0, and the
+        row's null or point-mass class tells the encoder why."""
+        mu, logvar = self.encoder(torch.cat([x.nan_to_num(0.0), c], dim=1)).chunk(2, dim=1)
         return mu, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
 
     def prior(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,12 +156,16 @@ class CVAE(nn.Module):
         return log_sigma.exp().clamp(min=MIN_SIGMA)
 
     def reconstruction(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood of x under the decoder output, per row."""
+        """Negative log-likelihood of x under the decoder output, per row; a Gaussian element that is NaN in x
+        (no value there) adds nothing, so sigma fits only the values the column has."""
         nll = out.new_zeros(out.shape[0])
         if len(self.gaussian_index):
             sigma = self.sigma(out.shape[0])
-            residual = (x[:, self.gaussian_index] - out[:, self.gaussian_index]) / sigma
-            nll = nll + (0.5 * residual ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)).sum(1)
+            target = x[:, self.gaussian_index]
+            present = ~target.isnan()
+            residual = (target.nan_to_num(0.0) - out[:, self.gaussian_index]) / sigma
+            terms = 0.5 * residual ** 2 + sigma.log() + 0.5 * math.log(2 * math.pi)
+            nll = nll + (terms * present).sum(1)
         if len(self.bernoulli_index):
             nll = nll + F.binary_cross_entropy_with_logits(
                 out[:, self.bernoulli_index], x[:, self.bernoulli_index], reduction="none").sum(1)

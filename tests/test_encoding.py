@@ -51,9 +51,11 @@ def test_adult_round_trip_is_exact(adult):
     assert round_trip(encoder, adult).column("workclass").null_count == 2799
 
 
-def test_digits_images_round_trip_as_64_floats(digits):
-    encoder = fit(digits, ["digit"], kinds={"digit": "categorical"})
-    assert encoder.x_dim == 64 and encoder.c_dim == 10
+@pytest.mark.parametrize("point_mass_share", [0.0, 0.01])
+def test_digits_images_round_trip_as_64_floats(digits, point_mass_share):
+    encoder = fit(digits, ["digit"], kinds={"digit": "categorical"}, point_mass_share=point_mass_share)
+    assert encoder.c_dim == 10
+    assert encoder.x_dim == 64 if not point_mass_share else encoder.x_dim > 64  # each pixel's common levels: classes
     back = round_trip(encoder, digits)
     assert back.schema.field("pixels").type == pa.list_(pa.float32(), 64)
     assert back.column("pixels").equals(digits.column("pixels"))
@@ -91,13 +93,63 @@ def test_a_timestamp_condition_carries_its_calendar_phases():
 def test_skewed_column_keeps_its_point_mass(adult):
     encoder = fit(adult, ["income"])
     x, _ = encoder.transform(adult)
-    gain = next(s for s in encoder.feature_spans if s.column == "capital-gain")
+    gain = encoder.codecs["capital-gain"]
+    z, classes = (next(s for s in encoder.feature_spans if s.column == "capital-gain" and s.kind == kind)
+                  for kind in ("gaussian", "softmax"))
     zeros = np.asarray(pc.equal(adult.column("capital-gain"), 0))
-    assert zeros.mean() > 0.9
-    assert len(np.unique(x[zeros, gain.start])) == 1          # the mass is one point in z
-    assert abs(x[:, gain.start]).max() <= 4.0                  # bounded, not a z-score tail
-    spread = x[~zeros, gain.start]
-    assert spread.std() > 0.3                                  # the non-zero tail keeps its resolution
+    assert zeros.mean() > 0.9 and 0.0 in gain.masses[0]
+    assert np.isnan(x[zeros, z.start]).all()                   # a point-mass row has no z to fit...
+    assert (x[zeros, classes.start + gain.masses[0].index(0.0)] == 1).all()  # ...it is its class
+    between = x[~zeros, z.start][~np.isnan(x[~zeros, z.start])]
+    assert abs(between).max() <= 4.0                            # bounded, not a z-score tail
+    assert between.std() > 0.3                                   # the non-zero tail keeps its resolution
+
+
+def test_noise_on_z_never_moves_a_point_mass(adult):
+    """Sampling adds Gaussian noise to z: a point mass (hours-per-week is 47% forties, education-num 16 levels)
+    must keep its exact share instead of leaking into its neighbours, and the values between masses stay values
+    the column holds."""
+    encoder = fit(adult, ["income"], min_value_count=5)
+    x, _ = encoder.transform(adult)
+    gaussian = [s.start for s in encoder.feature_spans if s.kind == "gaussian"]
+    noisy = x.copy()
+    noisy[:, gaussian] = np.nan_to_num(x[:, gaussian]) + np.random.default_rng(0).normal(0, 0.3, (len(x), len(gaussian)))
+    back = encoder.inverse_transform(noisy, adult.select(["income"]))
+    for name in ("hours-per-week", "education-num", "capital-gain"):
+        codec = encoder.codecs[name]
+        real, decoded = (np.asarray(t.column(name).to_numpy()) for t in (adult, back))
+        assert codec.masses[0], name
+        for mass in codec.masses[0]:
+            assert (decoded == mass).mean() == pytest.approx((real == mass).mean(), abs=0.002), (name, mass)
+        assert decoded.min() >= codec.low[0] and decoded.max() <= codec.high[0]
+
+
+def test_a_common_value_seen_by_fewer_than_k_rows_is_not_a_point_mass():
+    values = [7.0] * 4 + [float(v) for v in range(100, 196)]  # 7.0 holds 4% of the rows, but only 4 of them
+    encoder = fit(pa.table({"v": values, "c": ["a"] * 100}), ["c"], min_value_count=5)
+    assert encoder.codecs["v"].masses == [[]]
+    assert fit(pa.table({"v": values, "c": ["a"] * 100}), ["c"], min_value_count=4).codecs["v"].masses == [[7.0]]
+    assert fit(pa.table({"v": values, "c": ["a"] * 100}), ["c"], min_value_count=4,
+               point_mass_share=0.0).codecs["v"].masses == [[]]
+
+
+def test_point_masses_round_trip_in_scalar_and_list_columns_and_an_older_encoder_still_loads():
+    """A column whose every value is a point mass has no z at all; a list column (an 8x8 image's pixels, mostly
+    0) gets point masses per element; an encoder saved before point masses loads and encodes as it did."""
+    table = pa.table({"level": pa.array([1, 2, 3, None] * 25, pa.int16()),
+                      "pixels": pa.array([[0, 0, v % 7] for v in range(100)], pa.list_(pa.int64(), 3)),
+                      "c": ["a", "b"] * 50})
+    encoder = fit(table, ["c"], min_value_count=5)
+    level, pixels = encoder.codecs["level"], encoder.codecs["pixels"]
+    assert level.masses == [[1.0, 2.0, 3.0]] and level.knots == [None]  # a softmax and a null flag, no z
+    assert pixels.masses[:2] == [[0.0], [0.0]] and len(pixels.masses[2]) == 7
+    assert_same(round_trip(encoder, table), table)
+    document = fit(table, ["c"], min_value_count=5, point_mass_share=0.0).to_dict()
+    for spec in document["codecs"].values():
+        spec.pop("masses", None)  # as an encoder saved before point masses
+    old = TableEncoder.from_dict(document)
+    assert old.codecs["level"].masses == [[]]
+    np.testing.assert_array_equal(old.transform(table)[0], TableEncoder.from_dict(old.to_dict()).transform(table)[0])
 
 
 def test_condition_distribution_is_recorded(adult):
@@ -149,7 +201,9 @@ def test_values_the_training_rows_lack_encode_without_error(adult):
     x, _ = encoder.transform(other)
     workclass = next(s for s in encoder.feature_spans if s.column == "workclass")
     assert x[[0, 2], workclass.start: workclass.start + workclass.width].sum() == 0  # no class: no false signal
-    assert abs(x[:, 0]).max() <= 4.0                                                    # clipped to the bounds
+    age = encoder.codecs["age"]
+    assert 40.0 in age.masses[0] and np.isnan(x[1, 0])                                     # 40 is a point mass
+    assert abs(x[[0, 2], 0]).max() <= 4.0                                               # clipped to the bounds
 
 
 def test_frequent_tail_goes_to_the_other_class_and_decodes_to_tail_values():

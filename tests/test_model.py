@@ -172,3 +172,22 @@ def test_a_timestamp_condition_brings_its_daily_and_seasonal_cycles():
         generated_profile = generated.groupby(getattr(generated["date"].dt, cycle))["temp"].mean()
         assert np.corrcoef(real_profile, generated_profile)[0, 1] > 0.9, (cycle, real_profile, generated_profile)
         assert (generated_profile - real_profile).abs().mean() < 1.5, (cycle, real_profile, generated_profile)
+
+
+def test_a_numeric_element_with_no_value_adds_nothing_to_the_loss_or_its_gradients():
+    """A null or point-mass row is NaN in its Gaussian element: the loss must skip it (so sigma fits only the
+    values the column has) and no NaN may reach a gradient."""
+    spans = [{"column": name, "kind": "gaussian", "start": i, "width": 1} for i, name in enumerate("ab")]
+    model = CVAE(CVAEConfig(x_dim=2, c_dim=1, spans=spans, hidden=[8], latent_dim=2))
+    x = torch.tensor([[float("nan"), 1.0], [0.5, float("nan")]])
+    out = torch.randn(2, 2, requires_grad=True)
+    nll = model.reconstruction(out, x)
+    sigma = model.sigma()
+    expected = torch.stack([(0.5 * ((x[i, j] - out[i, j]) / sigma[j]) ** 2 + sigma[j].log()
+                             + 0.5 * np.log(2 * np.pi)) for i, j in ((0, 1), (1, 0))])
+    torch.testing.assert_close(nll, expected)
+    nll.sum().backward()
+    assert out.grad[0, 0] == 0 and out.grad[1, 1] == 0 and torch.isfinite(out.grad).all()
+    model.zero_grad()
+    model(x, torch.zeros(2, 1))["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
