@@ -11,9 +11,10 @@ person's value out (`encoder.min_value_count` = k).
   values, not the min and max, and there are at most rows/k knots.
 - A value that holds `encoder.point_mass_share` of a numeric column's rows (and
   k rows or more) is a point mass: Adult's capital-gain is 92% zeros, its
-  hours-per-week 47% forties, its education-num 16 levels. Point masses are one
-  class each of a softmax, beside a class for "between them", and only the rows
-  between them get the quantile z. Decoding draws Gaussian noise around z, and
+  hours-per-week 47% forties, its education-num 16 levels, a digit image's
+  pixels mostly 0. Point masses are one class each of a softmax (per element of
+  a list), beside a class for "between them", and only the rows between them
+  get the quantile z. Decoding draws Gaussian noise around z, and
   that noise would otherwise smear a point mass over its neighbours. A numeric
   element with no value (a null, a point-mass row) is NaN in x: the model
   skips it in the loss instead of fitting a made-up 0.
@@ -57,7 +58,7 @@ from pipeline.privacy import (GRID_BINS, FineGrid, PrivateFit, StatisticsNoise, 
 Z_MAX = 4.0
 MAX_SAMPLE_VALUES = 8_000_000
 TAIL_VALUES_KEPT = 1000
-MAX_POINT_MASSES = 64  # softmax classes per numeric column, the most frequent values
+MAX_POINT_MASSES = 64  # point masses per numeric element at most, the most frequent values
 PROTECTED_TOKEN = "_RARE_"
 ID_PREFIXES = ("syn-", "syn_", "SYN-", "synthetic-", "x-syn-", "cvae-", "gen-", "s0-")
 ID_NAME_TOKENS = {"id", "ids", "uuid", "guid", "key", "code", "number", "no", "num", "nr"}
@@ -65,7 +66,8 @@ NEAR_UNIQUE = 0.9        # distinct / non-null rows above which a string column 
 ID_NAMED_UNIQUE = 0.3    # the same, for a column named like an id (order ids repeat over an order's lines)
 INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
 MAX_ID_COVERAGE = 0.5    # ...unless values seen k times or more still cover this share of its rows
-FORMAT = "cvae-table-encoder/2"
+FORMAT = "cvae-table-encoder/3"  # 3: point masses; a reader of 2 refuses it in one line instead of misdecoding
+READABLE_FORMATS = ("cvae-table-encoder/2", FORMAT)  # 2 has no point masses and may lack the calendar
 CALENDAR_SECONDS = {"day": 86_400.0, "week": 7 * 86_400.0, "year": 365.2425 * 86_400.0}  # mean Gregorian year
 SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 UINT64 = 0xFFFFFFFFFFFFFFFF
@@ -569,7 +571,7 @@ class NumericCodec:
             low, high = sketch.bounds(protect is not None)
             for j in range(sketch.sample.shape[1]):
                 values = sketch.sample[:, j]
-                mass = (_point_masses(values, sketch.values, point_mass_share, protect or 1)  # before clipping, which
+                mass = (_point_masses(values, point_mass_share, protect or 1)  # before clipping, which
                         if point_mass_share > 0 else np.empty(0))                             # adds ties at the bounds
                 between = np.sort(np.clip(values[~np.isin(values, mass)], low[j], high[j]))
                 rows = sketch.values * len(between) / len(values)  # the column's values between its point masses
@@ -681,11 +683,11 @@ class NumericCodec:
                 "null_rate": self.null_rate, "nullable": self.nullable, "masses": self.masses}
 
 
-def _point_masses(values: np.ndarray, rows: int, share: float, min_rows: int) -> np.ndarray:
-    """The values holding `share` of an element's sampled values and an estimated `min_rows` of its `rows`,
-    ascending; at most MAX_POINT_MASSES, the most frequent ones."""
+def _point_masses(values: np.ndarray, share: float, min_rows: int) -> np.ndarray:
+    """The values holding `share` of an element's sampled values, ascending; at most MAX_POINT_MASSES, the most
+    frequent ones. Each was sampled `min_rows` (k) times, so its true count is k or more whatever the sample rate."""
     unique, counts = np.unique(values, return_counts=True)
-    kept = (counts >= share * len(values)) & (counts * rows / len(values) >= min_rows)
+    kept = counts >= max(share * len(values), min_rows)
     unique, counts = unique[kept], counts[kept]
     return np.sort(unique[np.argsort(-counts, kind="stable")[:MAX_POINT_MASSES]])
 
@@ -1097,7 +1099,7 @@ class TableEncoder:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TableEncoder":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
             raise UserError(f"encoder JSON is not a {FORMAT} document; retrain the model with this version")
         try:
             schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
