@@ -540,6 +540,11 @@ class NumericCodec:
         self.masses = masses if masses is not None else [[] for _ in knots]  # per element, ascending
         self._masses = [np.asarray(m, dtype=np.float64) for m in self.masses]
         self._gaussian = [j for j, k in enumerate(knots) if k is not None]  # elements with a z, in x order
+        self._z_column = {j: i for i, j in enumerate(self._gaussian)}
+        self._class_start, start = {}, len(self._gaussian)  # element -> first column of its softmax in the block
+        for j in range(len(knots)):
+            if self.classes(j):
+                self._class_start[j], start = start, start + self.classes(j)
         self._decode = {j: _decoding_knots(knots[j]) for j in self._gaussian}
         self._encode = {j: (np.asarray(knots[j]["values"]), np.asarray(knots[j]["z_low"]),
                             np.asarray(knots[j]["z_high"])) for j in self._gaussian}
@@ -586,8 +591,7 @@ class NumericCodec:
                     counts: list[np.ndarray | None], quantiles: int, noise: StatisticsNoise) -> "NumericCodec":
         """Bounds from the coarse grid (`grids`), knots from noisy fine-grid `counts`, a noisy null rate. An element
         without private bounds (too few values for the budget) leaves the whole column to decode as nulls."""
-        z_grid = np.linspace(-Z_MAX, Z_MAX, quantiles + 1)
-        probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
+        z_grid, probs = _z_grid(quantiles)
         knots, low, high = [], [], []
         for j, (grid, fine) in enumerate(zip(grids, counts)):
             mass = np.clip(noise.noisy(fine, f"{field.name}/quantiles/{j}"), 0, None) if grid is not None else None
@@ -604,13 +608,9 @@ class NumericCodec:
 
     def spans(self, start: int) -> list[Span]:
         spans = [Span(self.name, "gaussian", start + i, 1) for i in range(len(self._gaussian))]
-        offset = start + len(self._gaussian)
-        for j in range(self.size):
-            if self.classes(j):
-                spans.append(Span(self.name, "softmax", offset, self.classes(j)))
-                offset += self.classes(j)
+        spans += [Span(self.name, "softmax", start + first, self.classes(j)) for j, first in self._class_start.items()]
         if self.nullable:
-            spans.append(Span(self.name, "bernoulli", offset, 1))
+            spans.append(Span(self.name, "bernoulli", start + self.width - 1, 1))
         return spans
 
     def encode(self, arr: pa.Array) -> np.ndarray:
@@ -620,15 +620,13 @@ class NumericCodec:
         if self.size:
             rows = np.flatnonzero(np.asarray(arr.is_valid()))
             values = _numeric_values(arr, self.name)  # the valid rows'
-            offset = len(self._gaussian)
             for j in range(self.size):
                 between = np.ones(len(values), dtype=bool)
-                if self.masses[j]:
+                if j in self._class_start:
                     drawn, between = self._classes_of(values[:, j], j)
-                    out[rows, offset + drawn] = 1.0
-                    offset += self.classes(j)
-                if self.knots[j] is not None:
-                    out[rows[between], self._gaussian.index(j)] = _to_z(values[between, j], *self._encode[j])
+                    out[rows, self._class_start[j] + drawn] = 1.0
+                if j in self._z_column:
+                    out[rows[between], self._z_column[j]] = _to_z(values[between, j], *self._encode[j])
         if self.nullable:
             out[:, -1] = np.asarray(arr.is_null(), dtype=np.float32) if self.size else 1.0
         return out
@@ -651,15 +649,12 @@ class NumericCodec:
         if not self.size:
             return pa.nulls(n, self.arrow_type)
         values = np.zeros((n, self.size))
-        for i, j in enumerate(self._gaussian):
+        for j, i in self._z_column.items():
             values[:, j] = np.interp(block[:, i].astype(np.float64), *self._decode[j])
-        offset = len(self._gaussian)
-        for j in range(self.size):
-            if self.masses[j]:
-                drawn = block[:, offset: offset + self.classes(j)].argmax(axis=1)
-                at_mass = drawn < len(self.masses[j])
-                values[at_mass, j] = self._masses[j][drawn[at_mass]]
-                offset += self.classes(j)
+        for j, first in self._class_start.items():
+            drawn = block[:, first: first + self.classes(j)].argmax(axis=1)
+            at_mass = drawn < len(self.masses[j])
+            values[at_mass, j] = self._masses[j][drawn[at_mass]]
         if self.kind == "list":
             value_type = self.arrow_type.value_type
             if pa.types.is_integer(value_type):
@@ -700,11 +695,16 @@ def _quantile_knots(ordered: np.ndarray, rows: float, low: float, high: float, q
     if not len(ordered) or (protect is not None and rows < 2 * protect - 1):
         return None
     levels = quantiles if protect is None else max(2, min(quantiles, int(rows) // protect))
-    z_grid = np.linspace(-Z_MAX, Z_MAX, levels + 1)
-    probs = np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
+    z_grid, probs = _z_grid(levels)
     index = np.clip(np.ceil(probs * len(ordered)).astype(int) - 1, 0, len(ordered) - 1)
     k = min(protect or 1, len(ordered)) - 1
     return _knots(ordered[index], ordered[k] if beside else low, ordered[-1 - k] if beside else high, z_grid)
+
+
+def _z_grid(levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """`levels` + 1 evenly spaced z values in [-Z_MAX, Z_MAX] and their standard-normal probabilities."""
+    z_grid = np.linspace(-Z_MAX, Z_MAX, levels + 1)
+    return z_grid, np.array([0.5 * (1.0 + math.erf(z / math.sqrt(2.0))) for z in z_grid])
 
 
 def _knots(values: np.ndarray, low: float, high: float, z_grid: np.ndarray) -> dict[str, list[float]]:
