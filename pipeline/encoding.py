@@ -10,7 +10,8 @@ person's value out (`encoder.min_value_count` = k).
   Outside condition columns the bounds are the k-th smallest and k-th largest
   values, not the min and max, and there are at most rows/k knots.
 - A value that holds `encoder.point_mass_share` of a numeric column's rows (and
-  k rows or more) is a point mass: Adult's capital-gain is 92% zeros, its
+  k rows or more), or any value held by k rows in a column of at most FEW_LEVELS
+  distinct values, is a point mass: Adult's capital-gain is 92% zeros, its
   hours-per-week 47% forties, its education-num 16 levels, a digit image's
   pixels mostly 0. Point masses are one class each of a softmax (per element of
   a list), beside a class for "between them", and only the rows between them
@@ -61,6 +62,7 @@ Z_MAX = 4.0
 MAX_SAMPLE_VALUES = 8_000_000
 TAIL_VALUES_KEPT = 1000
 MAX_POINT_MASSES = 64  # point masses per numeric element at most, the most frequent values
+FEW_LEVELS = 32  # a numeric element with at most this many distinct values is levels: each held by k rows is a mass
 PROTECTED_TOKEN = "_RARE_"
 ID_PREFIXES = ("syn-", "syn_", "SYN-", "synthetic-", "x-syn-", "cvae-", "gen-", "s0-")
 ID_NAME_TOKENS = {"id", "ids", "uuid", "guid", "key", "code", "number", "no", "num", "nr"}
@@ -734,10 +736,12 @@ class NumericCodec:
 
 
 def _point_masses(values: np.ndarray, share: float, min_rows: int) -> np.ndarray:
-    """The values holding `share` of an element's sampled values, ascending; at most MAX_POINT_MASSES, the most
-    frequent ones. Each was sampled `min_rows` (k) times, so its true count is k or more whatever the sample rate."""
+    """The values holding `share` of an element's sampled values, or all of them when the element has at most
+    FEW_LEVELS distinct values (pizzaplace's 25 prices: its XXL price is 0.06% of the rows and, left to the
+    quantile z, was never generated); ascending, at most MAX_POINT_MASSES, the most frequent ones. Each was
+    sampled `min_rows` (k) times, so its true count is k or more whatever the sample rate."""
     unique, counts = np.unique(values, return_counts=True)
-    kept = counts >= max(share * len(values), min_rows)
+    kept = counts >= (min_rows if len(unique) <= FEW_LEVELS else max(share * len(values), min_rows))
     unique, counts = unique[kept], counts[kept]
     return np.sort(unique[np.argsort(-counts, kind="stable")[:MAX_POINT_MASSES]])
 
