@@ -47,7 +47,17 @@ def judge_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def sdtypes(training: pd.DataFrame) -> dict[str, str]:
-    """SDMetrics' column types, decided from the training rows alone."""
+    """SDMetrics' column types, decided from the training rows alone: sdtypes_from_values, with an identifier
+    wherever SDV's own metadata detection (column names and values) calls a column one: pizzaplace's `id`, an
+    order number several rows share, and penguins' `Individual ID`. SDMetrics leaves identifiers out of its score,
+    as it does for a table described by SDV's detection."""
+    detected = sdv_detected_types(training)
+    return {name: "id" if detected.get(name) == "id" else kind for name, kind in sdtypes_from_values(training).items()}
+
+
+def sdtypes_from_values(training: pd.DataFrame) -> dict[str, str]:
+    """Datetimes; numbers with more than FEW_VALUES distinct values; an identifier where over 90% of the values
+    are distinct (nothing to score as categories); categories otherwise."""
     types = {}
     for name in training.columns:
         values = training[name]
@@ -63,28 +73,50 @@ def sdtypes(training: pd.DataFrame) -> dict[str, str]:
     return types
 
 
-def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, folder: str) -> dict:
-    """mostlyai-qa (accuracy over columns, pairs and triples against the training rows, the holdout's own beside
-    it; DCR share: synthetic rows closer to a training row than to a holdout row) and SDMetrics' QualityReport
-    against the holdout."""
-    from mostlyai import qa
+def sdv_detected_types(training: pd.DataFrame) -> dict[str, str]:
+    """SDV's metadata detection (column names and values) on the training rows: {column: sdtype}."""
+    from sdv.metadata import Metadata
+
+    detected = Metadata.detect_from_dataframes({"training": training}).to_dict()["tables"]["training"]
+    return {name: column["sdtype"] for name, column in detected["columns"].items()}
+
+
+def sdmetrics_quality(synthetic: pd.DataFrame, holdout: pd.DataFrame, types: dict[str, str]) -> float:
+    """SDMetrics' QualityReport score of `synthetic` against the holdout; categories compared as text."""
     from sdmetrics.reports.single_table import QualityReport
+
+    as_text = {c: str for c, t in types.items() if t == "categorical"}
+    report = QualityReport()
+    report.generate(holdout.astype(as_text), synthetic.astype(as_text),
+                    {"columns": {c: {"sdtype": t} for c, t in types.items()}}, verbose=False)
+    return report.get_score()
+
+
+def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, folder: str) -> dict:
+    """mostlyai-qa (accuracy over every column, pair and triple against the training rows, the holdout's own beside
+    it; DCR share: synthetic rows closer to a training row than to a holdout row) and SDMetrics' QualityReport
+    against the holdout, with what the same number of real training rows score beside it
+    (`sdmetrics_training_rows`: the split's own noise, the score a faithful copy of the training distribution
+    gets) and the score with identifiers judged as categories (`sdmetrics_ids_as_categories`, the metadata of
+    runs before 2026-11-29, where only a system that copies training ids scores on them)."""
+    from mostlyai import qa
 
     synthetic = synthetic[list(training.columns)].astype(training.dtypes.to_dict(), errors="ignore")
     _, metrics = qa.report(syn_tgt_data=synthetic, trn_tgt_data=training, hol_tgt_data=holdout,
                            max_sample_size_embeddings=0, report_path=f"{folder}/qa.html")
     accuracy, distances = metrics.accuracy, metrics.distances
     types = sdtypes(training)
-    as_text = {c: str for c, t in types.items() if t == "categorical"}
-    report = QualityReport()
-    report.generate(holdout.astype(as_text), synthetic.astype(as_text),
-                    {"columns": {c: {"sdtype": t} for c, t in types.items()}}, verbose=False)
+    ids = [name for name, kind in types.items() if kind == "id"]
+    same_size = training.sample(n=min(len(synthetic), len(training)), random_state=0)
     scores = {"qa_accuracy": accuracy.overall, "qa_holdout_own": accuracy.overall_max,
               "qa_univariate": accuracy.univariate, "qa_bivariate": accuracy.bivariate,
               "qa_trivariate": accuracy.trivariate, "dcr_share": distances.dcr_share,
-              "sdmetrics_quality": report.get_score()}
+              "sdmetrics_quality": sdmetrics_quality(synthetic, holdout, types),
+              "sdmetrics_training_rows": sdmetrics_quality(same_size, holdout, types)}
+    by_values = sdtypes_from_values(training)
+    if by_values != types:
+        scores["sdmetrics_ids_as_categories"] = sdmetrics_quality(synthetic, holdout, by_values)
     scores |= seeded_dcr_shares(synthetic, training, holdout)
-    ids = [name for name, kind in types.items() if kind == "id"]
     if ids:
         scores["dcr_share_without_ids"] = dcr_share_without(ids, synthetic, training, holdout, folder)
     return scores

@@ -12,9 +12,11 @@ column; generation is `pipeline.sampling.synthesize` on the registered model wit
 Equal wall time: TabularARGN (`max_training_time`, its other settings as shipped) and TVAE (epochs until the time
 runs out) get the seconds our fit took for the same seed; GaussianCopula is one closed-form fit.
 Judges: mostlyai-qa (accuracy over every column, pair and triple against the training rows; the holdout's own
-accuracy beside it; DCR share: the report's, and the mean of six seeded draws beside what real unseen rows score, judging.seeded_dcr_shares) and SDMetrics' QualityReport against the holdout. Each system runs in its own
-process, so its peak RSS is its own (ours adds each Ray Train worker's). `--set` passes overrides to `cvae
-train` (an ablation); results are appended to --out as JSON lines.
+accuracy beside it; DCR share: the report's, and the mean of six seeded draws beside what real unseen rows score,
+judging.seeded_dcr_shares) and SDMetrics' QualityReport against the holdout (identifiers as SDV's metadata
+detection finds them, left out of its score; what as many real training rows score beside it). Each system runs
+in its own process, so its peak RSS is its own (ours adds each Ray Train worker's). `--set` passes overrides to
+`cvae train` (an ablation); results are appended to --out as JSON lines.
 Needs the `bench` extra (ctgan, sdv, sdmetrics, mostlyai-engine, mostlyai-qa) with the CPU torch the project uses.
 """
 from __future__ import annotations
@@ -256,14 +258,15 @@ def print_table(results: list[dict]) -> None:
     print(f"\n{os.cpu_count()} CPUs; judged on the 20% holdout no system saw")
     print("| table (rows) | system | seed | fit s | generate rows/s | peak RSS MB | mostlyai-qa accuracy (holdout's own) "
           "| bivariate | trivariate | DCR share (mean of 6 draws) | DCR share against half the holdout (real unseen rows') "
-          "| SDMetrics quality |")
+          "| SDMetrics quality (training rows') |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         rss = f"{r['peak_rss_mb']:.0f}" + (f" + {r['worker_rss_mb']:.0f}/worker" if "worker_rss_mb" in r else "")
         print(f"| {r['table']} ({r['rows']:,}) | {LABELS[r['system']]} | {r['seed']} | {r['fit_s']:.0f} | "
               f"{r['generate_rows_per_s']:,.0f} | {rss} | {r['qa_accuracy']:.3f} ({r['qa_holdout_own']:.3f}) | "
               f"{r['qa_bivariate']:.3f} | {_maybe(r['qa_trivariate'])} | {r['dcr_share']:.3f} ({r['dcr_share_mean']:.3f}) | "
-              f"{r['dcr_share_half']:.3f} ({r['dcr_share_real_rows']:.3f}) | {r['sdmetrics_quality']:.3f} |")
+              f"{r['dcr_share_half']:.3f} ({r['dcr_share_real_rows']:.3f}) | {r['sdmetrics_quality']:.3f} "
+              f"({r['sdmetrics_training_rows']:.3f}) |")
 
 
 def _maybe(score: float | None) -> str:
