@@ -118,22 +118,29 @@ def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame
         scores["sdmetrics_ids_as_categories"] = sdmetrics_quality(synthetic, holdout, by_values)
     scores |= seeded_dcr_shares(synthetic, training, holdout)
     if ids:
-        scores["dcr_share_without_ids"] = dcr_share_without(ids, synthetic, training, holdout, folder)
+        scores |= judged_without(ids, synthetic, training, holdout, folder)
     return scores
 
 
-def dcr_share_without(columns: list[str], synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame,
-                      folder: str) -> float:
-    """mostlyai-qa's DCR share with identifier-like columns left out. It maps a synthetic value that no real row
-    holds (a fresh id) to one shared token, so every synthetic row sits at the same point in those columns, and
-    whichever real row happens to lie nearest that point (in the training or the holdout sample) pulls the share
-    towards 1 or 0 for all of them: a share about that one row, not about memorisation."""
+def judged_without(columns: list[str], synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame,
+                   folder: str) -> dict:
+    """mostlyai-qa with identifier columns left out: the DCR share, and the accuracy with the holdout's own.
+
+    The DCR share: mostlyai-qa maps a synthetic value that no real row holds (a fresh id) to one shared token, so
+    every synthetic row sits at the same point in those columns, and whichever real row happens to lie nearest that
+    point (in the training or the holdout sample) pulls the share towards 1 or 0 for all of them: a share about
+    that one row, not about memorisation. The accuracy: mostlyai-qa scores a text-like column by one token sampled
+    per value, so a fresh id (`2015-090000`, never a training id) scores by how its tokens happen to overlap the
+    training ids' (`2015-017257`) in that column and in every pair and triple it is part of; without it, the
+    accuracy reads how well the table's other columns and their relations were learned."""
     from mostlyai import qa
 
     _, metrics = qa.report(syn_tgt_data=synthetic.drop(columns=columns), trn_tgt_data=training.drop(columns=columns),
                            hol_tgt_data=holdout.drop(columns=columns), max_sample_size_embeddings=0,
                            report_path=f"{folder}/qa-without-ids.html")
-    return metrics.distances.dcr_share
+    return {"dcr_share_without_ids": metrics.distances.dcr_share,
+            "qa_accuracy_without_ids": metrics.accuracy.overall,
+            "qa_holdout_own_without_ids": metrics.accuracy.overall_max}
 
 
 DCR_DRAWS = 6  # seeded reference draws the DCR shares below average over
