@@ -51,8 +51,13 @@ def sdtypes(training: pd.DataFrame) -> dict[str, str]:
     wherever SDV's own metadata detection (column names and values) calls a column one: pizzaplace's `id`, an
     order number several rows share, and penguins' `Individual ID`. SDMetrics leaves identifiers out of its score,
     as it does for a table described by SDV's detection."""
+    return with_detected_ids(sdtypes_from_values(training), training)
+
+
+def with_detected_ids(types: dict[str, str], training: pd.DataFrame) -> dict[str, str]:
+    """`types` with an identifier wherever SDV's metadata detection calls a column one."""
     detected = sdv_detected_types(training)
-    return {name: "id" if detected.get(name) == "id" else kind for name, kind in sdtypes_from_values(training).items()}
+    return {name: "id" if detected.get(name) == "id" else kind for name, kind in types.items()}
 
 
 def sdtypes_from_values(training: pd.DataFrame) -> dict[str, str]:
@@ -105,7 +110,8 @@ def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame
     _, metrics = qa.report(syn_tgt_data=synthetic, trn_tgt_data=training, hol_tgt_data=holdout,
                            max_sample_size_embeddings=0, report_path=f"{folder}/qa.html")
     accuracy, distances = metrics.accuracy, metrics.distances
-    types = sdtypes(training)
+    by_values = sdtypes_from_values(training)
+    types = with_detected_ids(by_values, training)
     ids = [name for name, kind in types.items() if kind == "id"]
     same_size = training.sample(n=min(len(synthetic), len(training)), random_state=0)
     scores = {"qa_accuracy": accuracy.overall, "qa_holdout_own": accuracy.overall_max,
@@ -113,7 +119,6 @@ def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame
               "qa_trivariate": accuracy.trivariate, "dcr_share": distances.dcr_share,
               "sdmetrics_quality": sdmetrics_quality(synthetic, holdout, types),
               "sdmetrics_training_rows": sdmetrics_quality(same_size, holdout, types)}
-    by_values = sdtypes_from_values(training)
     if by_values != types:
         scores["sdmetrics_ids_as_categories"] = sdmetrics_quality(synthetic, holdout, by_values)
     scores |= seeded_dcr_shares(synthetic, training, holdout)
