@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.encoding import CategoricalCodec, NumericCodec, TableEncoder, _numeric_storage, _plain
+from pipeline.encoding import CategoricalCodec, Codec, IdCodec, NumericCodec, TableEncoder, _numeric_storage, _plain
 from pipeline.source import read_table, select_split
 from pipeline.storage import parquet_files
 
@@ -57,23 +57,29 @@ def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:
     return protected
 
 
+def _stored_strings(codec: Codec) -> set[Any]:
+    """The values an encoder stores for a column: categories kept, and the id runs k ids share."""
+    if isinstance(codec, CategoricalCodec):
+        return set(codec.categories) | set(codec.tail_values)
+    if isinstance(codec, IdCodec):
+        return {value for template in codec.templates or [] for run in template.runs.values() for value in run.values}
+    return set()
+
+
 def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -> dict[str, int]:
     """Hits of protected values: in the artifact's text files, in the encoder's stored values, in the rows."""
     texts = [path.read_text(errors="ignore") for path in Path(artifact_dir).rglob("*")
              if path.is_file() and path.suffix not in (".pt", ".pkl", ".bin")]
     encoder_file = next(Path(artifact_dir).rglob("encoder.json"))
     encoder = TableEncoder.from_json(encoder_file.read_text())
-    stored_by_column = {name: set(codec.categories) | set(codec.tail_values) for name, codec in encoder.codecs.items()
-                        if isinstance(codec, CategoricalCodec)}
+    stored_by_column = {name: _stored_strings(codec) for name, codec in encoder.codecs.items()}
     hits = {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
     for name, values in protected.categories.items():
         # a value rare here may be frequent (and rightly stored) in another column: only the rest is a text hit
         elsewhere = set().union(*(stored for other, stored in stored_by_column.items() if other != name))
         strings = [json.dumps(value) for value in values if isinstance(value, str) and value not in elsewhere]
         hits["artifact_text"] += sum(text.count(quoted) for quoted in strings for text in texts)
-        codec = encoder.codecs[name]
-        stored = set(codec.categories) | set(codec.tail_values) if isinstance(codec, CategoricalCodec) else set()
-        hits["artifact_values"] += len(stored & values)
+        hits["artifact_values"] += len(stored_by_column[name] & values)
         emitted = set(pc.unique(_plain(synthetic.column(name))).to_pylist())
         hits["output_values"] += len(emitted & values)
     for name, (low, high) in protected.bounds.items():

@@ -26,8 +26,10 @@ person's value out (`encoder.min_value_count` = k).
   Condition columns keep every value, since users request them by name.
 - Identifiers (near-unique strings, unique integers named like ids, or
   `data.columns.NAME: id`) are not modelled: generated row i gets a fresh value
-  (prefix + i, or base + i) that no training value equals, in the training
-  ids' shape where they have one (IdShape).
+  that no training value equals, written like the training ids where they
+  share a format (IdTemplates: the same punctuation and runs, one run of digits
+  longer than any training id's carries i), else after their shared prefix
+  (IdShape, prefix + i), or base + i for integers.
 Numeric and id nulls get their own indicator.
 - A date or timestamp condition column also feeds the network the phase of its
   calendar cycles (time of day, day of week, day of year) as sine and cosine
@@ -46,6 +48,7 @@ import json
 import math
 import re
 import string
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -70,8 +73,8 @@ NEAR_UNIQUE = 0.9        # distinct / non-null rows above which a string column 
 ID_NAMED_UNIQUE = 0.3    # the same, for a column named like an id (order ids repeat over an order's lines)
 INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
 MAX_ID_COVERAGE = 0.5    # ...unless values seen k times or more still cover this share of its rows
-FORMAT = "cvae-table-encoder/4"  # 4: ids in the training ids' shape; a reader of 3 refuses it in one line
-READABLE_FORMATS = ("cvae-table-encoder/2", "cvae-table-encoder/3", FORMAT)  # 2 lacks point masses, 3 id shapes
+FORMAT = "cvae-table-encoder/5"  # 5: ids drawn from templates; a reader of 4 refuses it in one line
+READABLE_FORMATS = ("cvae-table-encoder/2", "cvae-table-encoder/3", "cvae-table-encoder/4", FORMAT)  # 4 lacks templates
 SHAPE_POSITIONS = 32  # leading characters of a string id column whose character sets the sketch tracks
 ID_CHARACTER_CLASSES = (string.digits, string.ascii_uppercase, string.ascii_lowercase)
 CALENDAR_SECONDS = {"day": 86_400.0, "week": 7 * 86_400.0, "year": 365.2425 * 86_400.0}  # mean Gregorian year
@@ -315,6 +318,167 @@ class IdShape:
         return (common, longest + 1 - len(common)) if longest < SHAPE_POSITIONS else None
 
 
+ID_RUNS = {"9": ("[0-9]+", string.digits), "a": ("[A-Za-z]+", string.ascii_letters)}  # skeleton symbol: run, pool
+MAX_TEMPLATE_LENGTH = 24  # skeleton characters at most: longer ids are text, not a format
+TEMPLATES_PER_BLOCK = 8   # the most common skeletons of each block get their runs counted
+
+
+def id_skeletons(present: pa.Array) -> pa.Array:
+    """`^{223}_{93}Np130` -> `^{9}_{9}a9`: each run of digits a 9, each run of letters an a, other characters kept
+    (they are never 9 or a, so a skeleton reads back one way)."""
+    return pc.replace_substring_regex(pc.replace_substring_regex(present, "[0-9]+", "9"), "[A-Za-z]+", "a")
+
+
+def _runs_pattern(skeleton: str) -> str:
+    """An RE2 pattern whose named groups r0, r1, ... capture the runs of an id with this skeleton."""
+    return "^" + "".join(f"(?P<r{j}>{ID_RUNS[ch][0]})" if ch in ID_RUNS else re.escape(ch)
+                         for j, ch in enumerate(skeleton)) + "$"
+
+
+class IdTemplates:
+    """What string ids are made of, mergeable: how many ids share each skeleton (id_skeletons), and for the most
+    common skeletons the counts of each run's contents and lengths; also the longest run of digits in any id.
+    A fresh id (IdTemplate) is drawn from this: pizzaplace's `2015-017257` gives `2015-0000042`, nuclides'
+    `^{223}_{93}Np130` gives `^{0042}_{93}Np130`: same punctuation, same frequent runs, and one run of digits
+    longer than any training id has, so no training id can equal it."""
+
+    def __init__(self, bound: int):
+        self.bound = bound
+        self.skeletons: dict[str, int] = {}
+        self.contents: dict[str, list[dict[str, int]]] = {}  # skeleton -> per position, run -> ids (pruned)
+        self.lengths: dict[str, list[dict[int, int]]] = {}   # skeleton -> per position, run length -> ids
+        self.longest_digits = 0
+
+    def update(self, present: pa.Array) -> None:
+        digit_runs = pc.list_flatten(pc.split_pattern_regex(present, "[^0-9]+"))
+        self.longest_digits = max(self.longest_digits, pc.max(pc.utf8_length(digit_runs)).as_py() or 0)
+        skeletons = id_skeletons(present)
+        counted = pc.value_counts(skeletons)
+        pairs = sorted(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()), key=_by_count)
+        _add_counts(self.skeletons, pairs, self.bound)
+        for skeleton, _ in pairs[:TEMPLATES_PER_BLOCK]:
+            if len(skeleton) > MAX_TEMPLATE_LENGTH or not set(skeleton) & set(ID_RUNS):
+                continue
+            runs = pc.extract_regex(pc.filter(present, pc.equal(skeletons, skeleton)), _runs_pattern(skeleton))
+            contents = self.contents.setdefault(skeleton, [{} for _ in skeleton])
+            lengths = self.lengths.setdefault(skeleton, [{} for _ in skeleton])
+            for j in (j for j, ch in enumerate(skeleton) if ch in ID_RUNS):
+                run = runs.field(f"r{j}")
+                for counts, counted in ((contents[j], pc.value_counts(run)),
+                                        (lengths[j], pc.value_counts(pc.utf8_length(run)))):
+                    _add_counts(counts, zip(counted.field("values").to_pylist(),
+                                            counted.field("counts").to_pylist()), self.bound)
+
+    def merge(self, other: "IdTemplates") -> None:
+        self.longest_digits = max(self.longest_digits, other.longest_digits)
+        _add_counts(self.skeletons, other.skeletons.items(), self.bound)
+        for skeleton, contents in other.contents.items():
+            mine = self.contents.setdefault(skeleton, [{} for _ in skeleton])
+            lengths = self.lengths.setdefault(skeleton, [{} for _ in skeleton])
+            for j in range(len(skeleton)):
+                _add_counts(mine[j], contents[j].items(), self.bound)
+                _add_counts(lengths[j], other.lengths[skeleton][j].items(), self.bound)
+
+    def fresh(self, min_count: int, ids: int) -> list[IdTemplate] | None:
+        """The templates fresh ids are drawn from: every skeleton with a run of digits that k ids or more share,
+        each run's contents and lengths that k ids or more share (rarer contents become random characters of
+        a shared length). None when those skeletons cover under half the ids: they are not a format."""
+        templates = [template for skeleton, count in self.skeletons.items()
+                     if count >= min_count and "9" in skeleton and skeleton in self.contents
+                     for template in [IdTemplate.fit(skeleton, count, self.contents[skeleton],
+                                                     self.lengths[skeleton], min_count, self.longest_digits + 1)]
+                     if template is not None]
+        if sum(template.weight for template in templates) * 2 < ids:
+            return None
+        return sorted(templates, key=lambda template: (-template.weight, template.skeleton))
+
+
+@dataclass
+class IdRun:
+    """One run of a template: the contents k ids share with their counts, the weight of the rarer ones, and
+    the lengths k ids share (what a rare content is redrawn as)."""
+    values: list[str]
+    weights: list[int]
+    rare: int
+    lengths: list[int]
+    length_weights: list[int]
+
+
+@dataclass
+class IdTemplate:
+    """A skeleton fresh ids are written in. The run at `serial` carries the row number, zero-padded to
+    `serial_width`: one digit more than the longest run of digits in any training id, so a fresh id never
+    equals one, and row numbers keep fresh ids unique."""
+    skeleton: str
+    weight: int
+    serial: int
+    serial_width: int
+    runs: dict[int, IdRun]
+
+    @classmethod
+    def fit(cls, skeleton: str, weight: int, contents: list[dict[str, int]], lengths: list[dict[int, int]],
+            min_count: int, serial_width: int) -> "IdTemplate | None":
+        digit_runs = [j for j, ch in enumerate(skeleton) if ch == "9"]
+        serial = max(digit_runs, key=lambda j: (len(contents[j]), -j))  # the most varied: most like a counter
+        runs = {}
+        for j, ch in enumerate(skeleton):
+            if ch not in ID_RUNS or j == serial:
+                continue
+            kept = sorted(((v, n) for v, n in contents[j].items() if n >= min_count), key=_by_count)
+            shared = sorted((length, n) for length, n in lengths[j].items() if n >= min_count)
+            rare = sum(lengths[j].values()) - sum(n for _, n in kept)
+            if not shared and rare > 0:
+                return None  # no length k ids share to redraw rare contents with
+            runs[j] = IdRun([v for v, _ in kept], [n for _, n in kept], max(rare, 0),
+                            [length for length, _ in shared], [n for _, n in shared])
+        return cls(skeleton, weight, serial, serial_width, runs)
+
+    def write(self, index: np.ndarray, stream: int) -> pa.Array:
+        """The fresh ids of rows `index` (their numbers in the whole dataset): a pure function of the row
+        number and the column, so any part, worker or rerun writes the same ids."""
+        pieces = []
+        for j, ch in enumerate(self.skeleton):
+            if j == self.serial:
+                pieces.append(pc.utf8_lpad(pa.array(index).cast(pa.string()), self.serial_width, "0"))
+            elif ch in ID_RUNS:
+                pieces.append(self._draw(self.runs[j], ID_RUNS[ch][1], index, (stream * 64 + j) << 16))
+            else:
+                pieces.append(pa.scalar(ch))
+        return pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
+
+    @staticmethod
+    def _draw(run: IdRun, pool: str, index: np.ndarray, stream: int) -> pa.Array:
+        """Each row's content of one run: a shared content by its share, or (by the rare contents' share)
+        random characters of the run's class at a shared length."""
+        pick = _pick([*run.weights, run.rare], sample_keys(index, stream))
+        values = np.array([*run.values, ""], dtype=object)[pick]
+        rare = np.flatnonzero(pick == len(run.values))
+        if len(rare):
+            lengths = np.asarray(run.lengths)[_pick(run.length_weights, sample_keys(index[rare], stream + 1))]
+            characters = np.array(list(pool), dtype=object)
+            drawn = values[rare]
+            for position in range(int(lengths.max())):
+                character = characters[(sample_keys(index[rare], stream + 2 + position) * len(pool)).astype(np.int64)]
+                drawn = np.where(lengths > position, drawn + character, drawn)
+            values[rare] = drawn
+        return pa.array(values.tolist(), pa.string())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skeleton": self.skeleton, "weight": self.weight, "serial": self.serial,
+                "serial_width": self.serial_width, "runs": {str(j): vars(run) for j, run in self.runs.items()}}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "IdTemplate":
+        return cls(spec["skeleton"], spec["weight"], spec["serial"], spec["serial_width"],
+                   {int(j): IdRun(**run) for j, run in spec["runs"].items()})
+
+
+def _pick(weights: list[int] | list[float], keys: np.ndarray) -> np.ndarray:
+    """The index each uniform key in [0, 1) falls on, by weight."""
+    cumulative = np.cumsum(np.asarray(weights, dtype=np.float64))
+    return np.minimum(np.searchsorted(cumulative / cumulative[-1], keys, side="right"), len(cumulative) - 1)
+
+
 class CategorySketch:
     """Value counts, pruned to a bound so a high-cardinality column never grows without limit.
 
@@ -332,6 +496,7 @@ class CategorySketch:
         self.prefixes_used: set[str] = set()
         self.tracks_prefixes = tracks_prefixes
         self.shape = IdShape()
+        self.templates = IdTemplates(bound)
 
     def update(self, arr: pa.Array, name: str, row_hash: np.ndarray | None = None) -> None:
         arr = _plain(arr)
@@ -341,8 +506,11 @@ class CategorySketch:
         counted = pc.value_counts(present)
         self._add(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
         if self.tracks_prefixes and len(present):
+            if pa.types.is_string_view(present.type):  # the string kernels below take string and large_string
+                present = present.cast(pa.large_string())
             self.prefixes_used |= {p for p in ID_PREFIXES if pc.any(pc.starts_with(present, p)).as_py()}
             self.shape.update(present)
+            self.templates.update(present)
 
     def merge(self, other: "CategorySketch") -> None:
         self.rows += other.rows
@@ -350,14 +518,11 @@ class CategorySketch:
         self.pruned |= other.pruned
         self.prefixes_used |= other.prefixes_used
         self.shape.merge(other.shape)
+        self.templates.merge(other.templates)
         self._add(other.counts.items())
 
     def _add(self, pairs: Iterable[tuple[Any, int]]) -> None:
-        for value, count in pairs:
-            self.counts[value] = self.counts.get(value, 0) + count
-        if len(self.counts) > 2 * self.bound:
-            self.counts = dict(sorted(self.counts.items(), key=_by_count)[: self.bound])
-            self.pruned = True
+        self.pruned |= _add_counts(self.counts, pairs, self.bound)
 
     def looks_like_id(self, name: str, min_count: int) -> bool:
         """Near-unique (or id-named and mostly unique) and not covered by values seen k times or more."""
@@ -581,6 +746,19 @@ def _private_combinations(combinations: dict[tuple, int], noise: StatisticsNoise
 def _by_count(item: tuple[Any, int]) -> tuple[int, str]:
     """Most frequent first; ties by value, so the order does not depend on the order rows were counted in."""
     return -item[1], str(item[0])
+
+
+def _add_counts(counts: dict[Any, int], pairs: Iterable[tuple[Any, int]], bound: int) -> bool:
+    """Add counts in place; past 2 x bound values keep the `bound` most frequent (True: some were dropped, so
+    every kept count is a lower bound)."""
+    for value, count in pairs:
+        counts[value] = counts.get(value, 0) + count
+    if len(counts) <= 2 * bound:
+        return False
+    kept = sorted(counts.items(), key=_by_count)[:bound]
+    counts.clear()
+    counts.update(kept)
+    return True
 
 
 class NumericCodec:
@@ -907,17 +1085,20 @@ class CategoricalCodec:
 
 class IdCodec:
     """An identifier column: not modelled, only its nulls. Generated row i (counted over the whole
-    dataset) gets `prefix + i` for strings (i zero-padded to `digits`) or `start + i` for integers: unique
-    within a dataset, deterministic, and never a training value (no training string starts with the
-    prefix; every training integer is below `start`, a power of ten, the only trace of the training
-    values kept). A string prefix is the training ids' shared prefix plus a character none of them has
-    next (IdShape), or else a marker such as `syn-` that no training id starts with."""
+    dataset) gets a string written from the training ids' templates where they share a format (IdTemplates),
+    else `prefix + i` (i zero-padded to `digits`), or `start + i` for integers: unique within a dataset,
+    deterministic, and never a training value (a template's serial run is longer than any training id's run
+    of digits; no training string starts with the prefix; every training integer is below `start`, a power
+    of ten). A string prefix is the training ids' shared prefix plus a character none of them has next
+    (IdShape), or else a marker such as `syn-` that no training id starts with."""
 
     def __init__(self, name: str, arrow_type: pa.DataType, prefix: str | None, start: int | None,
-                 null_rate: float, nullable: bool, digits: int = 0):
+                 null_rate: float, nullable: bool, digits: int = 0, templates: list[IdTemplate] | None = None):
         self.name, self.arrow_type = name, arrow_type
         self.prefix, self.start, self.digits = prefix, start, digits
+        self.templates = templates
         self.null_rate, self.nullable = null_rate, nullable
+        self.stream = zlib.crc32(name.encode())  # the column's random stream: fresh ids depend on no seed
 
     @property
     def width(self) -> int:
@@ -925,22 +1106,26 @@ class IdCodec:
 
     @classmethod
     def fit(cls, field: pa.Field, sketch: NumericSketch | CategorySketch, min_count: int) -> "IdCodec":
-        prefix = start = None
+        """String ids from the training ids' templates, or else their shared prefix, or else a marker; integers
+        from the power of ten above the largest training id."""
+        prefix = start = templates = None
         digits = 0
         if isinstance(sketch, CategorySketch):
-            shaped = sketch.shape.fresh_prefix(min_count)
+            templates = sketch.templates.fresh(min_count, sketch.rows - sketch.nulls)
+            shaped = sketch.shape.fresh_prefix(min_count) if templates is None else None
             free = [p for p in ID_PREFIXES if p not in sketch.prefixes_used]
             if shaped is not None:
                 prefix, digits = shaped
-            elif not free:
+            elif templates is None and not free:
                 raise UserError(f"column {field.name!r}: every fresh-id prefix ({', '.join(ID_PREFIXES)}) starts some "
                                 f"training value; set data.columns.{field.name}=categorical")
-            else:
+            elif templates is None:
                 prefix = free[0]
         else:
             largest = max(abs(float(sketch.smallest[0, 0])), abs(float(sketch.largest[-1, 0]))) if sketch.values else 0
             start = 10 ** len(str(int(largest)))
-        return cls(field.name, field.type, prefix, start, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0, digits)
+        return cls(field.name, field.type, prefix, start, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0, digits,
+                   templates)
 
     @classmethod
     def fit_private(cls, field: pa.Field, sketch: NumericSketch | CategorySketch, noise: StatisticsNoise) -> "IdCodec":
@@ -972,17 +1157,27 @@ class IdCodec:
         n = len(block)
         is_null = block[:, 0] > 0.5 if self.nullable else None
         index = np.arange(row_offset, row_offset + n, dtype=np.int64)
-        if self.prefix is not None:
-            numbers = pc.utf8_lpad(pa.array(index).cast(pa.string()), self.digits, "0")
-            values = pc.binary_join_element_wise(self.prefix, numbers, "")
+        if self.templates or self.prefix is not None:
+            values = self._written(index) if self.templates else pc.binary_join_element_wise(
+                self.prefix, pc.utf8_lpad(pa.array(index).cast(pa.string()), self.digits, "0"), "")
             if is_null is not None:
                 values = pc.if_else(pa.array(is_null), pa.scalar(None, pa.string()), values)
             return values.cast(self.arrow_type)
         return pa.array(self.start + index, mask=is_null).cast(self.arrow_type)
 
+    def _written(self, index: np.ndarray) -> pa.Array:
+        """Fresh string ids from the templates, each row's template drawn by the templates' shares."""
+        template = _pick([t.weight for t in self.templates], sample_keys(index, self.stream))
+        values = np.empty(len(index), dtype=object)
+        for i in np.unique(template).tolist():
+            rows = np.flatnonzero(template == i)
+            values[rows] = self.templates[i].write(index[rows], self.stream + 1 + i).to_numpy(zero_copy_only=False)
+        return pa.array(values, pa.string())
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "id", "prefix": self.prefix, "start": self.start, "digits": self.digits,
-                "null_rate": self.null_rate, "nullable": self.nullable}
+                "null_rate": self.null_rate, "nullable": self.nullable,
+                "templates": [t.to_dict() for t in self.templates] if self.templates else None}
 
 
 Codec = NumericCodec | CategoricalCodec | IdCodec
@@ -993,8 +1188,9 @@ def codec_from_dict(field: pa.Field, spec: dict[str, Any]) -> Codec:
         return CategoricalCodec(field.name, field.type, spec["categories"], spec["frequencies"], spec["tail_values"],
                                 spec["tail_weights"], spec["has_other"], spec["replacement"], spec["nullable"])
     if spec["kind"] == "id":
+        templates = spec.get("templates")
         return IdCodec(field.name, field.type, spec["prefix"], spec["start"], spec["null_rate"], spec["nullable"],
-                       spec.get("digits", 0))
+                       spec.get("digits", 0), [IdTemplate.from_dict(t) for t in templates] if templates else None)
     return NumericCodec(field.name, field.type, spec["kind"], spec["knots"], spec["low"], spec["high"],
                         spec["null_rate"], spec["nullable"], spec.get("masses"))
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BUNDLED_DATA, EncoderConfig
-from pipeline.encoding import PROTECTED_TOKEN, EncoderSketch, TableEncoder
+from pipeline.encoding import PROTECTED_TOKEN, EncoderSketch, TableEncoder, id_skeletons
 from pipeline.errors import UserError
 
 
@@ -362,25 +362,57 @@ def test_identifiers_are_fresh_unique_typed_and_deterministic():
         encoder.check_capacity(2**63)
 
 
-def test_string_ids_keep_the_training_ids_shape_and_never_equal_one():
-    """Pizzaplace's order ids read `2015-017257`: fresh ones share that prefix and length (a parser or a judge
-    that reads the format sees it) yet differ from every training id in a character none of them has there."""
-    orders = pq.read_table(BUNDLED_DATA / "pizzaplace.parquet")
-    encoder = fit(orders, ["type"], min_value_count=5)
-    assert encoder.kinds()["id"] == "id"
+@pytest.mark.parametrize("table, column, condition", [("pizzaplace", "id", "type"), ("nuclides", "nuclide", "element"),
+                                                      ("penguins-raw", "Individual ID", "Species")])
+def test_string_ids_are_written_like_the_training_ids_and_never_equal_one(table, column, condition):
+    """Pizzaplace's `2015-017257`, nuclides' `^{223}_{93}Np130`, penguins' `N12A1`: fresh ids keep the training
+    ids' punctuation and runs of digits and letters, reuse the runs k ids share (the year, element symbols),
+    and never equal a training id, across parts and on rerun."""
+    real = pq.read_table(BUNDLED_DATA / f"{table}.parquet")
+    encoder = fit(real, [condition], min_value_count=5)
+    encoder = TableEncoder.from_json(encoder.to_json())
+    assert encoder.kinds()[column] == "id"
     rows = 30_000
     x = np.zeros((rows, encoder.x_dim), dtype=np.float32)
-    fresh = encoder.inverse_transform(x, orders.select(["type"]).slice(0, rows), np.random.default_rng(0))
-    ids = fresh.column("id").combine_chunks()
-    assert all(re.fullmatch(r"2015-09\d{4,}", value) for value in ids.to_pylist()[:: rows // 100])
+    conditions = real.select([condition]).take(np.arange(rows) % real.num_rows)
+    halves = [encoder.inverse_transform(x[:rows // 2], conditions.slice(0, rows // 2), row_offset=0),
+              encoder.inverse_transform(x[rows // 2:], conditions.slice(rows // 2), row_offset=rows // 2)]
+    ids = pa.concat_arrays([half.column(column).combine_chunks() for half in halves])
+    training = real.column(column).combine_chunks()
     assert pc.count_distinct(ids).as_py() == rows
-    assert not pc.any(pc.is_in(ids, value_set=orders.column("id").combine_chunks())).as_py()
-    # sequential ids use every digit after their prefix: fresh ones are one character longer than any
-    sequential = pa.table({"ticket": [f"T-{i}" for i in range(500)], "c": ["a", "b"] * 250})
+    assert not pc.any(pc.is_in(ids, value_set=training)).as_py()
+    assert set(pc.unique(id_skeletons(ids)).to_pylist()) <= set(pc.unique(id_skeletons(training)).to_pylist())
+    # every run of letters in a fresh id is one that k training ids have there, or a random one for the rest
+    letters = pc.value_counts(pc.list_flatten(pc.split_pattern_regex(training, "[^A-Za-z]+")))
+    shared = {v for v, n in zip(letters.field("values").to_pylist(), letters.field("counts").to_pylist()) if n >= 5}
+    fresh_letters = pc.value_counts(pc.list_flatten(pc.split_pattern_regex(ids, "[^A-Za-z]+")))
+    frequent = [v for v, n in zip(fresh_letters.field("values").to_pylist(), fresh_letters.field("counts").to_pylist())
+                if n >= rows // 100 and v]
+    assert set(frequent) <= shared
+    again = encoder.inverse_transform(x[rows // 2:], conditions.slice(rows // 2), row_offset=rows // 2)
+    assert again.column(column).equals(halves[1].column(column))
+
+
+def test_a_run_fewer_than_k_ids_share_never_leaves_in_the_encoder_or_a_fresh_id():
+    departments = ["HR"] * 300 + ["OPS"] * 198 + ["Kowalski"] * 2  # one person's name inside two ids
+    table = pa.table({"badge": [f"{d}-{i:04d}" for i, d in enumerate(departments)], "c": ["a", "b"] * 250})
+    encoder = fit(table, ["c"], min_value_count=5)
+    assert "Kowalski" not in encoder.to_json()
+    x = np.zeros((20_000, encoder.x_dim), dtype=np.float32)
+    badges = encoder.inverse_transform(x, table.select(["c"]).take(np.arange(20_000) % 500)).column("badge")
+    assert not pc.any(pc.match_substring(badges, "Kowalski")).as_py()
+    prefixes = pc.value_counts(pc.list_element(pc.split_pattern(badges, "-"), 0))
+    assert {"HR", "OPS"} <= set(prefixes.field("values").to_pylist())  # the shared runs, redrawn letters for the rest
+
+
+@pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.string_view()])
+def test_sequential_ids_get_one_digit_more_in_their_own_type(arrow_type):
+    """`T-0` ... `T-499` use every number up to their longest: fresh ones are one digit longer than any."""
+    sequential = pa.table({"ticket": pa.array([f"T-{i}" for i in range(500)], arrow_type), "c": ["a", "b"] * 250})
     encoder = fit(sequential, ["c"], min_value_count=5)
     x = np.zeros((3, encoder.x_dim), dtype=np.float32)
-    assert encoder.inverse_transform(x, sequential.select(["c"]).slice(0, 3)).column("ticket").to_pylist() == [
-        "T-0000", "T-0001", "T-0002"]
+    tickets = encoder.inverse_transform(x, sequential.select(["c"]).slice(0, 3)).column("ticket")
+    assert tickets.type == arrow_type and tickets.to_pylist() == ["T-0000", "T-0001", "T-0002"]
 
 
 def test_rare_values_and_extremes_never_reach_the_encoder_or_its_output():
