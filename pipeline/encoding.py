@@ -329,6 +329,14 @@ def id_skeletons(present: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(pc.replace_substring_regex(present, "[0-9]+", "9"), "[A-Za-z]+", "a")
 
 
+def _most_frequent(counted: pa.StructArray, bound: int) -> pa.StructArray:
+    """A block's `bound` most frequent values (value_counts output), cut in Arrow: a serial run has a distinct
+    value per id, and adding them all to a dict that keeps `bound` costs more than the rest of the fit."""
+    if len(counted) <= bound:
+        return counted
+    return counted.take(pc.array_sort_indices(counted.field("counts"), order="descending")[:bound])
+
+
 def _runs_pattern(skeleton: str) -> str:
     """An RE2 pattern whose named groups r0, r1, ... capture the runs of an id with this skeleton."""
     return "^" + "".join(f"(?P<r{j}>{ID_RUNS[ch][0]})" if ch in ID_RUNS else re.escape(ch)
@@ -364,7 +372,7 @@ class IdTemplates:
             lengths = self.lengths.setdefault(skeleton, [{} for _ in skeleton])
             for j in (j for j, ch in enumerate(skeleton) if ch in ID_RUNS):
                 run = runs.field(f"r{j}")
-                for counts, counted in ((contents[j], pc.value_counts(run)),
+                for counts, counted in ((contents[j], _most_frequent(pc.value_counts(run), self.bound)),
                                         (lengths[j], pc.value_counts(pc.utf8_length(run)))):
                     _add_counts(counts, zip(counted.field("values").to_pylist(),
                                             counted.field("counts").to_pylist()), self.bound)
