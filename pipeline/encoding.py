@@ -1120,20 +1120,25 @@ class IdCodec:
         digits = 0
         if isinstance(sketch, CategorySketch):
             templates = sketch.templates.fresh(min_count, sketch.rows - sketch.nulls)
-            shaped = sketch.shape.fresh_prefix(min_count) if templates is None else None
-            free = [p for p in ID_PREFIXES if p not in sketch.prefixes_used]
-            if shaped is not None:
-                prefix, digits = shaped
-            elif templates is None and not free:
-                raise UserError(f"column {field.name!r}: every fresh-id prefix ({', '.join(ID_PREFIXES)}) starts some "
-                                f"training value; set data.columns.{field.name}=categorical")
-            elif templates is None:
-                prefix = free[0]
+            if templates is None:
+                prefix, digits = cls._fresh_prefix(field, sketch, min_count)
         else:
             largest = max(abs(float(sketch.smallest[0, 0])), abs(float(sketch.largest[-1, 0]))) if sketch.values else 0
             start = 10 ** len(str(int(largest)))
         return cls(field.name, field.type, prefix, start, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0, digits,
                    templates)
+
+    @staticmethod
+    def _fresh_prefix(field: pa.Field, sketch: CategorySketch, min_count: int) -> tuple[str, int]:
+        """(prefix, digits): the training ids' shared prefix (IdShape), else a marker no training id starts with."""
+        shaped = sketch.shape.fresh_prefix(min_count)
+        if shaped is not None:
+            return shaped
+        free = [p for p in ID_PREFIXES if p not in sketch.prefixes_used]
+        if not free:
+            raise UserError(f"column {field.name!r}: every fresh-id prefix ({', '.join(ID_PREFIXES)}) starts some "
+                            f"training value; set data.columns.{field.name}=categorical")
+        return free[0], 0
 
     @classmethod
     def fit_private(cls, field: pa.Field, sketch: NumericSketch | CategorySketch, noise: StatisticsNoise) -> "IdCodec":
