@@ -280,12 +280,12 @@ class IdShape:
         self.characters: list[set[str]] = [set() for _ in range(SHAPE_POSITIONS)]
         self.lengths: dict[int, int] = {}  # length -> ids that long
 
-    def update(self, present: pa.Array) -> None:
-        counted = pc.value_counts(pc.utf8_length(present))
-        for length, count in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
+    def update(self, values: pa.Array, counts: pa.Array) -> None:
+        """`values`: a block's distinct ids, `counts`: how many rows hold each."""
+        for length, count in _summed(pc.utf8_length(values), counts):
             self.lengths[length] = self.lengths.get(length, 0) + count
         for p in range(min(SHAPE_POSITIONS, max(self.lengths))):
-            self.characters[p] |= set(pc.unique(pc.utf8_slice_codeunits(present, p, p + 1)).to_pylist()) - {""}
+            self.characters[p] |= set(pc.unique(pc.utf8_slice_codeunits(values, p, p + 1)).to_pylist()) - {""}
             if len(self.characters[p]) > 1:  # the shared prefix ends here: later positions are never read
                 break
 
@@ -329,12 +329,14 @@ def id_skeletons(present: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(pc.replace_substring_regex(present, "[0-9]+", "9"), "[A-Za-z]+", "a")
 
 
-def _most_frequent(counted: pa.StructArray, bound: int) -> pa.StructArray:
-    """A block's `bound` most frequent values (value_counts output), cut in Arrow: a serial run has a distinct
-    value per id, and adding them all to a dict that keeps `bound` costs more than the rest of the fit."""
-    if len(counted) <= bound:
-        return counted
-    return counted.take(pc.array_sort_indices(counted.field("counts"), order="descending")[:bound])
+def _summed(keys: pa.Array, counts: pa.Array, bound: int | None = None) -> list[tuple[Any, int]]:
+    """(key, rows) pairs: the rows of each key over a block's distinct values (`counts` rows each), most first;
+    with `bound`, only that many (cut in Arrow: a serial run has a distinct key per id, and adding them all to a
+    dict that keeps `bound` costs more than the rest of the fit)."""
+    summed = pa.table({"key": keys, "rows": counts}).group_by("key", use_threads=False).aggregate([("rows", "sum")])
+    if bound is not None and summed.num_rows > bound:
+        summed = summed.take(pc.select_k_unstable(summed, bound, [("rows_sum", "descending")]))
+    return sorted(zip(summed.column("key").to_pylist(), summed.column("rows_sum").to_pylist()), key=_by_count)
 
 
 def _runs_pattern(skeleton: str) -> str:
@@ -357,25 +359,25 @@ class IdTemplates:
         self.lengths: dict[str, list[dict[int, int]]] = {}   # skeleton -> per position, run length -> ids
         self.longest_digits = 0
 
-    def update(self, present: pa.Array) -> None:
-        digit_runs = pc.list_flatten(pc.split_pattern_regex(present, "[^0-9]+"))
+    def update(self, values: pa.Array, counts: pa.Array) -> None:
+        """`values`: a block's distinct ids, `counts`: how many rows hold each (a column of few distinct values,
+        a category that may still turn out an id, costs its distinct values, not its rows)."""
+        digit_runs = pc.list_flatten(pc.split_pattern_regex(values, "[^0-9]+"))
         self.longest_digits = max(self.longest_digits, pc.max(pc.utf8_length(digit_runs)).as_py() or 0)
-        skeletons = id_skeletons(present)
-        counted = pc.value_counts(skeletons)
-        pairs = sorted(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()), key=_by_count)
+        skeletons = id_skeletons(values)
+        pairs = _summed(skeletons, counts)
         _add_counts(self.skeletons, pairs, self.bound)
         for skeleton, _ in pairs[:TEMPLATES_PER_BLOCK]:
             if len(skeleton) > MAX_TEMPLATE_LENGTH or not set(skeleton) & set(ID_RUNS):
                 continue
-            runs = pc.extract_regex(pc.filter(present, pc.equal(skeletons, skeleton)), _runs_pattern(skeleton))
+            mask = pc.equal(skeletons, skeleton)
+            runs, rows = pc.extract_regex(pc.filter(values, mask), _runs_pattern(skeleton)), pc.filter(counts, mask)
             contents = self.contents.setdefault(skeleton, [{} for _ in skeleton])
             lengths = self.lengths.setdefault(skeleton, [{} for _ in skeleton])
             for j in (j for j, ch in enumerate(skeleton) if ch in ID_RUNS):
                 run = runs.field(f"r{j}")
-                for counts, counted in ((contents[j], _most_frequent(pc.value_counts(run), self.bound)),
-                                        (lengths[j], pc.value_counts(pc.utf8_length(run)))):
-                    _add_counts(counts, zip(counted.field("values").to_pylist(),
-                                            counted.field("counts").to_pylist()), self.bound)
+                _add_counts(contents[j], _summed(run, rows, self.bound), self.bound)
+                _add_counts(lengths[j], _summed(pc.utf8_length(run), rows), self.bound)
 
     def merge(self, other: "IdTemplates") -> None:
         self.longest_digits = max(self.longest_digits, other.longest_digits)
@@ -514,11 +516,12 @@ class CategorySketch:
         counted = pc.value_counts(present)
         self._add(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
         if self.tracks_prefixes and len(present):
-            if pa.types.is_string_view(present.type):  # the string kernels below take string and large_string
-                present = present.cast(pa.large_string())
-            self.prefixes_used |= {p for p in ID_PREFIXES if pc.any(pc.starts_with(present, p)).as_py()}
-            self.shape.update(present)
-            self.templates.update(present)
+            values, counts = counted.field("values"), counted.field("counts")
+            if pa.types.is_string_view(values.type):  # the string kernels below take string and large_string
+                values = values.cast(pa.large_string())
+            self.prefixes_used |= {p for p in ID_PREFIXES if pc.any(pc.starts_with(values, p)).as_py()}
+            self.shape.update(values, counts)
+            self.templates.update(values, counts)
 
     def merge(self, other: "CategorySketch") -> None:
         self.rows += other.rows
