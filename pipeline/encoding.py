@@ -330,13 +330,14 @@ def id_skeletons(present: pa.Array) -> pa.Array:
 
 
 def _summed(keys: pa.Array, counts: pa.Array, bound: int | None = None) -> list[tuple[Any, int]]:
-    """(key, rows) pairs: the rows of each key over a block's distinct values (`counts` rows each), most first;
-    with `bound`, only that many (cut in Arrow: a serial run has a distinct key per id, and adding them all to a
-    dict that keeps `bound` costs more than the rest of the fit)."""
-    summed = pa.table({"key": keys, "rows": counts}).group_by("key", use_threads=False).aggregate([("rows", "sum")])
-    if bound is not None and summed.num_rows > bound:
-        summed = summed.take(pc.select_k_unstable(summed, bound, [("rows_sum", "descending")]))
-    return sorted(zip(summed.column("key").to_pylist(), summed.column("rows_sum").to_pylist()), key=_by_count)
+    """(key, rows) pairs, unordered: the rows of each key over a block's distinct values (`counts` rows each); with
+    `bound`, only the `bound` most frequent (cut before Python sees them: a serial run has a distinct key per id,
+    and adding them all to a dict that keeps `bound` costs more than the rest of the fit)."""
+    encoded = pc.dictionary_encode(keys)
+    rows = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), minlength=len(encoded.dictionary),
+                       weights=counts.to_numpy(zero_copy_only=False)).astype(np.int64)
+    top = np.arange(len(rows)) if bound is None or len(rows) <= bound else np.argpartition(-rows, bound)[:bound]
+    return list(zip(encoded.dictionary.take(pa.array(top)).to_pylist(), rows[top].tolist()))
 
 
 def _runs_pattern(skeleton: str) -> str:
@@ -365,7 +366,7 @@ class IdTemplates:
         digit_runs = pc.list_flatten(pc.split_pattern_regex(values, "[^0-9]+"))
         self.longest_digits = max(self.longest_digits, pc.max(pc.utf8_length(digit_runs)).as_py() or 0)
         skeletons = id_skeletons(values)
-        pairs = _summed(skeletons, counts)
+        pairs = sorted(_summed(skeletons, counts), key=_by_count)
         _add_counts(self.skeletons, pairs, self.bound)
         for skeleton, _ in pairs[:TEMPLATES_PER_BLOCK]:
             if len(skeleton) > MAX_TEMPLATE_LENGTH or not set(skeleton) & set(ID_RUNS):
