@@ -26,7 +26,7 @@ warnings.filterwarnings("ignore")
 
 from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, split  # noqa: E402 (bench/)
 from pipeline.config import BUNDLED_DATA, GenerateConfig, load_config  # noqa: E402
-from pipeline.encoding import TableEncoder  # noqa: E402
+from pipeline.codec import fit_table  # noqa: E402
 from pipeline.latent_prior import collect_codes, fit_mixture  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.plan import build_plan  # noqa: E402
@@ -52,7 +52,7 @@ def fit_and_judge(table_name: str, overrides: list[str], seed: int) -> dict:
     config = load_config(None, [f"train.seed={seed}", "data.holdout_fraction=0.0", *overrides])
     training, holdout = split(pq.read_table(BUNDLED_DATA / f"{table_name}.parquet"))
     torch.manual_seed(seed)
-    encoder = TableEncoder.fit(training.to_batches(65_536), CONDITIONS[table_name], config.encoder, seed=seed)
+    encoder = fit_table(training.to_batches(65_536), CONDITIONS[table_name], config.encoder, seed=seed)
     x, c = (torch.from_numpy(m) for m in encoder.transform(training))
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
     plan = plan_epochs(config, training.num_rows)

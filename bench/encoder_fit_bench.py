@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import encoding
+from pipeline.codec import id_formats
 from pipeline.config import EncoderConfig
-from pipeline.encoding import TableEncoder
+from pipeline.codec import fit_table
 
 from judging import CONDITIONS  # noqa: E402 (bench/): each table's natural condition column
 
@@ -32,18 +32,18 @@ BATCH_ROWS = 100_000
 @contextmanager
 def without_id_formats():
     """The fit as it was before ids were written like the training ids: no shape, no templates recorded."""
-    shape, templates = encoding.IdShape.update, encoding.IdTemplates.update
-    encoding.IdShape.update = encoding.IdTemplates.update = lambda self, *block: None
+    shape, templates = id_formats.IdShape.update, id_formats.IdTemplates.update
+    id_formats.IdShape.update = id_formats.IdTemplates.update = lambda self, *block: None
     try:
         yield
     finally:
-        encoding.IdShape.update, encoding.IdTemplates.update = shape, templates
+        id_formats.IdShape.update, id_formats.IdTemplates.update = shape, templates
 
 
 def repeated(table: pa.Table, conditions: list[str], rows: int) -> tuple[pa.Table, list[str]]:
     """The table repeated to about `rows` rows, and its identifier columns, kept unique: copy i appends i to a string
     id (`2015-017257` -> `2015-0172573`, same format) and shifts an integer id past the last copy's."""
-    ids = [name for name, kind in TableEncoder.fit(table.to_batches(), conditions, EncoderConfig()).kinds().items()
+    ids = [name for name, kind in fit_table(table.to_batches(), conditions, EncoderConfig()).kinds().items()
            if kind == "id"]
     copies = []
     for i in range(max(1, round(rows / table.num_rows))):
@@ -88,7 +88,7 @@ def main() -> None:
         batches = table.combine_chunks().to_batches(max_chunksize=BATCH_ROWS)  # blocks of BATCH_ROWS, as Ray Data's
 
         def fit():
-            return TableEncoder.fit(batches, CONDITIONS[name], EncoderConfig(), None)
+            return fit_table(batches, CONDITIONS[name], EncoderConfig(), None)
 
         with_formats = fastest(fit, args.repeats)
         with without_id_formats():

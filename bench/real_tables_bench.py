@@ -24,7 +24,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from pipeline.audit import audit, protected_values, training_split  # noqa: E402
 from pipeline.config import BUNDLED_DATA, load_config  # noqa: E402
-from pipeline.encoding import TableEncoder  # noqa: E402
+from pipeline.codec import TableEncoder  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.generate import generate  # noqa: E402
 from pipeline.train import train  # noqa: E402

@@ -31,13 +31,13 @@ def encoder_fit() -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.config import BUNDLED_DATA, EncoderConfig
-    from pipeline.encoding import TableEncoder
+    from pipeline.codec import fit_table
 
     table = pq.read_table(BUNDLED_DATA / "adult.parquet")
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
+        encoder = fit_table(table.to_batches(), ["income"], EncoderConfig())
         times.append(time.perf_counter() - started)
     return {"encoder_fit_s": min(times), "width": encoder.x_dim + encoder.c_dim}
 
@@ -76,11 +76,11 @@ def _encoded_adult():
     import torch
 
     from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig
-    from pipeline.encoding import TableEncoder
+    from pipeline.codec import fit_table
     from pipeline.model import build_model
 
     table = pq.read_table(BUNDLED_DATA / "adult.parquet")
-    encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
+    encoder = fit_table(table.to_batches(), ["income"], EncoderConfig())
     x, c = (torch.from_numpy(a) for a in encoder.transform(table))
     torch.manual_seed(0)
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans,

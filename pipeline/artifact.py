@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
 from pipeline.model import CVAE, CVAEConfig
 

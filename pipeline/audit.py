@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.encoding import CategoricalCodec, Codec, IdCodec, NumericCodec, TableEncoder, _numeric_storage, _plain
-from pipeline.source import read_table, select_split
+from pipeline.codec import TableEncoder, numeric_storage, plain
+from pipeline.rowhash import split_rows
+from pipeline.source import read_table
 from pipeline.storage import parquet_files
 
 
@@ -35,7 +36,7 @@ class Protected:
 def training_split(uri: str, columns: list[str], seed: int, fraction: float) -> pa.Table:
     """The rows `cvae train` trained on (same row hash, seed and fraction), read with Ray Data."""
     fs, files = parquet_files(uri)
-    return pa.concat_tables(select_split(batch, "train", seed, fraction)
+    return pa.concat_tables(split_rows(batch, "train", seed, fraction)[0]
                             for batch in read_table(fs, files, columns).iter_batches(batch_format="pyarrow"))
 
 
@@ -45,25 +46,16 @@ def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:
     for name, kind in encoder.kinds().items():
         if name in encoder.conditions or kind in ("id", "list"):
             continue
-        column = pc.drop_null(_plain(train.column(name)))
+        column = pc.drop_null(plain(train.column(name)))
         if kind == "categorical":
             counted = pc.value_counts(column)
             protected.categories[name] = {value for value, count in zip(counted.field("values").to_pylist(),
                                                                         counted.field("counts").to_pylist()) if count < k}
         else:
-            values = np.sort(_numeric_storage(column).to_numpy(zero_copy_only=False).astype(np.float64))
+            values = np.sort(numeric_storage(column).to_numpy(zero_copy_only=False).astype(np.float64))
             usable = len(values) >= 2 * k - 1
             protected.bounds[name] = (values[k - 1], values[-k]) if usable else (math.inf, -math.inf)
     return protected
-
-
-def _stored_strings(codec: Codec) -> set[Any]:
-    """The values an encoder stores for a column: categories kept, and the id runs k ids share."""
-    if isinstance(codec, CategoricalCodec):
-        return set(codec.categories) | set(codec.tail_values)
-    if isinstance(codec, IdCodec):
-        return {value for template in codec.templates or [] for run in template.runs.values() for value in run.values}
-    return set()
 
 
 def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -> dict[str, int]:
@@ -72,7 +64,8 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
              if path.is_file() and path.suffix not in (".pt", ".pkl", ".bin")]
     encoder_file = next(Path(artifact_dir).rglob("encoder.json"))
     encoder = TableEncoder.from_json(encoder_file.read_text())
-    stored_by_column = {name: _stored_strings(codec) for name, codec in encoder.codecs.items()}
+    stored_by_column = {name: set(codec.stored_values()) for name, codec in encoder.codecs.items()
+                        if codec.kind in ("categorical", "id")}  # the strings; numbers are checked by bounds
     hits = {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
     for name, values in protected.categories.items():
         # a value rare here may be frequent (and rightly stored) in another column: only the rest is a text hit
@@ -80,14 +73,12 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
         strings = [json.dumps(value) for value in values if isinstance(value, str) and value not in elsewhere]
         hits["artifact_text"] += sum(text.count(quoted) for quoted in strings for text in texts)
         hits["artifact_values"] += len(stored_by_column[name] & values)
-        emitted = set(pc.unique(_plain(synthetic.column(name))).to_pylist())
+        emitted = set(pc.unique(plain(synthetic.column(name))).to_pylist())
         hits["output_values"] += len(emitted & values)
     for name, (low, high) in protected.bounds.items():
-        codec = encoder.codecs[name]
-        if isinstance(codec, NumericCodec):
-            stored = np.asarray(codec.stored_values())
-            hits["artifact_values"] += int(((stored < low) | (stored > high)).sum())
-        emitted = pc.drop_null(_plain(synthetic.column(name)))
-        emitted = _numeric_storage(emitted).to_numpy(zero_copy_only=False).astype(np.float64)
+        stored = np.asarray(encoder.codecs[name].stored_values(), dtype=np.float64)
+        hits["artifact_values"] += int(((stored < low) | (stored > high)).sum())
+        emitted = pc.drop_null(plain(synthetic.column(name)))
+        emitted = numeric_storage(emitted).to_numpy(zero_copy_only=False).astype(np.float64)
         hits["output_values"] += int(((emitted < low) | (emitted > high)).sum())
     return hits

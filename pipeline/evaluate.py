@@ -29,14 +29,15 @@ from mlflow.exceptions import MlflowException
 from pipeline import console
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, DataConfig
-from pipeline.encoding import infer_kind
+from pipeline.codec import infer_kind
 from pipeline.errors import UserError
 from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
 from pipeline.registry import registered_name
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
 from pipeline.sink import MANIFEST, SPEC, SUCCESS, Sink
-from pipeline.source import ROW_HASH, check_table, holdout_mask, parquet_footer, read_table
+from pipeline.rowhash import ROW_HASH, in_holdout
+from pipeline.source import check_table, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
 
 EVALUATION_TAG = "cvae.evaluation_id"
@@ -91,11 +92,11 @@ def summarize_batch(batch: pa.Table, kinds: dict[str, str], fractions: dict[str,
     hashes = batch.column(ROW_HASH).to_numpy()
     table = batch.drop_columns([ROW_HASH]).select(list(kinds))
     invalid = invalid_counts(table, kinds, _parsed_stats(real_stats)) if real_stats else {}
-    in_holdout = holdout_mask(hashes, split_seed, holdout_fraction)
+    holdout = in_holdout(hashes, split_seed, holdout_fraction)
     row = {"stats": [json.dumps(ColumnStats.of_batch(table, kinds).to_dict())], "invalid": [json.dumps(invalid)]}
     for side, fraction in fractions.items():
-        rows = in_holdout if side == "holdout" else ~in_holdout
-        picked = table.filter(pa.array(rows & holdout_mask(hashes, sample_seed, fraction)))
+        rows = holdout if side == "holdout" else ~holdout
+        picked = table.filter(pa.array(rows & in_holdout(hashes, sample_seed, fraction)))
         sink = io.BytesIO()
         pq.write_table(picked, sink)
         row[side] = [sink.getvalue()]

@@ -26,7 +26,7 @@ from pipeline import console
 from pipeline.artifact import load_artifact_files, privacy_guarantee
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.plan import Plan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run

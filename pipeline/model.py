@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.encoding import Span
+from pipeline.codec import Span
 from pipeline.latent_prior import LatentMixture, draw
 
 UNIQUE_PRIOR_MIN_ROWS = 1024
@@ -60,14 +60,14 @@ class CVAE(nn.Module):
     def __init__(self, config: CVAEConfig):
         super().__init__()
         self.config = config
-        spans = [Span(**s) for s in config.spans]
+        spans = [Span.from_dict(s) for s in config.spans]
         latent, hidden = config.latent_dim, list(config.hidden)
         self.encoder = mlp([config.x_dim + config.c_dim, *hidden, 2 * latent])
         self.decoder = mlp([latent + config.c_dim, *reversed(hidden), config.x_dim])
         self.prior_net = mlp([config.c_dim, hidden[-1], 2 * latent]) if config.prior == "conditional" else None
-        self.register_buffer("gaussian_index", torch.tensor([s.start for s in spans if s.kind == "gaussian"], dtype=torch.long))
-        self.register_buffer("bernoulli_index", torch.tensor([s.start for s in spans if s.kind == "bernoulli"], dtype=torch.long))
-        self.softmax_spans = [(s.start, s.width) for s in spans if s.kind == "softmax"]
+        self.register_buffer("gaussian_index", torch.tensor([s.start for s in spans if s.likelihood == "gaussian"], dtype=torch.long))
+        self.register_buffer("bernoulli_index", torch.tensor([s.start for s in spans if s.likelihood == "bernoulli"], dtype=torch.long))
+        self.softmax_spans = [(s.start, s.width) for s in spans if s.likelihood == "softmax"]
         n_gaussian = len(self.gaussian_index)
         if config.variance == "learned":
             self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
@@ -234,6 +234,6 @@ def combination_of(c: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 def build_model(x_dim: int, c_dim: int, spans: list[Span], config: ModelConfig) -> CVAE:
     """A fresh CVAE sized for an encoder's spans, shaped by the `model.*` config keys."""
-    return CVAE(CVAEConfig(x_dim=x_dim, c_dim=c_dim, spans=[asdict(s) for s in spans],
+    return CVAE(CVAEConfig(x_dim=x_dim, c_dim=c_dim, spans=[s.to_dict() for s in spans],
                            latent_dim=config.latent_dim, hidden=list(config.hidden), prior=config.prior,
                            variance=config.variance, sigma=config.sigma))

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import GenerateConfig
-from pipeline.encoding import CategoricalCodec, NumericCodec, TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
 from pipeline.storage import digest, parquet_files, redact
 
@@ -209,17 +209,17 @@ def _check_seen(encoder: TableEncoder, name: str, value: Any, allow_unseen_conti
         if not codec.nullable:
             raise UserError(f"generate.conditions: {name}=null never occurs in training; request a non-null value")
         return
-    if isinstance(codec, CategoricalCodec):
-        if value not in codec.categories:
+    levels = codec.levels()
+    if levels is not None:
+        if value not in levels:
             if encoder.privacy is not None and name not in encoder.privacy.get("public", []):
                 raise UserError(f"generate.conditions: {name}={value!r} is not among the values this differentially "
                                 "private model kept (a value must be frequent enough to pass its noise threshold); "
                                 "request a kept value, or retrain with a larger train.privacy.epsilon")
-            shown = ", ".join(map(str, codec.categories[:8])) + (" ..." if len(codec.categories) > 8 else "")
+            shown = ", ".join(map(str, levels[:8])) + (" ..." if len(levels) > 8 else "")
             raise UserError(f"generate.conditions: {name}={value!r} was never seen in training (seen: {shown})")
         return
-    assert isinstance(codec, NumericCodec)
-    low, high = codec.low[0], codec.high[0]
+    low, high = codec.bounds()
     if not low <= float(value) <= high:
         message = f"generate.conditions: {name}={value!r} is outside the training range [{low:g}, {high:g}]"
         if not allow_unseen_continuous:
@@ -256,7 +256,7 @@ def _check_batch(encoder: TableEncoder, table: pa.Table, allow_unseen_continuous
 
     for name in table.column_names:
         column = table.column(name)
-        for value in pc.unique(column).to_pylist() if isinstance(encoder.codecs[name], CategoricalCodec) else [
+        for value in pc.unique(column).to_pylist() if encoder.codecs[name].levels() is not None else [
                 pc.min(column).as_py(), pc.max(column).as_py()]:
             if value is not None or column.null_count:
                 _check_seen(encoder, name, value, allow_unseen_continuous)

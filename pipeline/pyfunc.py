@@ -18,7 +18,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from pipeline.artifact import MODEL_ARTIFACT, load_artifact
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
 from pipeline.plan import condition_schema
 from pipeline.sampling import part_seed, synthesize

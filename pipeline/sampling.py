@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.model import CVAE
 
 SAMPLE_BATCH = 65536

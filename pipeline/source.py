@@ -11,13 +11,12 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import DataConfig, EncoderConfig
-from pipeline.encoding import EncoderSketch, FineHistograms, TableEncoder, infer_kind
+from pipeline.codec import EncoderSketch, FineHistograms, TableEncoder, infer_kind
 from pipeline.errors import UserError, user_error_in
 from pipeline.privacy import FineGrid, PrivateFit
+from pipeline.rowhash import ROW_HASH, split_rows
 from pipeline.storage import arrow_filesystem, redact
 
-ROW_HASH = "row_hash"
-SPLIT_BUCKETS = 1 << 20
 SKETCH = "sketch"
 ENCODE_BATCH_ROWS = 65_536
 
@@ -79,24 +78,9 @@ def read_table(fs: Any, files: list[str], columns: list[str] | None = None) -> r
     return dataset.select_columns([*columns, ROW_HASH]) if columns is not None else dataset
 
 
-def holdout_mask(row_hash: np.ndarray, seed: int, fraction: float) -> np.ndarray:
-    """A seeded split from the row hash: the same rows go to the holdout on every read and every worker count."""
-    mixed = row_hash.astype(np.uint64) ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-    mixed = (mixed ^ (mixed >> np.uint64(31))) * np.uint64(0xBF58476D1CE4E5B9)
-    mixed ^= mixed >> np.uint64(29)
-    return (mixed % np.uint64(SPLIT_BUCKETS)) < np.uint64(int(fraction * SPLIT_BUCKETS))
-
-
-def select_split(batch: pa.Table, split: str, seed: int, fraction: float) -> pa.Table:
-    """Rows of one side of the split ("train" or "holdout"), without the row hash."""
-    in_holdout = holdout_mask(batch.column(ROW_HASH).to_numpy(), seed, fraction)
-    keep = in_holdout if split == "holdout" else ~in_holdout
-    return batch.drop_columns([ROW_HASH]).filter(pa.array(keep))
-
-
 def encode_split(batch: pa.Table, encoder_json: str, split: str, seed: int, fraction: float) -> dict[str, np.ndarray]:
     """Ray Data map: raw Parquet rows -> {"x", "c"} float32 matrices for one side of the split."""
-    x, c = _parsed_encoder(encoder_json).transform(select_split(batch, split, seed, fraction))
+    x, c = _parsed_encoder(encoder_json).transform(split_rows(batch, split, seed, fraction)[0])
     return {"x": x, "c": c}
 
 
@@ -138,11 +122,9 @@ def cache_splits(splits: dict[str, ray.data.Dataset], size: int, policy: str) ->
 
 
 def training_rows(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float) -> tuple[pa.Table, np.ndarray]:
-    """The training side of the split (as `select_split`), cast to the footer's `schema`, and those rows' hashes."""
-    row_hash = batch.column(ROW_HASH).to_numpy()
-    keep = ~holdout_mask(row_hash, seed, fraction)
-    rows = batch.drop_columns([ROW_HASH]).filter(pa.array(keep)).select(schema.names).cast(schema)
-    return rows, row_hash[keep]
+    """The training side of the split, cast to the footer's `schema`, and those rows' hashes."""
+    rows, row_hash = split_rows(batch, "train", seed, fraction)
+    return rows.select(schema.names).cast(schema), row_hash
 
 
 def sketch_block(batch: pa.Table, schema: pa.Schema, conditions: list[str], kinds: dict[str, str],

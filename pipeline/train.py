@@ -32,7 +32,7 @@ from pipeline import console
 from pipeline.artifact import MODEL_ARTIFACT, PRIVACY_FILE, artifact_files, load_artifact, save_artifact
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
 from pipeline.latent_prior import FIT_BATCH_ROWS, collect_codes, fit_mixture
 from pipeline.model import CVAE, build_model

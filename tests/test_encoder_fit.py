@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BUNDLED_DATA, DataConfig, EncoderConfig
-from pipeline.encoding import EncoderSketch, sample_keys
+from pipeline.codec import EncoderSketch, fit_table
+from pipeline.rowhash import sample_keys
 from pipeline.errors import UserError
 
 
@@ -151,10 +152,9 @@ def test_a_table_too_big_to_keep_streams_its_training_split_and_keeps_its_holdou
     a table too big to keep still computes its holdout once, so an epoch reads the files only for training."""
     from ray.data.dataset import MaterializedDataset
 
-    from pipeline.encoding import TableEncoder
     from pipeline.source import cache_splits, encoded_splits
 
-    encoder = TableEncoder.fit(pq.read_table(BUNDLED_DATA / "adult.parquet").to_batches(), ["income"], EncoderConfig())
+    encoder = fit_table(pq.read_table(BUNDLED_DATA / "adult.parquet").to_batches(), ["income"], EncoderConfig())
     splits = cache_splits(encoded_splits(adult_dataset(3), encoder, seed=0, fraction=0.1), table_bytes, policy)
     assert {name for name, ds in splits.items() if isinstance(ds, MaterializedDataset)} == kept
     rows = {name: ds.count() for name, ds in splits.items()}

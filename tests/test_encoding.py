@@ -1,5 +1,4 @@
 import datetime as dt
-import re
 import tempfile
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BUNDLED_DATA, EncoderConfig
-from pipeline.encoding import PROTECTED_TOKEN, EncoderSketch, TableEncoder, id_skeletons
+from pipeline.codec import EncoderSketch, PROTECTED_TOKEN, TableEncoder, fit_table, id_skeletons
 from pipeline.errors import UserError
 
 
@@ -18,7 +17,7 @@ def fit(table, conditions, **overrides):
     """Fit without value protection (k=1) unless a test asks for it: round trips are then exact."""
     kinds = overrides.pop("kinds", None)
     overrides.setdefault("min_value_count", 1)
-    return TableEncoder.fit(table.to_batches(max_chunksize=5000), conditions, EncoderConfig(**overrides), kinds)
+    return fit_table(table.to_batches(max_chunksize=5000), conditions, EncoderConfig(**overrides), kinds)
 
 
 def round_trip(encoder, table):
@@ -96,8 +95,8 @@ def test_skewed_column_keeps_its_point_mass(adult):
     encoder = fit(adult, ["income"])
     x, _ = encoder.transform(adult)
     gain = encoder.codecs["capital-gain"]
-    z, classes = (next(s for s in encoder.feature_spans if s.column == "capital-gain" and s.kind == kind)
-                  for kind in ("gaussian", "softmax"))
+    z, classes = (next(s for s in encoder.feature_spans if s.column == "capital-gain" and s.likelihood == likelihood)
+                  for likelihood in ("gaussian", "softmax"))
     zeros = np.asarray(pc.equal(adult.column("capital-gain"), 0))
     assert zeros.mean() > 0.9 and 0.0 in gain.masses[0]
     assert np.isnan(x[zeros, z.start]).all()                   # a point-mass row has no z to fit...
@@ -113,7 +112,7 @@ def test_noise_on_z_never_moves_a_point_mass(adult):
     the column holds."""
     encoder = fit(adult, ["income"], min_value_count=5)
     x, _ = encoder.transform(adult)
-    gaussian = [s.start for s in encoder.feature_spans if s.kind == "gaussian"]
+    gaussian = [s.start for s in encoder.feature_spans if s.likelihood == "gaussian"]
     noisy = x.copy()
     noisy[:, gaussian] = np.nan_to_num(x[:, gaussian]) + np.random.default_rng(0).normal(0, 0.3, (len(x), len(gaussian)))
     back = encoder.inverse_transform(noisy, adult.select(["income"]))
@@ -134,7 +133,7 @@ def test_every_level_of_a_few_level_column_is_a_point_mass_however_rare():
     x, _ = encoder.transform(orders)
     price = encoder.codecs["price"]
     assert 35.95 in price.masses[0] and price.knots == [None]
-    gaussian = [s.start for s in encoder.feature_spans if s.kind == "gaussian"]
+    gaussian = [s.start for s in encoder.feature_spans if s.likelihood == "gaussian"]
     noisy = np.nan_to_num(x)
     noisy[:, gaussian] += np.random.default_rng(0).normal(0, 0.3, (len(x), len(gaussian)))  # as sampling does
     back = encoder.inverse_transform(noisy, orders.select(["type"])).column("price").to_numpy()

@@ -99,12 +99,12 @@ def test_a_large_table_is_sampled_evenly():
 def test_a_saved_model_keeps_its_mixture(tmp_path, adult):
     """The mixture travels in the artifact's weights: a reloaded model gives the same rows for the same seed."""
     from pipeline.config import EncoderConfig
-    from pipeline.encoding import TableEncoder
+    from pipeline.codec import fit_table
     from pipeline.model import build_model
     from pipeline.config import ModelConfig
 
     table = adult.slice(0, 3000)
-    encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
+    encoder = fit_table(table.to_batches(), ["income"], EncoderConfig())
     x, c = map(torch.from_numpy, encoder.transform(table))
     torch.manual_seed(0)
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig(hidden=[32], latent_dim=4))

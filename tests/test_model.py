@@ -10,7 +10,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder, fit_table
 from pipeline.sampling import synthesize
 from pipeline.model import CVAE, CVAEConfig, build_model, kl_diag_gaussians
 from pipeline.train_worker import beta_for_epoch, run_epoch, validate
@@ -54,7 +54,7 @@ def fitted(adult):
     torch.manual_seed(0)
     order = np.random.default_rng(0).permutation(adult.num_rows)
     train, holdout = adult.take(order[5000:]), adult.take(order[:5000])
-    encoder = TableEncoder.fit(train.to_batches(), CONDITIONS, EncoderConfig())
+    encoder = fit_table(train.to_batches(), CONDITIONS, EncoderConfig())
     x, c = map(torch.from_numpy, encoder.transform(train))
     xv, cv = map(torch.from_numpy, encoder.transform(holdout))
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig())
@@ -118,7 +118,7 @@ def test_weights_and_hyperparameters_reload_without_pickle(fitted):
 def test_every_prior_and_variance_trains(adult, prior, variance):
     torch.manual_seed(0)
     table = adult.slice(0, 4000)
-    encoder = TableEncoder.fit(table.to_batches(), ["income"], EncoderConfig())
+    encoder = fit_table(table.to_batches(), ["income"], EncoderConfig())
     x, c = map(torch.from_numpy, encoder.transform(table))
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans,
                         ModelConfig(prior=prior, variance=variance, hidden=[64], latent_dim=8))
@@ -159,7 +159,7 @@ def test_a_timestamp_condition_brings_its_daily_and_seasonal_cycles():
     order = np.random.default_rng(0).permutation(table.num_rows)
     train, holdout = table.take(order[1500:]), table.take(order[:1500])
     torch.manual_seed(0)
-    encoder = TableEncoder.fit(train.to_batches(), ["date"], EncoderConfig())
+    encoder = fit_table(train.to_batches(), ["date"], EncoderConfig())
     x, c = map(torch.from_numpy, encoder.transform(train))
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -4,7 +4,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import BUNDLED_DATA, EncoderConfig, GenerateConfig
-from pipeline.encoding import TableEncoder
+from pipeline.codec import fit_table
 from pipeline.plan import build_plan
 
 
@@ -12,7 +12,7 @@ def test_a_proportional_plan_over_unique_dates_keeps_their_spread():
     """sf-temps conditioned on its hourly timestamp: every date is a combination seen once, so 20,000 rows over
     7,000 dates give each 2 or 3 rows; the extra rows spread over the year instead of going to its first months."""
     train = pq.read_table(BUNDLED_DATA / "sf-temps.parquet").slice(0, 7000)
-    encoder = TableEncoder.fit(train.to_batches(), ["date"], EncoderConfig())
+    encoder = fit_table(train.to_batches(), ["date"], EncoderConfig())
     plan = build_plan(GenerateConfig(num_rows=20_000), encoder)
     dates = plan.rows(0, plan.num_rows)["date"]
     assert plan.num_rows == 20_000

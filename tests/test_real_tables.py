@@ -15,9 +15,10 @@ from conftest import base_overrides
 from pipeline.audit import audit, protected_values, training_split
 from pipeline.cli import main
 from pipeline.config import BUNDLED_DATA
-from pipeline.encoding import TableEncoder
+from pipeline.codec import TableEncoder
 from pipeline.latent_prior import ROWS_PER_COMPONENT
-from pipeline.source import ROW_HASH, holdout_mask, read_table
+from pipeline.rowhash import ROW_HASH, in_holdout
+from pipeline.source import read_table
 from pipeline.storage import filesystem
 
 TABLES = {  # table -> a natural condition column (README of the bundled data)
@@ -129,7 +130,7 @@ def test_a_data_problem_found_inside_ray_is_one_line(ray_cluster, mlflow_db, wor
     pq.write_table(table, path)
     fs, _ = filesystem(str(path))
     hashes = pa.concat_tables(read_table(fs, [str(path)]).iter_batches(batch_format="pyarrow")).column(ROW_HASH)
-    row = int(np.flatnonzero(holdout_mask(hashes.to_numpy(), 0, 0.1))[0])
+    row = int(np.flatnonzero(in_holdout(hashes.to_numpy(), 0, 0.1))[0])
     wind = table.column("wind").to_numpy(zero_copy_only=False).copy()
     wind[row] = math.nan
     pq.write_table(table.set_column(table.schema.get_field_index("wind"), "wind", pa.array(wind)), path)

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import EncoderConfig, ModelConfig
-from pipeline.encoding import TableEncoder
+from pipeline.codec import fit_table
 from pipeline.errors import UserError
 from pipeline.model import build_model
 from pipeline.artifact import load_artifact, save_artifact
@@ -85,7 +85,7 @@ def test_known_secrets_appear_in_nothing_a_run_writes(workdir, adult_on_s3, s3_e
 
 @pytest.fixture
 def artifact(tmp_path, adult):
-    encoder = TableEncoder.fit(adult.slice(0, 500).to_batches(), ["income"], EncoderConfig())
+    encoder = fit_table(adult.slice(0, 500).to_batches(), ["income"], EncoderConfig())
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig(hidden=[16]))
     save_artifact(tmp_path / "model", model, encoder.to_json())
     return tmp_path / "model"

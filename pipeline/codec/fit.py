@@ -1,0 +1,192 @@
+"""Fitting a table encoder: one streaming pass of mergeable sketches over the training split (two under
+`train.privacy`), then one codec per column from its merged sketch.
+
+Given each row's deterministic hash (`update(batch, row_hash)`), the fitted encoder depends only on which rows
+were seen, not on how they were batched or in which order sketches merged. Ray Data runs `EncoderSketch.update`
+per block and the driver merges (pipeline/source.py); `fit_table` does the same in one process.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.codec.arrow import is_string_like, numeric_storage, plain, storage_type
+from pipeline.codec.base import FitSettings
+from pipeline.codec.counts import by_count
+from pipeline.codec.kinds import infer_kind, named_like_id
+from pipeline.codec.private import FineHistograms, private_codec, private_combinations
+from pipeline.codec.registry import codec_class
+from pipeline.codec.sketches import TAIL_VALUES_KEPT, CategorySketch, NumericSketch
+from pipeline.codec.table import TableEncoder
+from pipeline.config import EncoderConfig
+from pipeline.errors import UserError
+from pipeline.privacy import FineGrid, PrivateFit, StatisticsNoise, private_grid, statistics_noise
+
+INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
+
+
+class EncoderSketch:
+    """Streaming fit state for a whole table; `update` per batch, `merge` across workers, then `finalize`
+    (order-independent while category and condition counts stay under their pruning bounds)."""
+
+    def __init__(self, schema: pa.Schema, conditions: list[str], config: EncoderConfig,
+                 column_kinds: dict[str, str] | None = None, seed: int = 0, private: bool = False):
+        self.overrides = dict(column_kinds or {})
+        self.private = private
+        for name in [*conditions, *self.overrides]:
+            if name not in schema.names:
+                raise UserError(f"column {name!r} is not in the table; its columns are: {', '.join(schema.names)}")
+        self.schema = schema
+        self.conditions = list(conditions)
+        self.config = config
+        self.kinds = {f.name: infer_kind(f, self.overrides.get(f.name)) for f in schema}
+        for name in conditions:
+            if self.kinds[name] in ("list", "id"):
+                raise UserError(f"data.conditions: {name!r} is a {self.kinds[name]} column; condition on scalar "
+                                "columns that are not identifiers")
+        self.sketches: dict[str, NumericSketch | CategorySketch] = {}
+        for i, field in enumerate(schema):
+            kind = self.kinds[field.name]
+            if kind == "categorical" or (kind == "id" and is_string_like(field.type)):
+                may_be_id = (is_string_like(field.type) and field.name not in conditions
+                             and self.overrides.get(field.name) in (None, "id"))  # the cases final_kind decides
+                self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * TAIL_VALUES_KEPT),
+                                                           may_be_id)
+            else:
+                width = field.type.list_size if kind == "list" else 1
+                self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i,
+                                                          config.min_value_count, private)
+        self.combinations: dict[tuple, int] = {}
+
+    def update(self, batch: pa.RecordBatch | pa.Table, row_hash: np.ndarray | None = None) -> None:
+        """`row_hash`: one uint64 per row of `batch` for reproducible sample keys; None draws them at random."""
+        if batch.schema.names != self.schema.names:
+            raise UserError(f"a data file has columns {batch.schema.names}, expected {self.schema.names}; "
+                            "every Parquet file under data.path must share one schema")
+        if row_hash is not None and len(row_hash) != batch.num_rows:
+            raise ValueError(f"{len(row_hash)} row hashes for {batch.num_rows} rows")
+        for name, sketch in self.sketches.items():
+            sketch.update(plain(batch.column(name)), name, row_hash)
+        keys = pa.table({name: numeric_storage(plain(batch.column(name))) for name in self.conditions})
+        grouped = keys.group_by(self.conditions, use_threads=False).aggregate([([], "count_all")])
+        counts = grouped.column("count_all").to_pylist()
+        combos = zip(*(grouped.column(name).to_pylist() for name in self.conditions))
+        self._add_combinations(zip(combos, counts))
+
+    def merge(self, other: "EncoderSketch") -> "EncoderSketch":
+        for name, sketch in self.sketches.items():
+            sketch.merge(other.sketches[name])
+        self._add_combinations(other.combinations.items())
+        return self
+
+    def _add_combinations(self, pairs: Iterable[tuple[tuple, int]]) -> None:
+        for combo, count in pairs:
+            self.combinations[combo] = self.combinations.get(combo, 0) + count
+        limit = self.config.max_condition_combinations
+        if len(self.combinations) > 2 * limit:
+            self.combinations = dict(sorted(self.combinations.items(), key=by_count)[:limit])
+
+    def final_kind(self, field: pa.Field) -> str:
+        """The inferred kind, with identifiers recognised where the user gave no kind."""
+        name, kind, sketch = field.name, self.kinds[field.name], self.sketches[field.name]
+        if name in self.conditions or name in self.overrides:
+            return kind
+        if self.private:  # how unique a column is, is a statistic of its rows: decided on noisy counts at the end
+            return kind
+        k = self.config.min_value_count
+        if kind == "categorical" and is_string_like(field.type) and sketch.looks_like_id(name, k):
+            return "id"
+        if (kind == "integer" and pa.types.is_integer(field.type) and field.type.bit_width >= 32
+                and named_like_id(name) and sketch.values >= 2 * k and sketch.distinct_share() >= INT_ID_UNIQUE):
+            return "id"
+        return kind
+
+    def statistics_noise(self, private: PrivateFit) -> StatisticsNoise:
+        """The noise for this table's statistics: one histogram per category, id and condition-combination
+        column, two per numeric element (bounds, then quantiles); `public` columns count none."""
+        public = private.public
+        for name in public:
+            if name not in self.schema.names:
+                raise UserError(f"train.privacy.public_columns: {name!r} is not a modelled column; its columns "
+                                f"are: {', '.join(self.schema.names)}")
+        histograms = keyed = 0
+        for field in self.schema:
+            if field.name in public:
+                continue
+            kind, sketch = self.final_kind(field), self.sketches[field.name]
+            if kind == "id":
+                histograms += 1
+            elif isinstance(sketch, CategorySketch):
+                histograms, keyed = histograms + 1, keyed + 1
+            else:
+                histograms += 2 * sketch.sample.shape[1]
+        if not all(name in public for name in self.conditions):
+            histograms, keyed = histograms + 1, keyed + 1
+        return statistics_noise(private.epsilon, private.delta, histograms, keyed, private.seed, tuple(public))
+
+    def private_grids(self, noise: StatisticsNoise) -> dict[str, list[FineGrid | None]]:
+        """Per private numeric column, each element's fine grid between its private bounds (from the coarse grid):
+        what the second pass over the training split counts."""
+        grids = {}
+        for field in self.schema:
+            sketch = self.sketches[field.name]
+            if field.name in noise.public or not isinstance(sketch, NumericSketch) or self.final_kind(field) == "id":
+                continue
+            integers = self.kinds[field.name] in ("integer", "list") and pa.types.is_integer(
+                storage_type(field.type.value_type if self.kinds[field.name] == "list" else field.type))
+            grids[field.name] = [private_grid(sketch.grid[j], noise, f"{field.name}/bounds/{j}", integers)
+                                 for j in range(sketch.grid.shape[0])]
+        return grids
+
+    def finalize(self, excluded: list[str] = (), noise: StatisticsNoise | None = None,
+                 fine: FineHistograms | None = None) -> TableEncoder:
+        """The fitted encoder; with `noise` (and the second pass's `fine` histograms) every statistic of a
+        column not declared public comes from noisy counts."""
+        rows = next(iter(self.sketches.values())).rows
+        if rows == 0:
+            raise UserError("the training split has no rows; point data.path at a non-empty table or lower "
+                            "data.holdout_fraction")
+        for name in self.conditions:
+            if self.sketches[name].nulls == rows:
+                raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
+        config, codecs = self.config, {}
+        for field in self.schema:
+            sketch, kind = self.sketches[field.name], self.final_kind(field)
+            settings = FitSettings(config, condition=field.name in self.conditions)
+            if noise is not None and field.name not in noise.public:
+                inferred = field.name not in self.conditions and field.name not in self.overrides
+                codecs[field.name] = private_codec(field, kind, sketch, settings, noise, fine, inferred)
+            else:
+                codecs[field.name] = codec_class(kind).fit(field, kind, sketch, settings)
+        combinations = self.combinations
+        if noise is not None and not all(name in noise.public for name in self.conditions):
+            combinations = private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
+        top = sorted(combinations.items(), key=by_count)[: config.max_condition_combinations]
+        distribution = [{"values": list(combo), "count": count} for combo, count in top]
+        encoder = TableEncoder(self.schema, self.conditions, codecs, distribution, list(excluded),
+                               config.min_value_count, noise.describe() if noise is not None else None)
+        encoder.fitted_rows = rows
+        return encoder
+
+
+def fit_table(batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str], config: EncoderConfig,
+              column_kinds: dict[str, str] | None = None, seed: int = 0, excluded: list[str] = (),
+              private: PrivateFit | None = None) -> TableEncoder:
+    """The encoder fitted in this process, in one pass over the batches in bounded memory (two when `private`: the
+    batches must be re-iterable). Sample keys are drawn at random here: the distributed fit keys them by row hash."""
+    sketch = None
+    for batch in batches:
+        if sketch is None:
+            sketch = EncoderSketch(batch.schema, conditions, config, column_kinds, seed, private is not None)
+        sketch.update(batch)
+    if sketch is None:
+        raise UserError("the training table has no rows; point data.path at a non-empty table")
+    if private is None:
+        return sketch.finalize(excluded)
+    noise = sketch.statistics_noise(private)
+    fine = FineHistograms(sketch.private_grids(noise))
+    for batch in batches:
+        fine.update(batch)
+    return sketch.finalize(excluded, noise, fine)

@@ -1,0 +1,162 @@
+"""The fitted table encoder: Arrow rows <-> the model's float32 matrices (x for the columns the model
+reconstructs, c for the condition columns and their calendar phases), and its JSON file format."""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.codec.arrow import json_value, plain
+from pipeline.codec.base import Codec, DecodeContext
+from pipeline.codec.calendar import calendar_cycles, calendar_phases
+from pipeline.codec.kinds import Span
+from pipeline.codec.registry import codec_from_dict
+from pipeline.errors import UserError
+
+FORMAT = "cvae-table-encoder/5"  # 5: ids drawn from templates; a reader of 4 refuses it in one line
+READABLE_FORMATS = ("cvae-table-encoder/2", "cvae-table-encoder/3", "cvae-table-encoder/4", FORMAT)  # 4 lacks templates
+
+
+class TableEncoder:
+    """A fitted encoder: feature matrix x for the columns the model reconstructs, condition matrix c for the rest."""
+
+    def __init__(self, schema: pa.Schema, conditions: list[str], codecs: dict[str, Codec],
+                 condition_distribution: list[dict[str, Any]], excluded: list[str] = (), min_value_count: int = 1,
+                 privacy: dict[str, Any] | None = None, calendar: dict[str, list[str]] | None = None):
+        self.schema = schema
+        self.privacy = privacy  # the statistics' noise (StatisticsNoise.describe()), None when fitted exactly
+        self.fitted_rows: int | None = None  # training rows the fit saw (not saved: only the fitting job needs it)
+        self.conditions = list(conditions)
+        self.features = [name for name in schema.names if name not in conditions]
+        self.codecs = codecs
+        self.condition_distribution = condition_distribution
+        self.excluded = list(excluded)
+        self.min_value_count = min_value_count
+        self.feature_spans = self._spans(self.features)
+        self.condition_spans = self._spans(self.conditions)
+        # condition column -> the calendar cycles appended to c (None: a new fit, every date/timestamp condition)
+        self.calendar = ({name: calendar_cycles(schema.field(name).type) for name in self.conditions
+                          if calendar_cycles(schema.field(name).type)} if calendar is None else calendar)
+
+    def _spans(self, names: list[str]) -> list[Span]:
+        spans, start = [], 0
+        for name in names:
+            codec = self.codecs[name]
+            spans.extend(codec.spans(start))
+            start += codec.width
+        return spans
+
+    @property
+    def x_dim(self) -> int:
+        return sum(self.codecs[name].width for name in self.features)
+
+    @property
+    def c_dim(self) -> int:
+        return (sum(self.codecs[name].width for name in self.conditions)
+                + sum(2 * len(cycles) for cycles in self.calendar.values()))
+
+    @property
+    def id_columns(self) -> list[str]:
+        return [name for name, codec in self.codecs.items() if codec.kind == "id"]
+
+    def kinds(self) -> dict[str, str]:
+        """Each column's kind as fitted: id, categorical, integer, continuous or list."""
+        return {name: codec.kind for name, codec in self.codecs.items()}
+
+    def kinds_summary(self) -> str:
+        """e.g. "9 categorical, 1 id, 6 integer": what the fit found, for the console and benchmarks."""
+        kinds = list(self.kinds().values())
+        return ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+
+    def protection(self) -> dict[str, Any]:
+        """What stands in for protected values, as the manifest and README describe it."""
+        tokens = {codec.replacement_token() for codec in self.codecs.values()} - {None}
+        return {"min_value_count": self.min_value_count, "replacement_token": min(tokens) if tokens else None,
+                "condition_columns_unprotected": [] if self.privacy else self.conditions,
+                "noisy_statistics": self.privacy}
+
+    def check_capacity(self, num_rows: int) -> None:
+        """Integer ids must fit their type for every row of a dataset."""
+        for name, codec in self.codecs.items():
+            capacity = codec.capacity()
+            if capacity is not None and num_rows > capacity:
+                raise UserError(f"generate.num_rows: {num_rows:,} rows need more fresh ids than column {name!r} "
+                                f"({self.schema.field(name).type}) can hold ({capacity:,}); generate fewer rows")
+
+    def transform(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """(x, c) float32 matrices for the feature and condition columns."""
+        missing = [name for name in self.schema.names if name not in table.schema.names]
+        if missing:
+            raise UserError(f"table lacks column(s) {', '.join(missing)} that the encoder was fitted on; "
+                            "use data with the training schema")
+        return self._encode(table, self.features), self.encode_conditions(table)
+
+    def encode_conditions(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Each condition column's codec block, then the calendar phases of its date and timestamp columns."""
+        phases = [calendar_phases(plain(table.column(name)), cycles) for name, cycles in self.calendar.items()]
+        # a condition is network input, not a target: a null numeric condition feeds 0, not NaN
+        return np.nan_to_num(np.concatenate([self._encode(table, self.conditions), *phases], axis=1), nan=0.0)
+
+    def _encode(self, table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
+        blocks = [self.codecs[name].encode(plain(table.column(name))) for name in names]
+        if not blocks:
+            return np.zeros((table.num_rows, 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1)
+
+    def inverse_transform(self, x: np.ndarray, conditions: pa.Table, rng: np.random.Generator | None = None,
+                          row_offset: int = 0) -> pa.Table:
+        """Rows in the training schema: features decoded from x, condition columns copied from `conditions` exactly.
+        `row_offset` is the first row's index in the whole generated dataset (fresh ids count from it)."""
+        context = DecodeContext(rng or np.random.default_rng(0), row_offset)
+        if x.shape != (conditions.num_rows, self.x_dim):
+            raise ValueError(f"x has shape {x.shape}, expected ({conditions.num_rows}, {self.x_dim})")
+        columns, start = {}, 0
+        for name in self.features:
+            codec = self.codecs[name]
+            block = x[:, start: start + codec.width]
+            columns[name] = codec.decode(block, context)
+            start += codec.width
+        for name in self.conditions:
+            columns[name] = plain(conditions.column(name)).cast(self.schema.field(name).type)
+        return pa.table([columns[name] for name in self.schema.names], schema=self.schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
+            "columns": [{"name": f.name, "type": str(f.type)} for f in self.schema],
+            "conditions": self.conditions,
+            "excluded": self.excluded,
+            "min_value_count": self.min_value_count,
+            "codecs": {name: codec.to_dict() for name, codec in self.codecs.items()},
+            "condition_distribution": self.condition_distribution,
+            "privacy": self.privacy,
+            "calendar": self.calendar,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=json_value)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TableEncoder":
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
+            raise UserError(f"encoder JSON is not a {FORMAT} document; retrain the model with this version")
+        try:
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
+            codecs = {field.name: codec_from_dict(field, data["codecs"][field.name]) for field in schema}
+            return cls(schema, data["conditions"], codecs, data["condition_distribution"], data["excluded"],
+                       data["min_value_count"], data.get("privacy"), data.get("calendar", {}))
+        except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
+            raise UserError(f"encoder JSON is malformed ({type(exc).__name__}: {exc}); re-export the model") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "TableEncoder":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"encoder JSON does not parse ({exc}); re-export the model") from None
+
+
