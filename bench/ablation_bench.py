@@ -27,12 +27,12 @@ warnings.filterwarnings("ignore")
 from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, split  # noqa: E402 (bench/)
 from pipeline.config import BUNDLED_DATA, GenerateConfig, load_config  # noqa: E402
 from pipeline.codec import fit_table  # noqa: E402
-from pipeline.latent_prior import collect_codes, fit_mixture  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.plan import build_plan  # noqa: E402
-from pipeline.sampling import synthesize  # noqa: E402
-from pipeline.train import plan_epochs  # noqa: E402
-from pipeline.train_worker import beta_for_epoch, lr_for_epoch, run_epoch  # noqa: E402
+from pipeline.model.latent_prior import collect_codes, fit_mixture  # noqa: E402
+from pipeline.model.cvae import build_model  # noqa: E402
+from pipeline.generate.plan import build_plan  # noqa: E402
+from pipeline.model.sampling import synthesize  # noqa: E402
+from pipeline.train.driver import plan_epochs  # noqa: E402
+from pipeline.train.worker import beta_for_epoch, lr_for_epoch, run_epoch  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {  # name -> `cvae train --set` overrides from the defaults
     "defaults": [],

@@ -30,8 +30,8 @@ def overrides(folder: str, rows: int) -> list[str]:
 
 def prepare(folder: str, sizes: list[int]) -> None:
     from pipeline.config import load_config
-    from pipeline.generate import generate
-    from pipeline.train import train
+    from pipeline.generate.driver import generate
+    from pipeline.train.driver import train
 
     outcome = train(load_config(None, overrides(folder, sizes[0])))
     for rows in sizes:
@@ -41,7 +41,7 @@ def prepare(folder: str, sizes: list[int]) -> None:
 
 def evaluate_once(folder: str, rows: int) -> dict:
     from pipeline.config import load_config
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.driver import evaluate
 
     config = load_config(None, overrides(folder, rows))
     started = time.perf_counter()

@@ -47,12 +47,12 @@ def machine_limit(outcome_uri: str, tracking_uri: str, rows: int, precision: str
     import torch
 
     from pipeline.config import GenerateConfig
-    from pipeline.part_writer import parquet_bytes
-    from pipeline.plan import build_plan
+    from pipeline.generate.part_writer import parquet_bytes
+    from pipeline.generate.plan import build_plan
     from pipeline.artifact import load_artifact_files
     from pipeline.registry import fetch_model
     from pipeline.tracking import client_for
-    from pipeline.sampling import SAMPLE_BATCH, synthesize
+    from pipeline.model.sampling import SAMPLE_BATCH, synthesize
 
     client_for(tracking_uri)
     model, encoder = load_artifact_files(fetch_model(outcome_uri))
@@ -105,8 +105,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.config import load_config
-    from pipeline.generate import generate
-    from pipeline.train import train
+    from pipeline.generate.driver import generate
+    from pipeline.train.driver import train
 
     folder = Path(tempfile.mkdtemp(prefix="cvae-genbench-"))
     tracking = f"sqlite:///{folder}/mlflow.db"

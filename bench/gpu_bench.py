@@ -4,10 +4,10 @@ same model, in one run.
     python bench/gpu_bench.py [--epochs 3] [--rows 2000000] [--out DIR]
 
 - train limit: a plain loop of the same model, optimiser, batch size and bf16 autocast over device-resident
-  tensors of the same encoded rows; ours: the Ray Train worker loop (pipeline.train_worker, 1 GPU worker)
+  tensors of the same encoded rows; ours: the Ray Train worker loop (pipeline.train.worker, 1 GPU worker)
   fed by Ray Data. Ratio = ours / limit, per epoch after the first.
 - generate limit: the decoder's forward pass alone on device-resident inputs, plus pyarrow writing the same
-  rows, timed here; ours: generation actors (pipeline.part_writer, one GPU each) through Ray Data.
+  rows, timed here; ours: generation actors (pipeline.generate.part_writer, one GPU each) through Ray Data.
 
 Needs only the worker-side modules (no MLflow), so it runs where Ray, torch and pyarrow are installed.
 Falls back to CPU when no GPU is visible (to check the script). Writes results.json to --out.
@@ -48,7 +48,7 @@ def encoded_adult(seed: int = 0):
 
 def plain_loop(model, x, c, batch_size: int, epochs: int, amp: bool) -> list[float]:
     """rows/s per epoch of the limit: tensors already on the device, no input pipeline at all."""
-    from pipeline.train_worker import run_epoch
+    from pipeline.train.worker import run_epoch
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     rates = []
@@ -73,8 +73,8 @@ def train_through_ray(encoder, splits, batch_size: int, epochs: int, use_gpu: bo
     import ray.train.torch
 
     from pipeline.config import ModelConfig
-    from pipeline.model import build_model
-    from pipeline.train_worker import train_loop_per_worker
+    from pipeline.model.cvae import build_model
+    from pipeline.train.worker import train_loop_per_worker
 
     config = ModelConfig()
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config)
@@ -96,8 +96,8 @@ def generation(encoder, model_files: dict, rows: int, rows_per_part: int, use_gp
                num_workers: int | str) -> dict:
     """Parts written by the product's writers, sized as `cvae generate` sizes them (`generate.num_workers`)."""
     from pipeline.config import GenerateConfig
-    from pipeline.part_writer import write_with_actors, writer_pool
-    from pipeline.plan import build_plan
+    from pipeline.generate.part_writer import write_with_actors, writer_pool
+    from pipeline.generate.plan import build_plan
 
     plan = build_plan(GenerateConfig(num_rows=rows), encoder)
     pool = writer_pool(num_workers, 1, use_gpu, ray.cluster_resources())
@@ -115,9 +115,9 @@ def generation(encoder, model_files: dict, rows: int, rows_per_part: int, use_gp
 
 def generation_limit(model, encoder, rows: int, device: torch.device, use_bf16: bool) -> dict:
     from pipeline.config import GenerateConfig
-    from pipeline.part_writer import parquet_bytes
-    from pipeline.plan import build_plan
-    from pipeline.sampling import SAMPLE_BATCH, synthesize
+    from pipeline.generate.part_writer import parquet_bytes
+    from pipeline.generate.plan import build_plan
+    from pipeline.model.sampling import SAMPLE_BATCH, synthesize
 
     conditions = build_plan(GenerateConfig(num_rows=rows), encoder).rows(0, rows)
     c = torch.from_numpy(encoder.encode_conditions(conditions)).to(device)
@@ -162,7 +162,7 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="cvae-gpubench-")
     from pipeline.artifact import save_artifact
     from pipeline.config import ModelConfig
-    from pipeline.model import build_model
+    from pipeline.model.cvae import build_model
 
     encoder, splits = encoded_adult()
     if args.repeat > 1:  # a table big enough to keep a GPU busy: Adult's encoded rows, several times over

@@ -71,10 +71,10 @@ def generated(encoder, saved: Path | None = None) -> bytes:
     first (when absent) and then read back from it: an artifact written by older code generates the same bytes."""
     from pipeline.artifact import load_artifact, save_artifact
     from pipeline.config import GenerateConfig, ModelConfig
-    from pipeline.model import build_model
-    from pipeline.part_writer import parquet_bytes
-    from pipeline.plan import build_plan
-    from pipeline.sampling import synthesize
+    from pipeline.model.cvae import build_model
+    from pipeline.generate.part_writer import parquet_bytes
+    from pipeline.generate.plan import build_plan
+    from pipeline.model.sampling import synthesize
     torch.manual_seed(0)
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans,
                         ModelConfig(hidden=[32], latent_dim=4, latent_mixture=0))

@@ -42,10 +42,10 @@ def run_cvae(name: str, training_file: str, folder: str, epochs: int, epsilon: f
 
     from pipeline.artifact import load_artifact_files, privacy_guarantee
     from pipeline.config import GenerateConfig, load_config
-    from pipeline.plan import build_plan
+    from pipeline.generate.plan import build_plan
     from pipeline.registry import fetch_model
-    from pipeline.sampling import synthesize
-    from pipeline.train import train
+    from pipeline.model.sampling import synthesize
+    from pipeline.train.driver import train
 
     tag = "plain" if epsilon is None else f"eps{epsilon:g}"
     overrides = [f"data.path={training_file}", f"data.conditions={CONDITIONS[name]}", "data.holdout_fraction=0.0",

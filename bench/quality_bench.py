@@ -60,10 +60,10 @@ def run_cvae(table: str, folder: str, rows: int, budget_s: float, seed: int, ove
 
     from pipeline.artifact import load_artifact_files
     from pipeline.config import GenerateConfig, load_config
-    from pipeline.plan import build_plan
+    from pipeline.generate.plan import build_plan
     from pipeline.registry import fetch_model
-    from pipeline.sampling import synthesize
-    from pipeline.train import train
+    from pipeline.model.sampling import synthesize
+    from pipeline.train.driver import train
 
     config = load_config(None, [
         f"data.path={folder}/training.parquet", f"data.conditions={CONDITIONS[table]}", "data.holdout_fraction=0.0",

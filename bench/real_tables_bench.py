@@ -2,7 +2,7 @@
 
 Prints, per table: rows, columns, the kinds the encoder found, train seconds (the whole `cvae train` stage,
 Ray start included for the first table only), whether the output schema equals the input's, protected values
-found in the model artifact or the output (pipeline/audit.py), and quality against the holdout (our evaluator;
+found in the model artifact or the output (pipeline/evaluate/audit.py), and quality against the holdout (our evaluator;
 tables whose 10% holdout is under 500 rows are judged on a fifth of the training rows instead).
 
     python bench/real_tables_bench.py [--epochs 10] [--rows 20000] [TABLE ...]
@@ -22,12 +22,12 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 import mlflow  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.audit import audit, protected_values, training_split  # noqa: E402
+from pipeline.evaluate.audit import audit, protected_values, training_split  # noqa: E402
 from pipeline.config import BUNDLED_DATA, load_config  # noqa: E402
 from pipeline.codec import TableEncoder  # noqa: E402
-from pipeline.evaluate import evaluate  # noqa: E402
-from pipeline.generate import generate  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.evaluate.driver import evaluate  # noqa: E402
+from pipeline.generate.driver import generate  # noqa: E402
+from pipeline.train.driver import train  # noqa: E402
 
 TABLES = {"adult": ["income"], "digits": ["digit"], "pizzaplace": ["type"], "airports": ["state"],
           "nuclides": ["is_stable"], "penguins-raw": ["Species"], "seattle-weather": ["weather"], "sf-temps": ["date"]}

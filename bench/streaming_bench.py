@@ -63,7 +63,7 @@ def one(table: str, epochs: int, batch_size: int, object_store_gb: float) -> dic
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     ray.init(object_store_memory=int(object_store_gb * 1024 ** 3), include_dashboard=False, log_to_driver=False)
     session = ray._private.worker.global_worker.node.get_session_dir_path()

@@ -46,7 +46,7 @@ def cvae(workers: int, epochs: int) -> dict:
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     folder = tempfile.mkdtemp(prefix="cvae-bench-")
     config = load_config(None, [f"train.num_workers={workers}", f"train.epochs={epochs}",
@@ -77,7 +77,7 @@ def _encoded_adult():
 
     from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig
     from pipeline.codec import fit_table
-    from pipeline.model import build_model
+    from pipeline.model.cvae import build_model
 
     table = pq.read_table(BUNDLED_DATA / "adult.parquet")
     encoder = fit_table(table.to_batches(), ["income"], EncoderConfig())
@@ -92,7 +92,7 @@ def _steady_rate(model, x, c, epochs: int) -> float:
     """Median rows/s of the epochs after the first, one thread, batches sliced from in-memory tensors."""
     import torch
 
-    from pipeline.train_worker import run_epoch
+    from pipeline.train.worker import run_epoch
 
     torch.set_num_threads(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
-from pipeline.model import CVAE, CVAEConfig
+from pipeline.model.cvae import CVAE, CVAEConfig
 
 ARTIFACT_FORMAT = "cvae-model/1"
 ARTIFACT_FILES = ("weights.pt", "model.json", "encoder.json")

@@ -19,7 +19,7 @@ COMMANDS = {
 
 
 def train_command(config: Config, args: argparse.Namespace) -> int:
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     trained = train(config, args.restart)
     console.result(f"next: cvae generate --set generate.model_uri={trained.model_uri}")
@@ -28,7 +28,7 @@ def train_command(config: Config, args: argparse.Namespace) -> int:
 
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
-    from pipeline.generate import generate
+    from pipeline.generate.driver import generate
 
     generated = generate(config, args.overwrite)
     console.result(f"next: cvae evaluate --set evaluate.synthetic={redact(generated.output)}")
@@ -36,7 +36,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
 
 
 def evaluate_command(config: Config, args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.driver import evaluate
 
     evaluate(config)
     console.result(where_to_look(config))
@@ -45,9 +45,9 @@ def evaluate_command(config: Config, args: argparse.Namespace) -> int:
 
 def run_command(config: Config, args: argparse.Namespace) -> int:
     """The main job: train, then generate from the version just registered, then evaluate."""
-    from pipeline.evaluate import evaluate
-    from pipeline.generate import generate
-    from pipeline.train import train
+    from pipeline.evaluate.driver import evaluate
+    from pipeline.generate.driver import generate
+    from pipeline.train.driver import train
 
     trained = train(config, args.restart)
     if config.generate.model_uri is None:

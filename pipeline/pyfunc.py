@@ -20,8 +20,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSp
 from pipeline.artifact import MODEL_ARTIFACT, load_artifact
 from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
-from pipeline.plan import condition_schema
-from pipeline.sampling import part_seed, synthesize
+from pipeline.model.sampling import part_seed, synthesize
 
 PACKAGE = Path(__file__).resolve().parent
 PYFUNC_ENTRY = PACKAGE / "pyfunc_entry.py"
@@ -60,7 +59,7 @@ def conditions_from_frame(encoder: TableEncoder, frame: pd.DataFrame) -> pa.Tabl
     if missing:
         raise UserError(f"condition column(s) {', '.join(missing)} missing from the input; "
                         f"pass a DataFrame with columns {encoder.conditions}")
-    schema = condition_schema(encoder)
+    schema = encoder.condition_schema()
     try:
         return pa.table([pa.array(frame[f.name], from_pandas=True).cast(f.type) if f.name in frame.columns
                          else pa.nulls(len(frame), f.type) for f in schema],
@@ -82,7 +81,7 @@ def signature(encoder: TableEncoder) -> ModelSignature:
     column is optional (protected, all-null and rare columns can be null in any row)."""
     optional = nullable_conditions(encoder)
     inputs = Schema([ColSpec(mlflow_type(field.type), field.name, required=field.name not in optional)
-                     for field in condition_schema(encoder)])
+                     for field in encoder.condition_schema()])
     outputs = Schema([ColSpec(mlflow_type(field.type), field.name, required=False) for field in encoder.schema])
     params = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("part", "long", 0)])
     return ModelSignature(inputs, outputs, params)

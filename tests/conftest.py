@@ -115,7 +115,7 @@ def base_overrides(mlflow_db, runs_dir):
 def trained_adult(ray_cluster, mlflow_db, tmp_path_factory):
     """Adult conditioned on income and native-country, trained once per session (1 epoch: tests check mechanics)."""
     from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     overrides = base_overrides(mlflow_db, tmp_path_factory.mktemp("runs")) + [
         "data.conditions=[income, native-country]", "train.epochs=1", "train.name=adult-shared",
@@ -127,7 +127,7 @@ def trained_adult(ray_cluster, mlflow_db, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_digits(ray_cluster, mlflow_db, tmp_path_factory):
     from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     overrides = base_overrides(mlflow_db, tmp_path_factory.mktemp("runs")) + [
         f"data.path={BUNDLED_DATA / 'digits.parquet'}", "data.conditions=[digit]", "data.columns={digit: categorical}",
@@ -186,7 +186,7 @@ def rare_training_combo(trained_adult):
     the holdout wherever the checkout lives: ask the split, do not assume."""
     import pyarrow.compute as pc
 
-    from pipeline.audit import training_split
+    from pipeline.evaluate.audit import training_split
     from pipeline.config import load_config
 
     config = load_config(None, trained_adult[0])

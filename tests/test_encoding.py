@@ -415,7 +415,7 @@ def test_sequential_ids_get_one_digit_more_in_their_own_type(arrow_type):
 
 
 def test_rare_values_and_extremes_never_reach_the_encoder_or_its_output():
-    from pipeline.audit import audit, protected_values
+    from pipeline.evaluate.audit import audit, protected_values
 
     rng = np.random.default_rng(3)
     names = [f"person-{i}" for i in range(40)]

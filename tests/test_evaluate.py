@@ -8,8 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import BUNDLED_DATA, load_config
-from pipeline.evaluate import evaluate
-from pipeline.generate import generate
+from pipeline.evaluate.driver import evaluate
+from pipeline.generate.driver import generate
 from tests.test_bad_input import fails
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
-from pipeline.generate import generate
+from pipeline.generate.driver import generate
 from tests.conftest import S3_KEYS, free_port, start_mlflow_server, wait_for_port
 from tests.test_train import checkpoints, latest_epoch, train_attempts
 
@@ -117,7 +117,7 @@ NODE_REMOVAL = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from mlflow.tracking import MlflowClient
     from pipeline.config import load_config
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     folder = sys.argv[1]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 150 * 1024 ** 2})

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.audit import training_split
+from pipeline.evaluate.audit import training_split
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.generate import generate
-from pipeline.part_writer import writer_pool
+from pipeline.generate.driver import generate
+from pipeline.generate.part_writer import writer_pool
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The latent mixture fitted after training (pipeline/latent_prior.py) and the training plan's defaults
+"""The latent mixture fitted after training (pipeline/model/latent_prior.py) and the training plan's defaults
 (auto epochs, cosine learning rate): what a user sees in generated rows and in a saved model."""
 import numpy as np
 import pyarrow.compute as pc
@@ -6,11 +6,11 @@ import torch
 
 from pipeline.artifact import load_artifact, save_artifact
 from pipeline.config import load_config
-from pipeline.latent_prior import collect_codes, fit_mixture, keep_row
-from pipeline.model import CVAE, CVAEConfig, combination_of
-from pipeline.sampling import synthesize
-from pipeline.train import AUTO_MIN_EPOCHS, EpochPlan, plan_epochs
-from pipeline.train_worker import lr_for_epoch
+from pipeline.model.latent_prior import collect_codes, fit_mixture, keep_row
+from pipeline.model.cvae import CVAE, CVAEConfig, combination_of
+from pipeline.model.sampling import synthesize
+from pipeline.train.driver import AUTO_MIN_EPOCHS, EpochPlan, plan_epochs
+from pipeline.train.worker import lr_for_epoch
 
 SPANS = [{"column": "a", "kind": "gaussian", "start": 0, "width": 1},
          {"column": "b", "kind": "gaussian", "start": 1, "width": 1}]
@@ -100,7 +100,7 @@ def test_a_saved_model_keeps_its_mixture(tmp_path, adult):
     """The mixture travels in the artifact's weights: a reloaded model gives the same rows for the same seed."""
     from pipeline.config import EncoderConfig
     from pipeline.codec import fit_table
-    from pipeline.model import build_model
+    from pipeline.model.cvae import build_model
     from pipeline.config import ModelConfig
 
     table = adult.slice(0, 3000)

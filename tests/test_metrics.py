@@ -5,10 +5,10 @@ import pyarrow.compute as pc
 import pytest
 from scipy.stats import ks_2samp
 
-from pipeline.evaluate import column_kinds
-from pipeline.metrics import (ColumnStats, invalid_counts, ks_complement, per_condition, prepare, privacy, quality,
+from pipeline.evaluate.driver import column_kinds
+from pipeline.evaluate.metrics import (ColumnStats, invalid_counts, ks_complement, per_condition, prepare, privacy, quality,
                               utility)
-from pipeline.plots import report_figures
+from pipeline.evaluate.plots import report_figures
 
 
 @pytest.fixture(scope="module")

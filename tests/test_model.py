@@ -11,9 +11,9 @@ from torch.distributions import Normal, kl_divergence
 
 from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig
 from pipeline.codec import TableEncoder, fit_table
-from pipeline.sampling import synthesize
-from pipeline.model import CVAE, CVAEConfig, build_model, kl_diag_gaussians
-from pipeline.train_worker import beta_for_epoch, run_epoch, validate
+from pipeline.model.sampling import synthesize
+from pipeline.model.cvae import CVAE, CVAEConfig, build_model, kl_diag_gaussians
+from pipeline.train.worker import beta_for_epoch, run_epoch, validate
 
 CONDITIONS = ["income", "race", "native-country"]
 

@@ -1,11 +1,11 @@
-"""Condition plans (pipeline/plan.py) as a user sees them: the rows each combination gets."""
+"""Condition plans (pipeline/generate/plan.py) as a user sees them: the rows each combination gets."""
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import BUNDLED_DATA, EncoderConfig, GenerateConfig
 from pipeline.codec import fit_table
-from pipeline.plan import build_plan
+from pipeline.generate.plan import build_plan
 
 
 def test_a_proportional_plan_over_unique_dates_keeps_their_spread():

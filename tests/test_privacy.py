@@ -12,7 +12,7 @@ from scipy.special import ndtr
 from pipeline.config import BUNDLED_DATA, EncoderConfig, GenerateConfig, load_config
 from pipeline.codec import fit_table
 from pipeline.errors import UserError
-from pipeline.plan import build_plan
+from pipeline.generate.plan import build_plan
 from pipeline.privacy import PrivateFit, noise_for_budget, sgd_epsilon, statistics_noise
 
 ORDERS = range(2, 64)
@@ -90,8 +90,8 @@ def test_ghost_clipping_equals_clipping_each_rows_gradient(monkeypatch, prior, v
     import torch
 
     from pipeline.config import ModelConfig
-    from pipeline.dp_sgd import RowNorms, clipped_gradient_sum
-    from pipeline.model import build_model
+    from pipeline.train.dp_sgd import RowNorms, clipped_gradient_sum
+    from pipeline.model.cvae import build_model
 
     table = _training_rows("adult").slice(0, 64)
     encoder = fit_table([table], ["income"], EncoderConfig())
@@ -217,9 +217,9 @@ def test_private_training_stops_before_the_target_and_the_guarantee_travels(ray_
     from mlflow.tracking import MlflowClient
 
     from pipeline.artifact import privacy_guarantee
-    from pipeline.generate import generate
+    from pipeline.generate.driver import generate
     from pipeline.privacy import sgd_epsilon
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     config = _private_config(workdir, "train.epochs=5", "train.privacy.epsilon=3", "train.name=dp-stop",
                              "mlflow.model_name=dp-stop")
@@ -258,7 +258,7 @@ def test_private_training_is_reproducible_and_a_resumed_job_adds_to_its_epsilon(
 
     from pipeline.artifact import privacy_guarantee
     from pipeline.privacy import sgd_epsilon
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     def run(name, epochs):
         return train(_private_config(workdir, f"train.epochs={epochs}", "train.privacy.epsilon=8",
@@ -298,7 +298,7 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     from test_train import checkpoints, kill_a_worker_after, same_weights, train_attempts, weights
 
     from pipeline.privacy import sgd_epsilon
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     same = ("train.epochs=4", "train.keep_checkpoints=10", "model.hidden=[64]", "train.privacy.epsilon=8")

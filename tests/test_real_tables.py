@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import base_overrides
-from pipeline.audit import audit, protected_values, training_split
+from pipeline.evaluate.audit import audit, protected_values, training_split
 from pipeline.cli import main
 from pipeline.config import BUNDLED_DATA
 from pipeline.codec import TableEncoder
-from pipeline.latent_prior import ROWS_PER_COMPONENT
+from pipeline.model.latent_prior import ROWS_PER_COMPONENT
 from pipeline.rowhash import ROW_HASH, in_holdout
 from pipeline.source import read_table
 from pipeline.storage import filesystem

@@ -14,9 +14,9 @@ from pipeline.cli import main
 from pipeline.config import EncoderConfig, ModelConfig
 from pipeline.codec import fit_table
 from pipeline.errors import UserError
-from pipeline.model import build_model
+from pipeline.model.cvae import build_model
 from pipeline.artifact import load_artifact, save_artifact
-from pipeline.sink import Sink
+from pipeline.generate.sink import Sink
 from tests.conftest import free_port
 
 SECRET = "Sup3rS3cretValue0123456789abcdef"

@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_config
-from pipeline.train import train
+from pipeline.train.driver import train
 
 pytestmark = pytest.mark.slow
 

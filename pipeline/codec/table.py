@@ -78,6 +78,14 @@ class TableEncoder:
                 "condition_columns_unprotected": [] if self.privacy else self.conditions,
                 "noisy_statistics": self.privacy}
 
+    def condition_schema(self) -> pa.Schema:
+        """The condition columns as a plan or a served request gives them (dictionary columns as their values)."""
+        fields = []
+        for name in self.conditions:
+            arrow_type = self.schema.field(name).type
+            fields.append(pa.field(name, arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type))
+        return pa.schema(fields)
+
     def check_capacity(self, num_rows: int) -> None:
         """Integer ids must fit their type for every row of a dataset."""
         for name, codec in self.codecs.items():

@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from pipeline.artifact import save_artifact
 from pipeline.config import ModelConfig
-from pipeline.model import CVAE, CVAEConfig
-from pipeline.dp_sgd import private_epoch
+from pipeline.model.cvae import CVAE, CVAEConfig
+from pipeline.train.dp_sgd import private_epoch
 from pipeline.privacy import SgdPlan, epoch_noise, guarantee, next_epoch_fits
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.model import CVAE
+from pipeline.model.cvae import CVAE
 from pipeline.privacy import History, SgdPlan, guarantee
 
 

@@ -27,11 +27,11 @@ from pipeline.artifact import load_artifact_files, privacy_guarantee
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
 from pipeline.codec import TableEncoder
-from pipeline.plan import Plan, build_plan
+from pipeline.generate.plan import Plan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
-from pipeline.part_writer import PartWriter, write_with_actors, writer_pool
-from pipeline.sink import Sink, failpoint
+from pipeline.generate.part_writer import PartWriter, write_with_actors, writer_pool
+from pipeline.generate.sink import Sink, failpoint
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
 GENERATION_TAG = "cvae.generation_id"

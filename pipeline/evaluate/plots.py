@@ -6,24 +6,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.metrics import NUMERIC_BINS, Sample, association_matrix, condition_groups
+from pipeline.evaluate.metrics import NUMERIC_BINS, Sample, association_matrix, condition_groups
+from pipeline.pyplot import pyplot
 
 MAX_BARS = 20
 IMAGES_PER_CONDITION = 8
 MAX_IMAGE_CONDITIONS = 10
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def report_figures(real_sample: Sample, synthetic_sample: Sample, kinds: dict[str, str], conditions: list[str],
                    report: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """(artifact path, figure) pairs for the samples the report scored; each figure is closed once the caller moves on."""
-    plt = _pyplot()
+    plt = pyplot()
     for name, kind in kinds.items():
         figure = _histogram(plt, real_sample, synthetic_sample, name, kind, report["columns"].get(name))
         yield f"histograms/{name}.png", figure
@@ -114,21 +108,3 @@ def _image_grid(plt: Any, real: Any, synthetic: Any, name: str, elements: list[s
     axes[0, 1].set_title(f"generated, by {condition}", fontsize=8, loc="left")
     figure.tight_layout()
     return figure
-
-
-def loss_curve(history: list[dict[str, float]]) -> Iterator[tuple[str, Any]]:
-    """("loss_curve.png", figure): training loss (beta-weighted) and, with a holdout, its negative ELBO per epoch.
-    A private run has no training loss (it is not reported: it would come from training rows without noise)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [int(entry["epoch"]) + 1 for entry in history]
-    if all("loss" in entry for entry in history):
-        ax.plot(epochs, [entry["loss"] for entry in history], marker="o", label="training loss (recon + beta x KL)")
-    if all("val_elbo" in entry for entry in history):
-        ax.plot(epochs, [-entry["val_elbo"] for entry in history], marker="o", label="holdout negative ELBO")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("per row")
-    ax.legend()
-    fig.tight_layout()
-    yield "loss_curve.png", fig
-    plt.close(fig)

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.artifact import load_artifact_files
-from pipeline.plan import Plan
-from pipeline.sampling import part_seed, synthesize
-from pipeline.sink import Sink
+from pipeline.generate.plan import Plan
+from pipeline.model.sampling import part_seed, synthesize
+from pipeline.generate.sink import Sink
 
 
 MAX_ACTORS_PER_GPU = 8  # beyond this, more CUDA contexts than the CPU-side work (decode to Arrow, Parquet) needs

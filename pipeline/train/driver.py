@@ -1,4 +1,4 @@
-"""Training, the driver: fit the encoder, start the Ray Train workers (pipeline.train_worker), track each epoch
+"""Training, the driver: fit the encoder, start the Ray Train workers (pipeline.train.worker), track each epoch
 in MLflow from the controller, register the best checkpoint.
 
 Rerunning the same job (same `train.name` and `train.storage_path`) resumes from
@@ -34,9 +34,9 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import Config
 from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
-from pipeline.latent_prior import FIT_BATCH_ROWS, collect_codes, fit_mixture
-from pipeline.model import CVAE, build_model
-from pipeline.plots import loss_curve
+from pipeline.model.latent_prior import FIT_BATCH_ROWS, collect_codes, fit_mixture
+from pipeline.model.cvae import CVAE, build_model
+from pipeline.train.plots import loss_curve
 from pipeline.privacy import PrivateFit, budget, check_budget, sgd_plan
 from pipeline.registry import register, registered_version, tag_guarantee
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
@@ -44,7 +44,7 @@ from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or
 from pipeline.source import (cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema,
                              object_store_share, read_table)
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
-from pipeline.train_worker import feed_rows, train_loop_per_worker
+from pipeline.train.worker import feed_rows, train_loop_per_worker
 
 class EpochLogger(ray.train.UserCallback):
     """On the Ray Train controller: each persisted epoch goes to MLflow (kept for later if MLflow is away), and a
@@ -191,7 +191,7 @@ class Stages:
 
 
 def with_latent_mixture(model: CVAE, train_split: ray.data.Dataset, rows: float, config: Config) -> CVAE:
-    """The trained model plus the latent mixture fitted to the training rows' codes (pipeline/latent_prior.py),
+    """The trained model plus the latent mixture fitted to the training rows' codes (pipeline/model/latent_prior.py),
     on the driver: one more read of the training split (from the object store, or the files when it streams)."""
     batches = ((batch["x"], batch["c"]) for batch in train_split.iter_torch_batches(
         batch_size=FIT_BATCH_ROWS, dtypes=torch.float32))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.codec import TableEncoder
-from pipeline.model import CVAE
+from pipeline.model.cvae import CVAE
 
 SAMPLE_BATCH = 65536
 

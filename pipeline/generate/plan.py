@@ -105,18 +105,10 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
         raise UserError(f"condition rows do not fit the training types {schema}: {exc}") from None
 
 
-def condition_schema(encoder: TableEncoder) -> pa.Schema:
-    fields = []
-    for name in encoder.conditions:
-        arrow_type = encoder.schema.field(name).type
-        fields.append(pa.field(name, arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type))
-    return pa.schema(fields)
-
-
 def build_plan(config: GenerateConfig, encoder: TableEncoder, storage_options: dict[str, Any] | None = None) -> Plan:
     """The validated plan for `generate.conditions`; raises UserError before anything is written."""
     spec = config.conditions
-    schema = condition_schema(encoder)
+    schema = encoder.condition_schema()
     if spec == "proportional":
         if not encoder.condition_distribution:
             raise UserError("generate.conditions=proportional: no condition combination of this differentially "

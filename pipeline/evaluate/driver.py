@@ -31,11 +31,11 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import Config, DataConfig
 from pipeline.codec import infer_kind
 from pipeline.errors import UserError
-from pipeline.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
+from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
 from pipeline.registry import registered_name
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
-from pipeline.sink import MANIFEST, SPEC, SUCCESS, Sink
+from pipeline.generate.sink import MANIFEST, SPEC, SUCCESS, Sink
 from pipeline.rowhash import ROW_HASH, in_holdout
 from pipeline.source import check_table, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
@@ -325,7 +325,7 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 def log_report(client: Any, run_id: str, report: dict[str, Any], reference: Sample, synthetic: Sample,
                kinds: dict[str, str], conditions: list[str]) -> None:
-    from pipeline.plots import report_figures
+    from pipeline.evaluate.plots import report_figures
 
     log_metrics(client, run_id, headline_metrics(report), step=0)
     client.log_dict(run_id, report, "evaluation/report.json")

@@ -3,7 +3,7 @@
 Loss = negative ELBO = reconstruction + beta * KL. Reconstruction is a sum over
 the encoder's spans: Gaussian NLL (fixed or learned variance) for numeric
 values, cross-entropy for categories, BCE for null indicators. Generation draws
-z from the latent mixture fitted after training (pipeline/latent_prior.py) where
+z from the latent mixture fitted after training (pipeline/model/latent_prior.py) where
 the model holds one for the row's condition vector, else from the prior.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.codec import Span
-from pipeline.latent_prior import LatentMixture, draw
+from pipeline.model.latent_prior import LatentMixture, draw
 
 UNIQUE_PRIOR_MIN_ROWS = 1024
 LOGVAR_BOUND = 10.0
@@ -73,9 +73,9 @@ class CVAE(nn.Module):
             self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
         else:
             self.register_buffer("log_sigma", torch.full((n_gaussian,), math.log(config.sigma)))
-        self.on_row_log_sigma = None  # DP-SGD's hook on each row's copy of log_sigma (pipeline/dp_sgd.py)
+        self.on_row_log_sigma = None  # DP-SGD's hook on each row's copy of log_sigma (pipeline/train/dp_sgd.py)
         combinations, components = config.mixture_size
-        if components:  # the latent mixture fitted after training (pipeline/latent_prior.py); not trained
+        if components:  # the latent mixture fitted after training (pipeline/model/latent_prior.py); not trained
             self.register_buffer("mixture_keys", torch.zeros(combinations, config.c_dim))
             self.register_buffer("mixture_owner", torch.zeros(components, dtype=torch.long))
             self.register_buffer("mixture_weights", torch.zeros(components))
