@@ -4,7 +4,7 @@
 
 In-process (no Ray, no MLflow: only the model and its training plan are compared), on the seeded 80/20 split of
 bench/judging.py: the pipeline's encoder fitted on the 80%, its model, the auto epoch plan (pipeline.train.
-plan_epochs for 2 workers: the same optimizer steps, on batches of 2 x train.batch_size rows, as DDP averages
+epoch_schedule for 2 workers: the same optimizer steps, on batches of 2 x train.batch_size rows, as DDP averages
 them), the per-epoch learning rate of the worker loop and the latent mixture fitted as `cvae train` fits it; then
 min(training rows, 20,000) rows with the proportional plan, scored by mostlyai-qa (accuracy against the training
 rows; DCR share) and SDMetrics against the holdout. Each variant runs over the given seeds; prints the mean and
@@ -31,7 +31,7 @@ from pipeline.model.latent_prior import collect_codes, fit_mixture  # noqa: E402
 from pipeline.model.cvae import build_model  # noqa: E402
 from pipeline.generate.plan import build_plan  # noqa: E402
 from pipeline.model.sampling import synthesize  # noqa: E402
-from pipeline.train.driver import plan_epochs  # noqa: E402
+from pipeline.train.driver import epoch_schedule  # noqa: E402
 from pipeline.train.worker import beta_for_epoch, lr_for_epoch, run_epoch  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {  # name -> `cvae train --set` overrides from the defaults
@@ -55,15 +55,14 @@ def fit_and_judge(table_name: str, overrides: list[str], seed: int) -> dict:
     encoder = fit_table(training.to_batches(65_536), CONDITIONS[table_name], config.encoder, seed=seed)
     x, c = (torch.from_numpy(m) for m in encoder.transform(training))
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
-    plan = plan_epochs(config, training.num_rows)
-    loop = {"lr": config.train.lr, "lr_schedule": config.train.lr_schedule, "epochs": plan.epochs}
+    plan = epoch_schedule(config, training.num_rows)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
     batch = WORKERS * config.train.batch_size
     order = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     for epoch in range(plan.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = lr_for_epoch(loop, epoch)
+            group["lr"] = lr_for_epoch(config.train.lr, config.train.lr_schedule, epoch, plan.epochs)
         for _ in range(plan.passes_per_epoch):
             permutation = torch.randperm(len(x), generator=order)
             batches = ((x[permutation[i: i + batch]], c[permutation[i: i + batch]]) for i in range(0, len(x), batch))

@@ -42,7 +42,7 @@ def encoded_adult(seed: int = 0):
     schema = modelled_schema(pq.read_schema(data.path), data)
     dataset = read_table(fs, files, schema.names)
     encoder = fit_encoder(dataset, schema, data, EncoderConfig(), seed)
-    splits = {name: ds.materialize() for name, ds in encoded_splits(dataset, encoder, seed, 0.1).items()}
+    splits = {name: ds.materialize() for name, ds in encoded_splits(dataset, ray.put(encoder.to_json()), seed, 0.1).items()}
     return encoder, splits
 
 
@@ -74,15 +74,15 @@ def train_through_ray(encoder, splits, batch_size: int, epochs: int, use_gpu: bo
 
     from pipeline.config import ModelConfig
     from pipeline.model.cvae import build_model
-    from pipeline.train.worker import train_loop_per_worker
+    from pipeline.train.worker import WorkerSettings, train_loop_per_worker
 
     config = ModelConfig()
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config)
-    loop = {"model": model.config.to_dict(), "model_config": config.model_dump(), "encoder_json": encoder.to_json(),
-            "seed": 0, "epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "weight_decay": 0.0, "patience": 0,
-            "has_holdout": True, "lr_schedule": "constant", "passes_per_epoch": 1, "privacy": None}
+    settings = WorkerSettings(network=model.config, model=config, encoder=ray.put(encoder.to_json()), seed=0,
+                              epochs=epochs, passes_per_epoch=1, batch_size=batch_size, lr=1e-3, lr_schedule="constant",
+                              weight_decay=0.0, patience=0, has_holdout=True, dp_sgd=None)
     trainer = ray.train.torch.TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop,
+        train_loop_per_worker, train_loop_config={"settings": settings},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(name="gpu-bench", storage_path=folder), datasets=splits)
     started = time.perf_counter()

@@ -248,7 +248,7 @@ def noise_for_budget(history: History, sample_rate: float, steps: int, epsilon: 
 
 
 @dataclass(frozen=True)
-class SgdPlan:
+class DpSgdSettings:
     """How a private epoch samples: each worker cuts its shard into chunks of `chunk_rows` rows and takes
     `steps_per_chunk` steps per chunk, each including every row of the chunk with probability `sample_rate`
     (Poisson sampling), so every row is exposed to `steps_per_chunk` steps at that rate per epoch."""
@@ -267,17 +267,17 @@ class SgdPlan:
     seed: int
 
 
-def sgd_plan(config: PrivacyConfig, spend: Budget, shard_rows: int, chunk_cap: int, batch_size: int,
-             seed: int) -> SgdPlan:
+def dp_sgd_settings(config: PrivacyConfig, spend: Budget, shard_rows: int, chunk_cap: int, batch_size: int,
+             seed: int) -> DpSgdSettings:
     """Chunks as large as the worker's feed allows (the whole shard when it fits: plain Poisson sampling)."""
     chunk_rows = max(1, min(chunk_cap, shard_rows))
     sample_rate = min(1.0, batch_size / chunk_rows)
-    return SgdPlan(sample_rate, chunk_rows, max(1, round(1.0 / sample_rate)), sample_rate * chunk_rows,
+    return DpSgdSettings(sample_rate, chunk_rows, max(1, round(1.0 / sample_rate)), sample_rate * chunk_rows,
                    config.max_grad_norm, config.noise_multiplier, spend.epsilon, spend.sgd_epsilon, spend.sgd_delta,
                    spend.delta, spend.statistics_epsilon, spend.statistics_delta, seed)
 
 
-def epoch_noise(plan: SgdPlan, history: History, epochs_left: int, saved: float | None) -> float | None:
+def epoch_noise(plan: DpSgdSettings, history: History, epochs_left: int, saved: float | None) -> float | None:
     """The noise multiplier for the epochs left: the user's, else the one this job used so far while it still
     fits (a restarted worker group trains on as before), else the least that fits the rest of the budget."""
     if plan.noise_multiplier is not None:
@@ -289,13 +289,13 @@ def epoch_noise(plan: SgdPlan, history: History, epochs_left: int, saved: float 
     return noise_for_budget(history, plan.sample_rate, steps, plan.sgd_epsilon, plan.sgd_delta)
 
 
-def next_epoch_fits(plan: SgdPlan, history: History, noise_multiplier: float | None) -> bool:
+def next_epoch_fits(plan: DpSgdSettings, history: History, noise_multiplier: float | None) -> bool:
     """Whether one more epoch at this noise stays within the budget: training stops before it would not."""
     return noise_multiplier is not None and sgd_epsilon(
         [*history, (noise_multiplier, plan.sample_rate, plan.steps_per_chunk)], plan.sgd_delta) <= plan.sgd_epsilon
 
 
-def check_budget(plan: SgdPlan, epochs: int) -> None:
+def check_budget(plan: DpSgdSettings, epochs: int) -> None:
     """Before any work: Opacus is there, and the budget pays for at least one epoch (a derived noise multiplier
     exists; one the user set spends no more than the budget in one epoch)."""
     import importlib.util
@@ -313,7 +313,7 @@ def check_budget(plan: SgdPlan, epochs: int) -> None:
                         f"{plan.epsilon:g}; raise the noise multiplier or the epsilon, or leave the noise multiplier unset")
 
 
-def guarantee(plan: SgdPlan, history: History, noise_multiplier: float) -> dict:
+def guarantee(plan: DpSgdSettings, history: History, noise_multiplier: float) -> dict:
     """What a checkpoint's model is: the (epsilon, delta) spent so far, and how."""
     from opacus import __version__ as opacus_version
     spent = sgd_epsilon(history, plan.sgd_delta)

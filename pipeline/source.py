@@ -78,27 +78,26 @@ def read_table(fs: Any, files: list[str], columns: list[str] | None = None) -> r
     return dataset.select_columns([*columns, ROW_HASH]) if columns is not None else dataset
 
 
-def encode_split(batch: pa.Table, encoder_json: str, split: str, seed: int, fraction: float) -> dict[str, np.ndarray]:
+def encode_split(batch: pa.Table, encoder: ray.ObjectRef, split: str, seed: int, fraction: float) -> dict[str, np.ndarray]:
     """Ray Data map: raw Parquet rows -> {"x", "c"} float32 matrices for one side of the split."""
-    x, c = _parsed_encoder(encoder_json).transform(split_rows(batch, split, seed, fraction)[0])
+    x, c = _parsed_encoder(encoder).transform(split_rows(batch, split, seed, fraction)[0])
     return {"x": x, "c": c}
 
 
 @functools.lru_cache(maxsize=1)
-def _parsed_encoder(encoder_json: str) -> TableEncoder:
-    """Parse the encoder once per worker process, not once per batch."""
-    return TableEncoder.from_json(encoder_json)
+def _parsed_encoder(encoder: ray.ObjectRef) -> TableEncoder:
+    """Fetch and parse the encoder once per worker process, not once per batch."""
+    return TableEncoder.from_json(ray.get(encoder))
 
 
-def encoded_splits(ds: ray.data.Dataset, encoder: TableEncoder, seed: int, fraction: float) -> dict[str, ray.data.Dataset]:
-    """Lazy train and holdout datasets of encoded matrices, for Ray Train's `datasets=`. Encoding a bounded
-    number of rows per call keeps a read task's memory flat whatever the size of the files and blocks."""
-    encoder_json = encoder.to_json()
+def encoded_splits(ds: ray.data.Dataset, encoder: ray.ObjectRef, seed: int, fraction: float) -> dict[str, ray.data.Dataset]:
+    """Lazy train and holdout datasets of encoded matrices, for Ray Train's `datasets=`. `encoder`: the encoder's
+    JSON in the object store (put once by the driver; each task gets the reference, not the 57 KB string). Encoding
+    a bounded number of rows per call keeps a read task's memory flat whatever the size of the files and blocks."""
 
     def encoded(split: str) -> ray.data.Dataset:
         return ds.map_batches(encode_split, batch_format="pyarrow", batch_size=ENCODE_BATCH_ROWS, zero_copy_batch=True,
-                              fn_kwargs={"encoder_json": encoder_json, "split": split, "seed": seed,
-                                         "fraction": fraction})
+                              fn_kwargs={"encoder": encoder, "split": split, "seed": seed, "fraction": fraction})
     return {split: encoded(split) for split in (["train", "holdout"] if fraction > 0 else ["train"])}
 
 

@@ -155,7 +155,8 @@ def test_a_table_too_big_to_keep_streams_its_training_split_and_keeps_its_holdou
     from pipeline.source import cache_splits, encoded_splits
 
     encoder = fit_table(pq.read_table(BUNDLED_DATA / "adult.parquet").to_batches(), ["income"], EncoderConfig())
-    splits = cache_splits(encoded_splits(adult_dataset(3), encoder, seed=0, fraction=0.1), table_bytes, policy)
+    encoder_ref = ray_cluster.put(encoder.to_json())
+    splits = cache_splits(encoded_splits(adult_dataset(3), encoder_ref, seed=0, fraction=0.1), table_bytes, policy)
     assert {name for name, ds in splits.items() if isinstance(ds, MaterializedDataset)} == kept
     rows = {name: ds.count() for name, ds in splits.items()}
     assert rows["train"] + rows["holdout"] == 48842 and 0.08 < rows["holdout"] / 48842 < 0.12

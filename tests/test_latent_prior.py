@@ -9,7 +9,7 @@ from pipeline.config import load_config
 from pipeline.model.latent_prior import collect_codes, fit_mixture, keep_row
 from pipeline.model.cvae import CVAE, CVAEConfig, combination_of
 from pipeline.model.sampling import synthesize
-from pipeline.train.driver import AUTO_MIN_EPOCHS, EpochPlan, plan_epochs
+from pipeline.train.driver import AUTO_MIN_EPOCHS, EpochSchedule, epoch_schedule
 from pipeline.train.worker import lr_for_epoch
 
 SPANS = [{"column": "a", "kind": "gaussian", "start": 0, "width": 1},
@@ -122,18 +122,17 @@ def test_a_saved_model_keeps_its_mixture(tmp_path, adult):
 def test_auto_epochs_give_small_tables_as_many_steps_as_large_ones():
     """About 3,000 optimizer steps whatever the table's size; a small table's epoch is several passes over it, so
     that the per-epoch report and checkpoint do not outweigh its steps."""
-    def plan(rows: int, *overrides: str) -> EpochPlan:
-        return plan_epochs(load_config(None, list(overrides)), rows)
+    def plan(rows: int, *overrides: str) -> EpochSchedule:
+        return epoch_schedule(load_config(None, list(overrides)), rows)
 
-    assert plan(48_842) == EpochPlan(69, 1)  # Adult: 44k training rows, 2 workers of 500-row batches: 44 steps a pass
-    assert plan(1_461) == EpochPlan(75, 20)  # seattle-weather: 2 steps a pass, 40 an epoch
-    assert plan(20_000_000) == EpochPlan(AUTO_MIN_EPOCHS, 1)
-    assert plan(1_461, "train.epochs=3") == EpochPlan(3, 1)  # a number is taken as given
-    assert plan(1_461, "train.privacy.epsilon=4") == EpochPlan(AUTO_MIN_EPOCHS, 1)  # accounted per pass
+    assert plan(48_842) == EpochSchedule(69, 1)  # Adult: 44k training rows, 2 workers of 500-row batches: 44 steps a pass
+    assert plan(1_461) == EpochSchedule(75, 20)  # seattle-weather: 2 steps a pass, 40 an epoch
+    assert plan(20_000_000) == EpochSchedule(AUTO_MIN_EPOCHS, 1)
+    assert plan(1_461, "train.epochs=3") == EpochSchedule(3, 1)  # a number is taken as given
+    assert plan(1_461, "train.privacy.epsilon=4") == EpochSchedule(AUTO_MIN_EPOCHS, 1)  # accounted per pass
 
 
 def test_cosine_learning_rate_falls_from_lr_to_near_zero():
-    loop = {"lr": 0.01, "epochs": 10, "lr_schedule": "cosine"}
-    rates = [lr_for_epoch(loop, epoch) for epoch in range(10)]
+    rates = [lr_for_epoch(0.01, "cosine", epoch, 10) for epoch in range(10)]
     assert rates == sorted(rates, reverse=True) and 0.0099 < rates[0] < 0.01 and rates[-1] < 0.0003
-    assert lr_for_epoch(loop | {"lr_schedule": "constant"}, 9) == 0.01
+    assert lr_for_epoch(0.01, "constant", 9, 10) == 0.01

@@ -27,7 +27,7 @@ from pipeline.artifact import load_artifact_files, privacy_guarantee
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, MLflowConfig
 from pipeline.codec import TableEncoder
-from pipeline.generate.plan import Plan, build_plan
+from pipeline.generate.plan import ConditionPlan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
 from pipeline.generate.part_writer import PartWriter, write_with_actors, writer_pool
@@ -108,7 +108,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
                            actor_peak_rss_mb=actor_rss)
 
 
-def _write_parts(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
+def _write_parts(config: Config, model_files: dict[str, bytes], plan: ConditionPlan, output: str, todo: list[int],
                  rows_todo: int) -> float:
     """Writes the parts in `todo`, printing progress; returns the largest writer's peak RSS (MB)."""
     started, rows, count, peak_rss, shown = time.perf_counter(), 0, 0, 0.0, 0.0
@@ -124,7 +124,7 @@ def _write_parts(config: Config, model_files: dict[str, bytes], plan: Plan, outp
     return peak_rss
 
 
-def _written(config: Config, model_files: dict[str, bytes], plan: Plan, output: str, todo: list[int],
+def _written(config: Config, model_files: dict[str, bytes], plan: ConditionPlan, output: str, todo: list[int],
              rows_todo: int) -> Iterator[dict[str, Any]]:
     """One result row per written part. A small CPU job is written by this process (no Ray, no actors to start:
     its fixed cost is the model load); anything bigger by an actor pool sized to the cluster."""
@@ -156,7 +156,7 @@ def _generation_run(client: Any, model_uri: str, version: str, output: str, spec
     return run_id
 
 
-def _manifest(requested: str, model_uri: str, version: str, run_id: str, config: Config, plan: Plan,
+def _manifest(requested: str, model_uri: str, version: str, run_id: str, config: Config, plan: ConditionPlan,
               encoder: TableEncoder, parts: list[dict[str, Any]], privacy: dict | None) -> dict[str, Any]:
     gen = config.generate
     return {

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.artifact import load_artifact_files
-from pipeline.generate.plan import Plan
+from pipeline.generate.plan import ConditionPlan
 from pipeline.model.sampling import part_seed, synthesize
 from pipeline.generate.sink import Sink
 
@@ -50,7 +50,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 class PartWriter:
     """A Ray Data actor: loads the model once, then draws and writes whole parts."""
 
-    def __init__(self, model_files: dict[str, bytes], plan: Plan, output: str, storage_options: dict[str, Any],
+    def __init__(self, model_files: dict[str, bytes], plan: ConditionPlan, output: str, storage_options: dict[str, Any],
                  seed: int, rows_per_part: int, threads: int, use_gpu: bool, precision: str):
         torch.set_num_threads(threads)
         self.device = "cuda" if use_gpu else "cpu"

@@ -28,7 +28,7 @@ from pipeline.storage import digest, parquet_files, redact
 COUNT_KEY = "count"
 
 
-class Plan(Protocol):
+class ConditionPlan(Protocol):
     num_rows: int
 
     def rows(self, start: int, stop: int) -> pa.Table: ...
@@ -105,7 +105,7 @@ def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
         raise UserError(f"condition rows do not fit the training types {schema}: {exc}") from None
 
 
-def build_plan(config: GenerateConfig, encoder: TableEncoder, storage_options: dict[str, Any] | None = None) -> Plan:
+def build_plan(config: GenerateConfig, encoder: TableEncoder, storage_options: dict[str, Any] | None = None) -> ConditionPlan:
     """The validated plan for `generate.conditions`; raises UserError before anything is written."""
     spec = config.conditions
     schema = encoder.condition_schema()

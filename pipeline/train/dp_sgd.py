@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.model.cvae import CVAE
-from pipeline.privacy import History, SgdPlan, guarantee
+from pipeline.privacy import History, DpSgdSettings, guarantee
 
 
 class RowNorms:
@@ -91,7 +91,7 @@ def private_step(model: CVAE, norms: RowNorms, optimizer: Any, x: torch.Tensor, 
     optimizer.zero_grad(set_to_none=True)
 
 
-def private_epoch(model: CVAE, optimizer: torch.optim.Optimizer, shard: Any, plan: SgdPlan, history: History,
+def private_epoch(model: CVAE, optimizer: torch.optim.Optimizer, shard: Any, plan: DpSgdSettings, history: History,
                   noise_multiplier: float, beta: float, epoch: int, rank: int) -> dict[str, float]:
     """One epoch of DP-SGD; appends its segment to `history` and returns this worker's sampled rows and the
     epoch's privacy metrics (`epsilon` spent so far, statistics included). Noise and sampling come from the
@@ -105,7 +105,7 @@ def private_epoch(model: CVAE, optimizer: torch.optim.Optimizer, shard: Any, pla
     return sampled | {"epsilon": spent["epsilon"], "noise_multiplier": noise_multiplier, "dp_steps": spent["steps"]}
 
 
-def sampled_steps(model: CVAE, optimizer: Any, shard: Any, plan: SgdPlan, beta: float, device: torch.device,
+def sampled_steps(model: CVAE, optimizer: Any, shard: Any, plan: DpSgdSettings, beta: float, device: torch.device,
                   sampler: torch.Generator) -> dict[str, float]:
     """Every chunk of `plan.chunk_rows` rows of this worker's shard gets `plan.steps_per_chunk` steps, each taking
     every row of the chunk with probability `plan.sample_rate`. Every worker has as many chunks (equal shards), so
@@ -127,7 +127,7 @@ def sampled_steps(model: CVAE, optimizer: Any, shard: Any, plan: SgdPlan, beta: 
     return {"rows": rows}
 
 
-def private_optimizer(optimizer: torch.optim.Optimizer, plan: SgdPlan, noise_multiplier: float,
+def private_optimizer(optimizer: torch.optim.Optimizer, plan: DpSgdSettings, noise_multiplier: float,
                       noise: torch.Generator) -> Any:
     """Opacus's DP optimizer for already-clipped sums around `optimizer`; the distributed one when there are
     several workers (noise on rank 0 only, then an all-reduce: the noise enters once per global step)."""
@@ -138,6 +138,6 @@ def private_optimizer(optimizer: torch.optim.Optimizer, plan: SgdPlan, noise_mul
                 expected_batch_size=plan.expected_batch, loss_reduction="mean", generator=noise)
 
 
-def secret_generator(plan: SgdPlan, device: torch.device, *stream: int) -> torch.Generator:
+def secret_generator(plan: DpSgdSettings, device: torch.device, *stream: int) -> torch.Generator:
     """A generator from the secret noise seed: Poisson sampling and the noise must stay unpredictable."""
     return torch.Generator(device).manual_seed(hash((plan.seed, *stream)) & 0x7FFF_FFFF_FFFF_FFFF)

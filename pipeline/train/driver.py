@@ -18,7 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ from pipeline.errors import UserError
 from pipeline.model.latent_prior import FIT_BATCH_ROWS, collect_codes, fit_mixture
 from pipeline.model.cvae import CVAE, build_model
 from pipeline.train.plots import loss_curve
-from pipeline.privacy import PrivateFit, budget, check_budget, sgd_plan
+from pipeline.privacy import PrivateFit, budget, check_budget, dp_sgd_settings
 from pipeline.registry import register, registered_version, tag_guarantee
 from pipeline.tracking import (EpochMetrics, check_tracking, client_for, find_or_create_run, forget_training_run,
                                log_metrics, log_training_data, reconcile_metrics)
 from pipeline.source import (cache_splits, check_table, encoded_splits, fit_encoder, modelled_schema,
                              object_store_share, read_table)
 from pipeline.storage import absolute, absolute_tracking_uri, arrow_filesystem, digest, filesystem, parquet_files, redact
-from pipeline.train.worker import feed_rows, train_loop_per_worker
+from pipeline.train.worker import WorkerSettings, feed_rows, train_loop_per_worker
 
 class EpochLogger(ray.train.UserCallback):
     """On the Ray Train controller: each persisted epoch goes to MLflow (kept for later if MLflow is away), and a
@@ -93,12 +93,12 @@ MIN_EPOCH_STEPS = 40  # ...of at least this many steps each: an epoch of a small
 
 
 @dataclass(frozen=True)
-class EpochPlan:
+class EpochSchedule:
     epochs: int
     passes_per_epoch: int = 1  # passes over the training split in one epoch (one report, checkpoint, validation)
 
 
-def plan_epochs(config: Config, rows: int) -> EpochPlan:
+def epoch_schedule(config: Config, rows: int) -> EpochSchedule:
     """`train.epochs` as given (one pass each), or for auto about AUTO_STEPS optimizer steps: each of the workers
     steps through its shard in `train.batch_size` rows, so a 1,000-row table needs a thousand passes to learn what
     ten passes teach on Adult (~400 steps there). Such passes are grouped into epochs of at least MIN_EPOCH_STEPS
@@ -106,13 +106,13 @@ def plan_epochs(config: Config, rows: int) -> EpochPlan:
     private run's auto is AUTO_MIN_EPOCHS single passes: its budget is accounted per pass and spread over them,
     and more of them means more noise in every step."""
     if config.train.epochs != "auto":
-        return EpochPlan(config.train.epochs)
+        return EpochSchedule(config.train.epochs)
     if config.train.privacy.epsilon is not None:
-        return EpochPlan(AUTO_MIN_EPOCHS)
+        return EpochSchedule(AUTO_MIN_EPOCHS)
     shard_rows = rows * (1.0 - config.data.holdout_fraction) / config.train.num_workers
     steps_per_pass = max(1, math.ceil(shard_rows / config.train.batch_size))
     passes = math.ceil(MIN_EPOCH_STEPS / steps_per_pass)
-    return EpochPlan(max(AUTO_MIN_EPOCHS, math.ceil(AUTO_STEPS / (steps_per_pass * passes))), passes)
+    return EpochSchedule(max(AUTO_MIN_EPOCHS, math.ceil(AUTO_STEPS / (steps_per_pass * passes))), passes)
 
 
 def private_encoder(fs: Any, job_dir: str, fit: Any) -> tuple[TableEncoder, int]:
@@ -259,22 +259,21 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         log_training_data(run_id, data.path, data_digest, rows)
 
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
-    plan_of_epochs = plan_epochs(config, rows)
-    epochs = plan_of_epochs.epochs
-    loop = {"model": model.config.to_dict(), "model_config": config.model.model_dump(),
-            "encoder_json": encoder.to_json(), "seed": config.train.seed, "epochs": epochs,
-            "passes_per_epoch": plan_of_epochs.passes_per_epoch,
-            "batch_size": config.train.batch_size, "lr": config.train.lr, "lr_schedule": config.train.lr_schedule,
-            "weight_decay": config.train.weight_decay,
-            "patience": config.train.early_stopping_patience, "has_holdout": data.holdout_fraction > 0,
-            "privacy": None}
+    schedule = epoch_schedule(config, rows)
+    epochs = schedule.epochs
+    dp_sgd = None
     if spend is not None:
-        plan = sgd_plan(privacy, spend, train_rows // config.train.num_workers,
-                        feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim), config.train.batch_size,
-                        noise_seed)
-        check_budget(plan, epochs)
-        loop["privacy"] = asdict(plan)
-    splits = cache_splits(encoded_splits(dataset, encoder, config.train.seed, data.holdout_fraction),
+        dp_sgd = dp_sgd_settings(privacy, spend, train_rows // config.train.num_workers,
+                          feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim), config.train.batch_size,
+                          noise_seed)
+        check_budget(dp_sgd, epochs)
+    encoder_ref = ray.put(encoder.to_json())
+    settings = WorkerSettings(
+        network=model.config, model=config.model, encoder=encoder_ref, seed=config.train.seed, epochs=epochs,
+        passes_per_epoch=schedule.passes_per_epoch, batch_size=config.train.batch_size, lr=config.train.lr,
+        lr_schedule=config.train.lr_schedule, weight_decay=config.train.weight_decay,
+        patience=config.train.early_stopping_patience, has_holdout=data.holdout_fraction > 0, dp_sgd=dp_sgd)
+    splits = cache_splits(encoded_splits(dataset, encoder_ref, config.train.seed, data.holdout_fraction),
                           rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     clock.lap("tracking_setup")
     # Ray Train's controller takes each worker's report when it polls (every 2 s by default) and a worker's next
@@ -288,7 +287,7 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     with console.relayed_lines() as lines:
         trainer = ray.train.torch.TorchTrainer(
             train_loop_per_worker,
-            train_loop_config=loop,
+            train_loop_config={"settings": settings},
             scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
                                                    resources_per_worker={"CPU": config.train.cpus_per_worker}),
             run_config=ray.train.RunConfig(

@@ -1,7 +1,7 @@
 """What runs on every Ray Train worker: the epoch loop, validation, the device feed, DDP averages, checkpoints,
 and, under `train.privacy`, DP-SGD (Poisson-sampled steps, per-row clipped gradients, noise once per global step).
 
-No MLflow here: the controller (pipeline.train.EpochLogger) tracks what the workers report.
+No MLflow here: the controller (pipeline.train.driver.EpochLogger) tracks what the workers report.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,11 +25,35 @@ from pipeline.artifact import save_artifact
 from pipeline.config import ModelConfig
 from pipeline.model.cvae import CVAE, CVAEConfig
 from pipeline.train.dp_sgd import private_epoch
-from pipeline.privacy import SgdPlan, epoch_noise, guarantee, next_epoch_fits
+from pipeline.privacy import DpSgdSettings, epoch_noise, guarantee, next_epoch_fits
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SHUFFLE_BUFFER_BATCHES = 20  # rows shuffled together: at least this many batches
 FEED_BYTES = 32 * 1024 ** 2  # float32 rows per chunk Ray Data hands a worker (one host-to-device copy each)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a Ray Train worker is handed (`train_loop_config={"settings": ...}`), fixed for the job. The
+    encoder is not in it: `encoder` is a reference to its JSON in Ray's object store, put there once by the driver,
+    which rank 0 fetches once and copies into every checkpoint (it never parses it)."""
+    network: CVAEConfig  # the network to build: widths, spans, prior
+    model: ModelConfig   # the KL weight and its warm-up
+    encoder: Any         # ray.ObjectRef of the encoder JSON
+    seed: int
+    epochs: int
+    passes_per_epoch: int  # passes over the shard per epoch (train.epoch_schedule)
+    batch_size: int
+    lr: float
+    lr_schedule: str
+    weight_decay: float
+    patience: int          # epochs without a better score before stopping; 0: never
+    has_holdout: bool
+    dp_sgd: DpSgdSettings | None  # DP-SGD's sampling and noise, under train.privacy
+
+    @property
+    def row_width(self) -> int:
+        return self.network.x_dim + self.network.c_dim
 
 
 def feed_rows(batch_size: int, row_width: int) -> int:
@@ -43,13 +68,13 @@ def beta_for_epoch(config: ModelConfig, epoch: int) -> float:
     return config.beta * min(1.0, (epoch + 1) / config.kl_warmup_epochs)
 
 
-def lr_for_epoch(loop: dict[str, Any], epoch: int) -> float:
+def lr_for_epoch(lr: float, schedule: str, epoch: int, epochs: int) -> float:
     """`train.lr`, or under the cosine schedule its value at the middle of this epoch on a half cosine from
     train.lr down to 0 over all epochs: large steps first, then small ones that settle the model on the data
     instead of jumping around it. Set per epoch (not per step), so a resumed epoch uses what it used."""
-    if loop["lr_schedule"] == "constant":
-        return loop["lr"]
-    return loop["lr"] * 0.5 * (1.0 + math.cos(math.pi * (epoch + 0.5) / loop["epochs"]))
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch + 0.5) / epochs))
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], beta: float,
@@ -135,15 +160,16 @@ def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_se
     return _batches(_feed(shard, batch_size, device, row_width), batch_size, device, shuffle_seed)
 
 
-def train_loop_per_worker(loop: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, WorkerSettings]) -> None:
     """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint."""
+    job: WorkerSettings = config["settings"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // context.get_local_world_size()))
     device = ray.train.torch.get_device()
-    seed = loop["seed"]
+    seed = job.seed
     torch.manual_seed(seed)
-    model = CVAE(CVAEConfig(**loop["model"]))
+    model = CVAE(job.network)
     progress = {"epoch": -1, "best": -math.inf, "stale": 0, "history": []}  # history: every epoch's metrics
     optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
@@ -152,29 +178,29 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(Path(directory) / "weights.pt", weights_only=True))
             saved = torch.load(Path(directory) / "training_state.pt", weights_only=True)
             optimizer_state, progress = saved["optimizer"], {"history": [], **saved["progress"]}
-    plan = SgdPlan(**loop["privacy"]) if loop["privacy"] else None
+    plan = job.dp_sgd
     # DP-SGD reduces clipped, noisy gradients itself: DDP's own all-reduce in backward would mix unclipped ones.
     # Every rank starts from the same seed or checkpoint, and takes the same all-reduced steps.
     model = model.to(device) if plan else ray.train.torch.prepare_model(model)
     core: CVAE = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=job.lr, weight_decay=job.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     amp = device.type == "cuda" and plan is None  # per-row gradients in float32
     history = [tuple(segment) for segment in progress.get("privacy_history", [])]
-    noise_multiplier = epoch_noise(plan, history, loop["epochs"] - progress["epoch"] - 1,
+    noise_multiplier = epoch_noise(plan, history, job.epochs - progress["epoch"] - 1,
                                    progress.get("noise_multiplier")) if plan else None
     train_shard = ray.train.get_dataset_shard("train")
-    holdout_shard = ray.train.get_dataset_shard("holdout") if loop["has_holdout"] else None
-    model_config = ModelConfig(**loop["model_config"])
-    row_width = loop["model"]["x_dim"] + loop["model"]["c_dim"]
+    holdout_shard = ray.train.get_dataset_shard("holdout") if job.has_holdout else None
+    encoder_json = ray.get(job.encoder) if rank == 0 else None
+    model_config, row_width, batch_size = job.model, job.row_width, job.batch_size
 
     report_seconds = 0.0  # the previous epoch's checkpoint upload and report, measured when it returned
     kept_shard: list[Batch] = []
-    for epoch in range(progress["epoch"] + 1, loop["epochs"]):
+    for epoch in range(progress["epoch"] + 1, job.epochs):
         torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
         for group in optimizer.param_groups:
-            group["lr"] = lr_for_epoch(loop, epoch)
+            group["lr"] = lr_for_epoch(job.lr, job.lr_schedule, epoch, job.epochs)
         started = time.perf_counter()
         if plan:
             if not next_epoch_fits(plan, history, noise_multiplier):
@@ -184,23 +210,24 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             metrics = _global_means({"rows": spent.pop("rows")}, device) | spent
         else:
             shuffle = seed * 7919 + epoch * 31 + rank
-            if loop["passes_per_epoch"] == 1:
-                batches = _shard_batches(train_shard, loop["batch_size"], device, shuffle, row_width)
-            else:  # a small shard, read once and kept: an epoch is several passes over it (train.plan_epochs)
-                kept_shard = kept_shard or list(_feed(train_shard, loop["batch_size"], device, row_width))
+            if job.passes_per_epoch == 1:
+                batches = _shard_batches(train_shard, batch_size, device, shuffle, row_width)
+            else:  # a small shard, read once and kept: an epoch is several passes over it (train.epoch_schedule)
+                kept_shard = kept_shard or list(_feed(train_shard, batch_size, device, row_width))
                 batches = itertools.chain.from_iterable(
-                    _batches(kept_shard, loop["batch_size"], device, shuffle + 104_729 * repeat)
-                    for repeat in range(loop["passes_per_epoch"]))
+                    _batches(kept_shard, batch_size, device, shuffle + 104_729 * repeat)
+                    for repeat in range(job.passes_per_epoch))
             metrics = _global_means(run_epoch(model, optimizer, batches, beta_for_epoch(model_config, epoch), amp),
                                     device)
         seconds = time.perf_counter() - started
         metrics |= {"epoch": epoch, "epoch_seconds": seconds, "rows_per_s": metrics["rows"] / seconds,
-                    "beta": beta_for_epoch(model_config, epoch), "lr": lr_for_epoch(loop, epoch),
+                    "beta": beta_for_epoch(model_config, epoch),
+                    "lr": lr_for_epoch(job.lr, job.lr_schedule, epoch, job.epochs),
                     "previous_report_seconds": report_seconds}
         score = -metrics.get("loss", 0.0)
         if holdout_shard is not None:
-            held = _global_means(validate(core, _shard_batches(holdout_shard, loop["batch_size"], device, None,
-                                                               row_width), seed), device)
+            held = _global_means(validate(core, _shard_batches(holdout_shard, batch_size, device, None, row_width),
+                                          seed), device)
             metrics |= {key: value for key, value in held.items() if key != "rows"}
             score = held["val_elbo"]
         metrics["score"] = score
@@ -211,7 +238,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                     "privacy_history": [list(segment) for segment in history], "noise_multiplier": noise_multiplier}
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:
-                save_artifact(directory, core, loop["encoder_json"],
+                save_artifact(directory, core, encoder_json,
                               guarantee(plan, history, noise_multiplier) if plan else None)
                 torch.save({"optimizer": optimizer.state_dict(), "progress": progress},
                            Path(directory) / "training_state.pt")
@@ -219,5 +246,5 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             metrics["overhead_seconds"] = reporting - started - seconds  # validation, averages, checkpoint files
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
             report_seconds = time.perf_counter() - reporting
-        if loop["patience"] and progress["stale"] >= loop["patience"]:
+        if job.patience and progress["stale"] >= job.patience:
             break
