@@ -24,6 +24,7 @@ import torch
 
 warnings.filterwarnings("ignore")
 
+from in_process import shuffled_batches  # noqa: E402 (bench/)
 from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, split  # noqa: E402 (bench/)
 from pipeline.config import BUNDLED_DATA, GenerateConfig, load_config  # noqa: E402
 from pipeline.codec import fit_table  # noqa: E402
@@ -64,9 +65,7 @@ def fit_and_judge(table_name: str, overrides: list[str], seed: int) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_for_epoch(config.train.lr, config.train.lr_schedule, epoch, plan.epochs)
         for _ in range(plan.passes_per_epoch):
-            permutation = torch.randperm(len(x), generator=order)
-            batches = ((x[permutation[i: i + batch]], c[permutation[i: i + batch]]) for i in range(0, len(x), batch))
-            run_epoch(model, optimizer, batches, beta_for_epoch(config.model, epoch))
+            run_epoch(model, optimizer, shuffled_batches(x, c, batch, order), beta_for_epoch(config.model, epoch))
     if config.model.latent_mixture:
         mixture = fit_mixture(*collect_codes(model, [(x, c)], len(x), seed), config.model.latent_mixture, seed)
         model = model if mixture is None else model.with_mixture(mixture)

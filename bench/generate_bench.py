@@ -76,17 +76,13 @@ def machine_limit(outcome_uri: str, tracking_uri: str, rows: int, precision: str
 
 
 def tvae_rate(rows: int) -> float | None:
-    import pyarrow.parquet as pq
     try:
         from ctgan import TVAE
     except ImportError:  # the bench extra is not installed
         return None
+    from in_process import tvae_adult_frame  # bench/
 
-    from pipeline.config import BUNDLED_DATA
-
-    frame = pq.read_table(BUNDLED_DATA / "adult.parquet").to_pandas()
-    discrete = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype).startswith("str")]
-    frame[discrete] = frame[discrete].fillna("<null>")
+    frame, discrete = tvae_adult_frame()
     model = TVAE(epochs=1)
     model.fit(frame, discrete)
     started = time.perf_counter()

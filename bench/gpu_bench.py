@@ -31,6 +31,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from in_process import plain_rates  # noqa: E402 (bench/)
+
 
 def encoded_adult(seed: int = 0):
     from pipeline.config import BUNDLED_DATA, DataConfig, EncoderConfig
@@ -48,19 +50,7 @@ def encoded_adult(seed: int = 0):
 
 def plain_loop(model, x, c, batch_size: int, epochs: int, amp: bool) -> list[float]:
     """rows/s per epoch of the limit: tensors already on the device, no input pipeline at all."""
-    from pipeline.train.worker import run_epoch
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rates = []
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), device=x.device)
-        batches = ((x[order[i:i + batch_size]], c[order[i:i + batch_size]]) for i in range(0, len(x), batch_size))
-        sync(x.device)
-        started = time.perf_counter()
-        done = run_epoch(model, optimizer, batches, 1.0, amp)
-        sync(x.device)
-        rates.append(done["rows"] / (time.perf_counter() - started))
-    return rates
+    return plain_rates(model, x, c, batch_size, epochs, amp)
 
 
 def sync(device: torch.device) -> None:

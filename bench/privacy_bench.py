@@ -32,20 +32,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 warnings.filterwarnings("ignore")
 
+from in_process import train_and_sample  # noqa: E402 (bench/)
 from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, split  # noqa: E402 (bench/)
 
 STATISTICS_SHARE = 0.2
 
 
 def run_cvae(name: str, training_file: str, folder: str, epochs: int, epsilon: float | None, rows: int) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.artifact import load_artifact_files, privacy_guarantee
-    from pipeline.config import GenerateConfig, load_config
-    from pipeline.generate.plan import build_plan
-    from pipeline.registry import fetch_model
-    from pipeline.model.sampling import synthesize
-    from pipeline.train.driver import train
+    from pipeline.artifact import privacy_guarantee
 
     tag = "plain" if epsilon is None else f"eps{epsilon:g}"
     overrides = [f"data.path={training_file}", f"data.conditions={CONDITIONS[name]}", "data.holdout_fraction=0.0",
@@ -54,22 +48,12 @@ def run_cvae(name: str, training_file: str, folder: str, epochs: int, epsilon: f
                  f"mlflow.model_name={name}-{tag}"]
     if epsilon is not None:
         overrides += [f"train.privacy.epsilon={epsilon}", f"train.privacy.statistics_share={STATISTICS_SHARE}"]
-    config = load_config(None, overrides)
-    started = time.perf_counter()
-    outcome = train(config)
-    fit_s = time.perf_counter() - started
-    client = MlflowClient(config.mlflow.tracking_uri)
-    throughput = statistics.median(m.value for m in client.get_metric_history(outcome.run_id, "rows_per_s"))
-    files = fetch_model(outcome.model_uri)
-    model, encoder = load_artifact_files(files)
-    plan = build_plan(GenerateConfig(num_rows=rows), encoder)
-    started = time.perf_counter()
-    synthetic = synthesize(model, encoder, plan.rows(0, rows), seed=0)
-    guarantee = privacy_guarantee(files) or {}
-    return {"fit_s": fit_s, "train_rows_per_s": throughput, "generate_rows_per_s": rows / (time.perf_counter() - started),
-            "epochs_run": len(client.get_metric_history(outcome.run_id, "epoch_seconds")),
+    trained = train_and_sample(overrides, rows)
+    guarantee = privacy_guarantee(trained.files) or {}
+    return {"fit_s": trained.fit_s, "train_rows_per_s": statistics.median(trained.metric("rows_per_s")),
+            "generate_rows_per_s": rows / trained.generate_s, "epochs_run": len(trained.metric("epoch_seconds")),
             "epsilon_spent": guarantee.get("epsilon"), "delta": guarantee.get("delta"),
-            "synthetic": judge_frame(synthetic)}
+            "synthetic": judge_frame(trained.synthetic)}
 
 
 def run_argn(training: pd.DataFrame, folder: str, minutes: float | None, epsilon: float | None, delta: float | None,

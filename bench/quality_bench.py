@@ -40,6 +40,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 warnings.filterwarnings("ignore")
 
+from in_process import train_and_sample  # noqa: E402 (bench/)
 from judging import CONDITIONS, MAX_SYNTHETIC_ROWS, judge, judge_frame, sdtypes, split  # noqa: E402 (bench/)
 
 TABLES = ["adult", "digits", "pizzaplace", "airports", "nuclides", "penguins-raw", "seattle-weather", "sf-temps"]
@@ -56,32 +57,13 @@ def peak_rss_mb() -> float:
 
 
 def run_cvae(table: str, folder: str, rows: int, budget_s: float, seed: int, overrides: list[str]) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.artifact import load_artifact_files
-    from pipeline.config import GenerateConfig, load_config
-    from pipeline.generate.plan import build_plan
-    from pipeline.registry import fetch_model
-    from pipeline.model.sampling import synthesize
-    from pipeline.train.driver import train
-
-    config = load_config(None, [
+    trained = train_and_sample([
         f"data.path={folder}/training.parquet", f"data.conditions={CONDITIONS[table]}", "data.holdout_fraction=0.0",
         f"train.seed={seed}", f"train.storage_path={folder}/runs-{seed}", f"train.name={table}",
         f"mlflow.tracking_uri=sqlite:///{folder}/mlflow-{seed}.db", "mlflow.alias=null",
-        f"mlflow.model_name={table}", *overrides])
-    started = time.perf_counter()
-    outcome = train(config, restart=True)
-    fit_s = time.perf_counter() - started
-    client = MlflowClient(config.mlflow.tracking_uri)
-    model, encoder = load_artifact_files(fetch_model(outcome.model_uri))
-    plan = build_plan(GenerateConfig(num_rows=rows, seed=seed), encoder)
-    started = time.perf_counter()
-    synthetic = synthesize(model, encoder, plan.rows(0, rows), seed=seed)
-    generate_s = time.perf_counter() - started
-    return {"fit_s": fit_s, "generate_s": generate_s, "synthetic": judge_frame(synthetic),
-            "epochs_run": len(client.get_metric_history(outcome.run_id, "epoch_seconds")),
-            "worker_rss_mb": max(m.value for m in client.get_metric_history(outcome.run_id, "worker_peak_rss_mb"))}
+        f"mlflow.model_name={table}", *overrides], rows, seed, restart=True)
+    return {"fit_s": trained.fit_s, "generate_s": trained.generate_s, "synthetic": judge_frame(trained.synthetic),
+            "epochs_run": len(trained.metric("epoch_seconds")), "worker_rss_mb": max(trained.metric("worker_peak_rss_mb"))}
 
 
 def run_argn(training: pd.DataFrame, folder: str, rows: int, budget_s: float, seed: int) -> dict:

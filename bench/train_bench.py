@@ -92,18 +92,10 @@ def _steady_rate(model, x, c, epochs: int) -> float:
     """Median rows/s of the epochs after the first, one thread, batches sliced from in-memory tensors."""
     import torch
 
-    from pipeline.train.worker import run_epoch
+    from in_process import plain_rates  # bench/
 
     torch.set_num_threads(1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rates = []
-    for _ in range(min(epochs, 4)):
-        order = torch.randperm(len(x))
-        started = time.perf_counter()
-        run_epoch(model, optimizer, ((x[order[i:i + BATCH]], c[order[i:i + BATCH]]) for i in range(0, len(x), BATCH)),
-                  1.0)
-        rates.append(len(x) / (time.perf_counter() - started))
-    steady = sorted(rates[1:])
+    steady = sorted(plain_rates(model, x, c, BATCH, min(epochs, 4))[1:])
     return steady[len(steady) // 2]
 
 
@@ -146,18 +138,14 @@ def plain_ddp(world: int, epochs: int) -> dict:
 
 
 def tvae(epochs: int) -> dict | None:
-    import pyarrow.parquet as pq
     try:
         from ctgan import TVAE
     except ImportError:  # the bench extra is not installed
         return None
     from ctgan.data_transformer import DataTransformer
+    from in_process import tvae_adult_frame  # bench/
 
-    from pipeline.config import BUNDLED_DATA
-
-    frame = pq.read_table(BUNDLED_DATA / "adult.parquet").to_pandas()
-    discrete = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype).startswith("str")]
-    frame[discrete] = frame[discrete].fillna("<null>")
+    frame, discrete = tvae_adult_frame()
     started = time.perf_counter()
     DataTransformer().fit(frame, discrete)
     transformer_s = time.perf_counter() - started
