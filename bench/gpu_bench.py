@@ -86,17 +86,16 @@ def generation(encoder, model_files: dict, rows: int, rows_per_part: int, use_gp
                num_workers: int | str) -> dict:
     """Parts written by the product's writers, sized as `cvae generate` sizes them (`generate.num_workers`)."""
     from pipeline.config import GenerateConfig
-    from pipeline.generate.part_writer import write_with_actors, writer_pool
+    from pipeline.generate.part_writer import WriterSettings, write_with_actors, writer_pool
     from pipeline.generate.plan import build_plan
 
     plan = build_plan(GenerateConfig(num_rows=rows), encoder)
     pool = writer_pool(num_workers, 1, use_gpu, ray.cluster_resources())
     started = time.perf_counter()
-    writer_kwargs = {"model_files": model_files, "plan": plan, "output": folder, "storage_options": {}, "seed": 0,
-                     "rows_per_part": rows_per_part, "use_gpu": use_gpu,
-                     "precision": "bfloat16" if use_gpu else "float32"}
+    settings = WriterSettings(model_files, plan, folder, {}, 0, rows_per_part, use_gpu,
+                              "bfloat16" if use_gpu else "float32")
     written = sum(int(row["rows"]) for row in write_with_actors(list(range(math.ceil(rows / rows_per_part))), pool,
-                                                                writer_kwargs, cpus_per_worker=1))
+                                                                settings, cpus_per_worker=1))
     assert written == rows
     seconds = time.perf_counter() - started
     return {"actors": pool.actors, "gpus_per_actor": pool.gpus_per_actor, "rows": rows, "seconds": seconds,

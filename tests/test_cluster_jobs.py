@@ -49,7 +49,11 @@ def ray_head():
                 time.sleep(1)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(60)
+        try:
+            head.wait(10)
+        except subprocess.TimeoutExpired:  # its graceful stop waits on every Ray process in turn (~30 s here)
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(30)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

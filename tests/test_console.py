@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipeline import console
 from pipeline.config import BUNDLED_DATA
@@ -18,8 +19,11 @@ PROGRESS = re.compile(r"^(encoder fitted in |identifier column|mlflow run |epoch
 
 @pytest.mark.slow
 def test_cvae_run_prints_results_on_stdout_and_only_progress_on_stderr(ray_cluster, workdir):
+    """The main job as a person runs it (`cvae run`, a process of its own): train, generate, evaluate and a
+    promotion gate, with results on stdout and progress on stderr."""
     overrides = [f"data.path={BUNDLED_DATA / 'seattle-weather.parquet'}", "data.conditions=[weather]", "train.epochs=2",
                  "train.num_workers=1", "model.hidden=[32]", "generate.num_rows=500", "mlflow.model_name=console",
+                 "evaluate.promote_alias=champion", "evaluate.min_quality=0.5",
                  f"ray.address={ray_cluster.get_runtime_context().gcs_address}"]
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", *sum([["--set", o] for o in overrides], [])],
                           env={**os.environ, "NO_COLOR": "1", "RAY_AUTH_MODE": "disabled"}, capture_output=True,
@@ -29,6 +33,10 @@ def test_cvae_run_prints_results_on_stdout_and_only_progress_on_stderr(ray_clust
     assert not [line for line in out + err if NOISE.search(line)], done.stderr
     assert out[0].startswith("registered models:/console/1 (alias @candidate)")
     assert any(line.startswith("wrote 500 rows") for line in out) and any(line.startswith("quality ") for line in out)
+    assert "promoted models:/console/1 to @champion" in done.stdout
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert str(client.get_model_version_by_alias("console", "champion").version) == "1"
+    assert (workdir / "runs" / "synthetic" / "_SUCCESS").exists()
     assert out[-1] == f"browse runs and models: mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db"
     assert [line for line in err if line.startswith("epoch ")] == [
         line for line in err if re.match(r"^epoch [12]/2  loss -?\d", line)] and len(

@@ -143,17 +143,3 @@ def test_missing_unfinished_and_foreign_synthetic_tables(adult_dataset, capsys, 
     err = fails(capsys, workdir, "evaluate", *overrides, f"evaluate.synthetic={workdir}/plain.parquet",
                 "evaluate.promote_alias=champion", "evaluate.min_quality=0.5")
     assert "needs a cvae dataset with a manifest" in err
-
-
-def test_run_trains_generates_evaluates_and_gates(ray_cluster, workdir, capsys):
-    """The main job, as `make demo` runs it, with a promotion gate (small model, 2 epochs)."""
-    overrides = ["model.hidden=[64, 64]", "model.latent_dim=8", "train.epochs=2", "train.name=run-e2e",
-                 "mlflow.model_name=run-e2e", "generate.num_rows=3000", "evaluate.promote_alias=champion",
-                 "evaluate.min_quality=0.5"]
-    assert cli("run", *overrides) == 0
-    out = capsys.readouterr().out
-    assert "registered models:/run-e2e/1" in out and "wrote 3,000 rows" in out and "quality 0." in out
-    assert "promoted models:/run-e2e/1 to @champion" in out
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    assert str(client.get_model_version_by_alias("run-e2e", "champion").version) == "1"
-    assert (workdir / "runs" / "synthetic" / "_SUCCESS").exists()

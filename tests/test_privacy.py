@@ -250,10 +250,10 @@ def test_private_training_stops_before_the_target_and_the_guarantee_travels(ray_
 
 
 @pytest.mark.slow
-def test_private_training_is_reproducible_and_a_resumed_job_adds_to_its_epsilon(ray_cluster, workdir):
-    """Same seed, noise seed and worker count: the same weights. Resuming the job for one more epoch continues
-    its accounting (the third segment adds to the first two) and keeps its encoder (no second statistics spend)."""
-    import torch
+def test_a_resumed_private_job_adds_to_its_epsilon(ray_cluster, workdir):
+    """Resuming the job for one more epoch continues its accounting (the second segment adds to the first) and keeps
+    its encoder (no second statistics spend). That the same seeds give the same weights is proven epoch by epoch
+    against a run without the fault in test_a_killed_private_worker_resumes_its_accounting."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.artifact import privacy_guarantee
@@ -264,12 +264,8 @@ def test_private_training_is_reproducible_and_a_resumed_job_adds_to_its_epsilon(
         return train(_private_config(workdir, f"train.epochs={epochs}", "train.privacy.epsilon=8",
                                      f"train.name={name}", f"mlflow.model_name={name}"))
 
-    first, twin = run("dp-a", 1), run("dp-b", 1)
-    a, b = _checkpoint_files(first), _checkpoint_files(twin)
-    weights = [torch.load(__import__("io").BytesIO(files["weights.pt"]), weights_only=True) for files in (a, b)]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
-    assert a["encoder.json"] == b["encoder.json"]
+    first = run("dp-a", 1)
+    a = _checkpoint_files(first)
 
     resumed = run("dp-a", 2)
     assert resumed.run_id == first.run_id

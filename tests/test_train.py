@@ -172,13 +172,14 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir, monkey
         assert same_weights(weights(folder), weights(reference[epoch])), f"epoch {epoch} differs"
 
 
-def test_rerun_of_a_finished_job_adds_no_run_or_version(ray_cluster, workdir):
-    config = config_for(workdir, "train.epochs=1", "train.name=again", "mlflow.model_name=adult-again")
-    first = train(config)
+def test_rerun_of_a_finished_job_adds_no_run_or_version(trained_adult):
+    """The session's shared Adult job, submitted again as it was: the same run and version come back."""
+    overrides, first = trained_adult
+    config = load_config(None, overrides)
     second = train(config)
     assert (second.run_id, second.version) == (first.run_id, first.version)
     client = MlflowClient(config.mlflow.tracking_uri)
-    assert len(client.search_model_versions("name = 'adult-again'")) == 1
+    assert len(client.search_model_versions(f"name = '{config.mlflow.model_name}'")) == 1
 
 
 def test_short_epochs_do_not_wait_for_the_controller(ray_cluster, workdir):

@@ -35,7 +35,7 @@ from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_
                               utility)
 from pipeline.registry import registered_name
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
-from pipeline.generate.sink import MANIFEST, SPEC, SUCCESS, Sink
+from pipeline.generate.sink import MANIFEST, SPEC, SUCCESS, DatasetManifest, Sink
 from pipeline.rowhash import ROW_HASH, in_holdout
 from pipeline.source import check_table, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
@@ -71,11 +71,11 @@ def column_kinds(schema: pa.Schema, overrides: dict[str, str]) -> dict[str, str]
     return kinds
 
 
-def scored_kinds(schema: pa.Schema, data: DataConfig, manifest: dict[str, Any] | None) -> dict[str, str]:
+def scored_kinds(schema: pa.Schema, data: DataConfig, manifest: DatasetManifest | None) -> dict[str, str]:
     """The columns fidelity is judged on: not those left out (`data.exclude`), not identifiers (fresh values
     by design: the manifest's `generated_ids`, or `data.columns.NAME: id`)."""
-    ids = set((manifest or {}).get("generated_ids", [])) | {name for name, kind in data.columns.items() if kind == "id"}
-    excluded = set(data.exclude) | set((manifest or {}).get("excluded_columns", []))
+    ids = set(manifest.generated_ids if manifest else []) | {name for name, kind in data.columns.items() if kind == "id"}
+    excluded = set(data.exclude) | set(manifest.excluded_columns if manifest else [])
     kept = pa.schema([field for field in schema if field.name not in excluded | ids])
     return column_kinds(kept, data.columns)
 
@@ -122,7 +122,7 @@ def _stream(fs: Any, files: list[str], kinds: dict[str, str], fractions: dict[st
     return stats, invalid, {side: pa.concat_tables(tables, promote_options="permissive") for side, tables in pieces.items()}
 
 
-def _synthetic_dataset(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+def _synthetic_dataset(uri: str, storage_options: dict[str, Any]) -> DatasetManifest | None:
     """The cvae manifest of a finished dataset; None for a plain Parquet table; an error for an unfinished one."""
     sink = Sink(uri, storage_options)
     sink.fs.invalidate_cache()  # actors may have just written the parts this process lists next
@@ -131,7 +131,7 @@ def _synthetic_dataset(uri: str, storage_options: dict[str, Any]) -> dict[str, A
     if not sink.exists(SUCCESS):
         raise UserError(f"evaluate.synthetic {redact(uri)} is an unfinished cvae dataset (no {SUCCESS}); rerun the same "
                         "cvae generate to complete it, then evaluate")
-    return sink.read_json(MANIFEST)
+    return sink.manifest()
 
 
 def _footer_rows(fs: Any, files: list[str], real: pa.Schema, kinds: dict[str, str], overrides: dict[str, str]) -> int:
@@ -153,14 +153,14 @@ def _footer_rows(fs: Any, files: list[str], real: pa.Schema, kinds: dict[str, st
     return rows
 
 
-def training_split(client: Any, manifest: dict[str, Any] | None, config: Config) -> Split:
+def training_split(client: Any, manifest: DatasetManifest | None, config: Config) -> Split:
     """The split recorded by the model's training run when it trained on this table, else the config's."""
     own = Split(config.train.seed, config.data.holdout_fraction, "config (data.holdout_fraction, train.seed)")
-    if not manifest or not manifest.get("model_version"):
+    if not manifest or not manifest.model_version:
         return own
-    name = registered_name(manifest["model_version_uri"])
+    name = registered_name(manifest.model_version_uri)
     try:
-        run = client.get_run(client.get_model_version(name, str(manifest["model_version"])).run_id)
+        run = client.get_run(client.get_model_version(name, str(manifest.model_version)).run_id)
     except MlflowException:
         return own
     params = run.data.params
@@ -192,7 +192,7 @@ def evaluate(config: Config) -> EvaluateOutcome:
                         f"{', '.join(name for name, kind in kinds.items() if kind != 'list')}")
     synthetic_fs, synthetic_files = parquet_files(synthetic_uri, synthetic_options, key="evaluate.synthetic")
     synthetic_rows = _footer_rows(synthetic_fs, synthetic_files, real_schema, kinds, data.columns)
-    if ev.promote_alias and not (manifest and manifest.get("model_version")):
+    if ev.promote_alias and not (manifest and manifest.model_version):
         raise UserError("evaluate.promote_alias needs a cvae dataset with a manifest naming its model version; "
                         "evaluate the output of cvae generate or unset evaluate.promote_alias")
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
@@ -216,9 +216,9 @@ def evaluate(config: Config) -> EvaluateOutcome:
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
                                                                           in {**real_samples, **synthetic_samples}.items()}},
                "split": {"holdout_fraction": split.holdout_fraction, "seed": split.seed, "from": split.source},
-               "model_version_uri": (manifest or {}).get("model_version_uri"),
-               "generation_run_id": (manifest or {}).get("run_id"),
-               "differential_privacy": (manifest or {}).get("differential_privacy")}
+               "model_version_uri": (manifest.model_version_uri or None) if manifest else None,
+               "generation_run_id": (manifest.run_id or None) if manifest else None,
+               "differential_privacy": manifest.differential_privacy if manifest else None}
     run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
     try:
         log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
@@ -285,23 +285,23 @@ def validity(real: ColumnStats, synthetic: ColumnStats, invalid: dict[str, int],
             "null_rate_agreement": float(np.mean([c["null_rate_agreement"] for c in columns.values()]))}
 
 
-def _evaluation_run(client: Any, config: Config, manifest: dict[str, Any] | None, synthetic_uri: str,
+def _evaluation_run(client: Any, config: Config, manifest: DatasetManifest | None, synthetic_uri: str,
                     synthetic_fs: Any, synthetic_files: list[str], real_fs: Any, real_files: list[str]) -> str:
     """One MLflow run per (synthetic dataset, real table, evaluation settings); a rerun reuses it."""
-    if manifest and manifest.get("run_id"):
-        experiment = client.get_run(manifest["run_id"]).info.experiment_id
+    if manifest and manifest.run_id:
+        experiment = client.get_run(manifest.run_id).info.experiment_id
     else:
         experiment = experiment_id(client, config)
     params = {key: value for key, value in config.flat().items()
               if key.startswith("evaluate.") or key in ("data.path", "data.conditions", "data.holdout_fraction", "train.seed")}
     identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files), params]
     evaluation_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    version = (manifest or {}).get("model_version")
-    name = registered_name((manifest or {}).get("model_version_uri", ""))
+    version = (manifest.model_version or None) if manifest else None
+    name = registered_name(manifest.model_version_uri if manifest else "")
     tags = {"cvae.synthetic": redact(synthetic_uri)}
     if manifest:
-        tags |= {"cvae.model_uri": manifest.get("model_version_uri", ""), "cvae.model_version": str(version),
-                 "cvae.generation_run_id": manifest.get("run_id", "")}
+        tags |= {"cvae.model_uri": manifest.model_version_uri, "cvae.model_version": str(version),
+                 "cvae.generation_run_id": manifest.run_id}
     run_id, _ = tagged_run(client, experiment, EVALUATION_TAG, evaluation_id,
                            f"evaluate-{name}-v{version}" if manifest else "evaluate", params, tags)
     return run_id
@@ -337,13 +337,13 @@ def log_report(client: Any, run_id: str, report: dict[str, Any], reference: Samp
         client.log_figure(run_id, figure, f"evaluation/{path}")
 
 
-def promote(client: Any, config: Config, manifest: dict[str, Any] | None, score: float, run_id: str) -> bool:
+def promote(client: Any, config: Config, manifest: DatasetManifest | None, score: float, run_id: str) -> bool:
     """The promotion gate: move `evaluate.promote_alias` to the evaluated version only if quality clears the bar."""
     ev = config.evaluate
-    if not manifest or not manifest.get("model_version"):
+    if not manifest or not manifest.model_version:
         return False
-    name = registered_name(manifest["model_version_uri"])
-    version = str(manifest["model_version"])
+    name = registered_name(manifest.model_version_uri)
+    version = str(manifest.model_version)
     client.set_model_version_tag(name, version, "cvae.quality", f"{score:.4f}")
     if not ev.promote_alias:
         return False

@@ -30,8 +30,8 @@ from pipeline.codec import TableEncoder
 from pipeline.generate.plan import ConditionPlan, build_plan
 from pipeline.registry import fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
-from pipeline.generate.part_writer import PartWriter, write_with_actors, writer_pool
-from pipeline.generate.sink import Sink, failpoint
+from pipeline.generate.part_writer import PartWriter, WriterSettings, write_with_actors, writer_pool
+from pipeline.generate.sink import DatasetManifest, Sink, failpoint
 from pipeline.storage import absolute, absolute_tracking_uri, redact
 
 GENERATION_TAG = "cvae.generation_id"
@@ -129,18 +129,17 @@ def _written(config: Config, model_files: dict[str, bytes], plan: ConditionPlan,
     """One result row per written part. A small CPU job is written by this process (no Ray, no actors to start:
     its fixed cost is the model load); anything bigger by an actor pool sized to the cluster."""
     gen = config.generate
-    writer_kwargs = {"model_files": model_files, "plan": plan, "output": output,
-                     "storage_options": gen.storage_options, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
-                     "use_gpu": gen.use_gpu, "precision": gen.precision}
+    settings = WriterSettings(model_files, plan, output, gen.storage_options, gen.seed, gen.rows_per_part, gen.use_gpu,
+                              gen.precision)
     if rows_todo <= gen.in_process_rows and not gen.use_gpu:
-        writer = PartWriter(**writer_kwargs, threads=len(os.sched_getaffinity(0)))
+        writer = PartWriter(settings, threads=len(os.sched_getaffinity(0)))
         for part in todo:
             done = writer({"part": np.array([part])})
             yield {key: values[0] for key, values in done.items()}
         return
     ensure_ray(config.ray.address)
     pool = writer_pool(gen.num_workers, gen.cpus_per_worker, gen.use_gpu, ray.cluster_resources())
-    yield from write_with_actors(todo, pool, writer_kwargs, gen.cpus_per_worker)
+    yield from write_with_actors(todo, pool, settings, gen.cpus_per_worker)
 
 
 def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],
@@ -157,29 +156,17 @@ def _generation_run(client: Any, model_uri: str, version: str, output: str, spec
 
 
 def _manifest(requested: str, model_uri: str, version: str, run_id: str, config: Config, plan: ConditionPlan,
-              encoder: TableEncoder, parts: list[dict[str, Any]], privacy: dict | None) -> dict[str, Any]:
+              encoder: TableEncoder, parts: list[dict[str, Any]], privacy: dict | None) -> DatasetManifest:
     gen = config.generate
-    return {
-        "format": "cvae-synthetic/1",
-        "model_uri": requested,
-        "model_version_uri": model_uri,
-        "model_version": version,
-        "run_id": run_id,
-        "seed": gen.seed,
-        "conditions": json.loads(redact(json.dumps(gen.conditions, default=str))),
-        "plan_fingerprint": plan.fingerprint(),
-        "num_rows": plan.num_rows,
-        "rows_per_part": gen.rows_per_part,
-        "parts": parts,
-        "schema": [{"name": f.name, "type": str(f.type)} for f in encoder.schema],
-        "excluded_columns": encoder.excluded,  # left out of the model (data.exclude): absent from every part
-        "generated_ids": encoder.id_columns,  # fresh values, unique in this dataset, never a training value
-        "value_protection": encoder.protection(),
-        "differential_privacy": privacy,  # the model's (epsilon, delta) and accountant; null: not trained privately
-        "arrow_schema": base64.b64encode(encoder.schema.serialize().to_pybytes()).decode("ascii"),
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "code_version": _code_version(),
-    }
+    return DatasetManifest(
+        model_uri=requested, model_version_uri=model_uri, model_version=version, run_id=run_id, seed=gen.seed,
+        conditions=json.loads(redact(json.dumps(gen.conditions, default=str))),
+        plan_fingerprint=plan.fingerprint(), num_rows=plan.num_rows, rows_per_part=gen.rows_per_part, parts=parts,
+        schema=[{"name": f.name, "type": str(f.type)} for f in encoder.schema],
+        excluded_columns=encoder.excluded, generated_ids=encoder.id_columns,
+        value_protection=encoder.protection(), differential_privacy=privacy,
+        arrow_schema=base64.b64encode(encoder.schema.serialize().to_pybytes()).decode("ascii"),
+        created_at=datetime.now(timezone.utc).isoformat(), code_version=_code_version())
 
 
 def _code_version() -> str:

@@ -41,6 +41,19 @@ def writer_pool(num_workers: int | str, cpus_per_worker: int, use_gpu: bool, res
     return WriterPool(num_workers, min(1.0, gpus / num_workers) if gpus else 1.0)
 
 
+@dataclass(frozen=True)
+class WriterSettings:
+    """What every part writer is handed, the same for the whole dataset."""
+    model_files: dict[str, bytes]  # the registered model's files (pipeline.artifact)
+    plan: ConditionPlan
+    output: str
+    storage_options: dict[str, Any]
+    seed: int
+    rows_per_part: int
+    use_gpu: bool
+    precision: str  # "float32" | "bfloat16"
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
@@ -50,13 +63,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
 class PartWriter:
     """A Ray Data actor: loads the model once, then draws and writes whole parts."""
 
-    def __init__(self, model_files: dict[str, bytes], plan: ConditionPlan, output: str, storage_options: dict[str, Any],
-                 seed: int, rows_per_part: int, threads: int, use_gpu: bool, precision: str):
+    def __init__(self, settings: WriterSettings, threads: int):
         torch.set_num_threads(threads)
-        self.device = "cuda" if use_gpu else "cpu"
-        self.model, self.encoder = load_artifact_files(model_files, self.device)
-        self.plan, self.seed, self.rows_per_part, self.precision = plan, seed, rows_per_part, precision
-        self.sink = Sink(output, storage_options)
+        self.device = "cuda" if settings.use_gpu else "cpu"
+        self.model, self.encoder = load_artifact_files(settings.model_files, self.device)
+        self.plan, self.seed = settings.plan, settings.seed
+        self.rows_per_part, self.precision = settings.rows_per_part, settings.precision
+        self.sink = Sink(settings.output, settings.storage_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         done: dict[str, list] = {"part": [], "rows": [], "seconds": [], "peak_rss_mb": []}
@@ -74,16 +87,15 @@ class PartWriter:
         return {key: np.asarray(values) for key, values in done.items()}
 
 
-def write_with_actors(todo: list[int], pool: WriterPool, writer_kwargs: dict[str, Any],
+def write_with_actors(todo: list[int], pool: WriterPool, settings: WriterSettings,
                       cpus_per_worker: int) -> Iterator[dict[str, Any]]:
     """One result row per part in `todo`, as parts finish, written by a pool of `pool.actors` PartWriters through
-    Ray Data (each reserves `cpus_per_worker` CPUs and runs that many torch threads). `writer_kwargs`: every
-    PartWriter argument but `threads`. Ray Data is imported here, not at the top: a small job written by the
+    Ray Data (each reserves `cpus_per_worker` CPUs and runs that many torch threads). Ray Data is imported here, not at the top: a small job written by the
     driver never needs it (its import costs ~0.2 s of a 0.5 s job)."""
     import ray.data
 
     parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
     yield from parts.map_batches(
         PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(len(todo), pool.actors)),
-        fn_constructor_kwargs={**writer_kwargs, "threads": cpus_per_worker},
+        fn_constructor_kwargs={"settings": settings, "threads": cpus_per_worker},
         num_gpus=pool.gpus_per_actor, num_cpus=cpus_per_worker).iter_rows()

@@ -15,6 +15,7 @@ import os
 import posixpath
 import signal
 import uuid
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pipeline.errors import UserError
@@ -24,6 +25,39 @@ SPEC = "_generation.json"
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 JOURNAL = "_parts"
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """`_manifest.json`: what a finished dataset holds and where it came from. Generation writes it (then
+    `_SUCCESS`); evaluation reads it. A field an older manifest lacks reads as its default."""
+    model_uri: str = ""          # as the job asked for it (an alias or a version)
+    model_version_uri: str = ""  # models:/NAME/VERSION it resolved to
+    model_version: str = ""
+    run_id: str = ""             # the generation's MLflow run
+    seed: int = 0
+    conditions: Any = None       # generate.conditions, credentials redacted
+    plan_fingerprint: str = ""
+    num_rows: int = 0
+    rows_per_part: int = 0
+    parts: list[dict[str, Any]] = field(default_factory=list)  # per part: file, rows, bytes, sha256
+    schema: list[dict[str, str]] = field(default_factory=list)
+    excluded_columns: list[str] = field(default_factory=list)  # left out of the model (data.exclude)
+    generated_ids: list[str] = field(default_factory=list)     # fresh values, unique here, never a training value
+    value_protection: dict[str, Any] = field(default_factory=dict)
+    differential_privacy: dict[str, Any] | None = None  # the model's (epsilon, delta); None: not trained privately
+    arrow_schema: str = ""
+    created_at: str = ""
+    code_version: str = ""
+    format: str = "cvae-synthetic/1"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DatasetManifest":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 def failpoint(name: str) -> None:
@@ -134,14 +168,19 @@ class Sink:
                 done[entry["part"]] = entry
         return done
 
-    def finish(self, manifest: dict[str, Any]) -> None:
+    def finish(self, manifest: DatasetManifest) -> None:
         """Manifest, then _SUCCESS; then the journal and any staging file a killed writer left behind go."""
-        self.write_json(MANIFEST, manifest)
+        self.write_json(MANIFEST, manifest.to_dict())
         failpoint("before_success")
         self.write(SUCCESS, b"")
         self.fs.rm(self.path(JOURNAL), recursive=True)
         for path in self.fs.glob(self.path(".*.tmp")):
             self.fs.rm(path)
+
+
+    def manifest(self) -> DatasetManifest | None:
+        data = self.read_json(MANIFEST)
+        return DatasetManifest.from_dict(data) if data is not None else None
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from pipeline.config import ModelConfig
 from pipeline.codec import Span
 from pipeline.model.latent_prior import LatentMixture, draw
 
+_MODEL_DEFAULTS = ModelConfig().model_dump()
 UNIQUE_PRIOR_MIN_ROWS = 1024
 LOGVAR_BOUND = 10.0
 MIN_SIGMA = 0.01
@@ -30,11 +31,12 @@ class CVAEConfig:
     x_dim: int
     c_dim: int
     spans: list[dict]
-    latent_dim: int = 32
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    prior: str = "conditional"
-    variance: str = "learned"
-    sigma: float = 0.1
+    # the network's hyper-parameters: their defaults are the `model.*` config keys' (declared once, in ModelConfig)
+    latent_dim: int = _MODEL_DEFAULTS["latent_dim"]
+    hidden: list[int] = field(default_factory=lambda: list(_MODEL_DEFAULTS["hidden"]))
+    prior: str = _MODEL_DEFAULTS["prior"]
+    variance: str = _MODEL_DEFAULTS["variance"]
+    sigma: float = _MODEL_DEFAULTS["sigma"]
     mixture_size: list[int] = field(default_factory=lambda: [0, 0])  # latent mixture: (combinations, components)
 
     def to_dict(self) -> dict:

@@ -207,10 +207,34 @@ def _mixture_summary(model: CVAE) -> str:
     return f"{components} Gaussian components over {combinations} condition combination(s)"
 
 
+@dataclass
+class Prepared:
+    """What `prepare` hands `execute` and `publish`: the job's encoder, worker settings, datasets and run."""
+    encoder: TableEncoder
+    settings: WorkerSettings
+    splits: dict[str, ray.data.Dataset]
+    rows: int                   # rows of the whole table
+    client: Any                 # MlflowClient
+    tracking_uri: str
+    run_id: str
+    storage_path: str
+    storage_fs: Any
+    private: bool
+
+
 def train(config: Config, restart: bool = False) -> TrainOutcome:
     """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow.
     `restart` discards the checkpoints of an earlier job under the same `train.name`."""
     clock = Stages()
+    job = prepare(config, restart, clock)
+    result = execute(config, job)
+    clock.lap("training")
+    return publish(config, job, result, clock)
+
+
+def prepare(config: Config, restart: bool, clock: Stages) -> Prepared:
+    """Checks before any work (table footers, MLflow, the job folder), then the encoder fitted on the training split
+    (Ray Data), the MLflow run, the network and the worker settings."""
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
     rows, schema = check_table(fs, files, data)
@@ -220,8 +244,8 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     check_tracking(tracking_uri)
     storage = absolute(config.train.storage_path)
     storage_fs, storage_path = filesystem(storage, config.train.storage_options)
-    claim_job(storage_fs, posixpath.join(storage_path.rstrip("/"), config.train.name),
-              job_identity(config, modelled, data_digest), restart)
+    job_dir = posixpath.join(storage_path.rstrip("/"), config.train.name)
+    claim_job(storage_fs, job_dir, job_identity(config, modelled, data_digest), restart)
     client = client_for(tracking_uri)
     train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
     if restart:
@@ -232,9 +256,41 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     clock.lap("ray_start")
     dataset = read_table(fs, files, modelled.names)
     privacy = config.train.privacy
-    spend = budget(privacy, rows) if privacy.epsilon is not None else None
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else secrets.randbits(63)
-    job_dir = posixpath.join(storage_path.rstrip("/"), config.train.name)
+    encoder, spend, train_rows = fitted_encoder(config, dataset, modelled, rows, noise_seed, storage_fs, job_dir, clock)
+    run_id, resumed = find_or_create_run(client, config, train_id)
+    console.progress(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}")
+    if not resumed:
+        log_training_data(run_id, data.path, data_digest, rows)
+
+    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
+    schedule = epoch_schedule(config, rows)
+    dp_sgd = None
+    if spend is not None:
+        dp_sgd = dp_sgd_settings(privacy, spend, train_rows // config.train.num_workers,
+                                 feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim),
+                                 config.train.batch_size, noise_seed)
+        check_budget(dp_sgd, schedule.epochs)
+    encoder_ref = ray.put(encoder.to_json())
+    settings = WorkerSettings(
+        network=model.config, model=config.model, encoder=encoder_ref, seed=config.train.seed, epochs=schedule.epochs,
+        passes_per_epoch=schedule.passes_per_epoch, batch_size=config.train.batch_size, lr=config.train.lr,
+        lr_schedule=config.train.lr_schedule, weight_decay=config.train.weight_decay,
+        patience=config.train.early_stopping_patience, has_holdout=data.holdout_fraction > 0, dp_sgd=dp_sgd)
+    splits = cache_splits(encoded_splits(dataset, encoder_ref, config.train.seed, data.holdout_fraction),
+                          rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
+    clock.lap("tracking_setup")
+    return Prepared(encoder, settings, splits, rows, client, tracking_uri, run_id, storage_path, storage_fs,
+                    spend is not None)
+
+
+def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schema, rows: int, noise_seed: int,
+                   storage_fs: Any, job_dir: str, clock: Stages) -> tuple[TableEncoder, Any, int | None]:
+    """The encoder fitted on the training split (Ray Data); a private job's is fitted once, its statistics' budget
+    spent once, and kept in the job folder. Returns it with the privacy budget's split and the training row count
+    (None, None when not private)."""
+    data, privacy = config.data, config.train.privacy
+    spend = budget(privacy, rows) if privacy.epsilon is not None else None
     if spend is None:
         encoder, train_rows = fit_encoder(dataset, modelled, data, config.encoder, config.train.seed), None
     else:
@@ -244,38 +300,20 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     protected = (f"statistics with (epsilon {spend.statistics_epsilon:g}, delta {spend.statistics_delta:.2g})-DP noise"
                  if spend else f"values seen in fewer than {config.encoder.min_value_count} rows protected")
     console.progress(f"encoder fitted in {clock.lap('encoder_fit'):.2f}s on the training split of {rows:,} rows "
-          f"({encoder.kinds_summary()}; {protected}): "
-          f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
+                     f"({encoder.kinds_summary()}; {protected}): "
+                     f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
     if spend and not encoder.condition_distribution:
         console.warn("no condition combination passed the privacy noise threshold: generation needs conditions "
                      "requested by value (generate.conditions), or a larger train.privacy.epsilon")
     if encoder.id_columns:
         console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
                          "(data.columns.NAME=categorical to model one instead)")
+    return encoder, spend, train_rows
 
-    run_id, resumed = find_or_create_run(client, config, train_id)
-    console.progress(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}")
-    if not resumed:
-        log_training_data(run_id, data.path, data_digest, rows)
 
-    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
-    schedule = epoch_schedule(config, rows)
-    epochs = schedule.epochs
-    dp_sgd = None
-    if spend is not None:
-        dp_sgd = dp_sgd_settings(privacy, spend, train_rows // config.train.num_workers,
-                          feed_rows(config.train.batch_size, encoder.x_dim + encoder.c_dim), config.train.batch_size,
-                          noise_seed)
-        check_budget(dp_sgd, epochs)
-    encoder_ref = ray.put(encoder.to_json())
-    settings = WorkerSettings(
-        network=model.config, model=config.model, encoder=encoder_ref, seed=config.train.seed, epochs=epochs,
-        passes_per_epoch=schedule.passes_per_epoch, batch_size=config.train.batch_size, lr=config.train.lr,
-        lr_schedule=config.train.lr_schedule, weight_decay=config.train.weight_decay,
-        patience=config.train.early_stopping_patience, has_holdout=data.holdout_fraction > 0, dp_sgd=dp_sgd)
-    splits = cache_splits(encoded_splits(dataset, encoder_ref, config.train.seed, data.holdout_fraction),
-                          rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
-    clock.lap("tracking_setup")
+def execute(config: Config, job: Prepared) -> ray.train.Result:
+    """The Ray Train job: `train.num_workers` DDP workers run `train_loop_per_worker` on their shards of the
+    encoded splits; the controller's EpochLogger relays each epoch to MLflow and the console."""
     # Ray Train's controller takes each worker's report when it polls (every 2 s by default) and a worker's next
     # report waits for that: epochs shorter than the poll would each lose the rest of it. Ray passes this setting
     # on to the controller; a value the user set wins. A slow poll is awaited again, not a failure (Ray Train
@@ -287,29 +325,36 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
     with console.relayed_lines() as lines:
         trainer = ray.train.torch.TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"settings": settings},
+            train_loop_config={"settings": job.settings},
             scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
                                                    resources_per_worker={"CPU": config.train.cpus_per_worker}),
             run_config=ray.train.RunConfig(
-                name=config.train.name, storage_path=storage_path, storage_filesystem=arrow_filesystem(storage_fs),
+                name=config.train.name, storage_path=job.storage_path,
+                storage_filesystem=arrow_filesystem(job.storage_fs),
                 failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
                                                              checkpoint_score_attribute="score",
                                                              checkpoint_score_order="max"),
-                callbacks=[EpochLogger(tracking_uri, run_id, epochs, lines)],
+                callbacks=[EpochLogger(job.tracking_uri, job.run_id, job.settings.epochs, lines)],
                 logging_config=ray.train.LoggingConfig(log_level="INFO" if console.verbose() else "WARNING")),
-            datasets=splits,
+            datasets=job.splits,
             dataset_config=ray.train.DataConfig(execution_options=ingest),
         )
         try:
-            result = trainer.fit()
+            return trainer.fit()
         except ray.train.TrainingFailedError as exc:
-            client.set_terminated(run_id, status="FAILED")
+            job.client.set_terminated(job.run_id, status="FAILED")
             raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
                                f"{str(exc).strip().splitlines()[-1]}") from exc
-    clock.lap("training")
+
+
+def publish(config: Config, job: Prepared, result: ray.train.Result, clock: Stages) -> TrainOutcome:
+    """The best checkpoint (the last, for a private model) as the model artifact, with the latent mixture fitted on
+    the driver; registered in MLflow with the loss curve and the stage timings."""
+    client, run_id, epochs = job.client, job.run_id, job.settings.epochs
     # a private model is the last checkpoint: picking the best by holdout score would make it depend on holdout rows
-    best = result.checkpoint if spend else result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
+    best = result.checkpoint if job.private else (result.get_best_checkpoint(metric="score", mode="max")
+                                                  or result.checkpoint)
     if best is None:
         raise RuntimeError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as latest:
@@ -322,14 +367,15 @@ def train(config: Config, restart: bool = False) -> TrainOutcome:
         export.mkdir()
         for name in (*artifact_files(checkpoint_dir), "artifact.json"):
             shutil.copy(Path(checkpoint_dir) / name, export / name)
-        if config.model.latent_mixture and spend is None:
+        if config.model.latent_mixture and not job.private:
             trained, _ = load_artifact(export)
-            mixed = with_latent_mixture(trained, splits["train"], rows * (1 - data.holdout_fraction), config)
-            save_artifact(export, mixed, encoder.to_json())
+            mixed = with_latent_mixture(trained, job.splits["train"], job.rows * (1 - config.data.holdout_fraction),
+                                        config)
+            save_artifact(export, mixed, job.encoder.to_json())
             console.progress(f"latent mixture fitted in {clock.lap('latent_mixture'):.1f}s: {_mixture_summary(mixed)}")
         registered_before = registered_version(client, run_id) is not None
         version = register(client, run_id, str(export), config)
-        guarantee = json.loads((export / PRIVACY_FILE).read_text()) if spend else None
+        guarantee = json.loads((export / PRIVACY_FILE).read_text()) if job.private else None
     if guarantee:
         tag_guarantee(client, run_id, config.mlflow.model_name, None if registered_before else version, guarantee)
         stopped = f"; stopped after {len(history)} of {epochs} epochs: one more would exceed it" \

@@ -160,15 +160,10 @@ def _shard_batches(shard: Any, batch_size: int, device: torch.device, shuffle_se
     return _batches(_feed(shard, batch_size, device, row_width), batch_size, device, shuffle_seed)
 
 
-def train_loop_per_worker(config: dict[str, WorkerSettings]) -> None:
-    """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint."""
-    job: WorkerSettings = config["settings"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // context.get_local_world_size()))
-    device = ray.train.torch.get_device()
-    seed = job.seed
-    torch.manual_seed(seed)
+def _restored(job: WorkerSettings, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
+    """The model (wrapped for DDP unless private), its optimizer and the training progress: fresh from the job's
+    seed, or from the checkpoint Ray Train hands a restarted or resumed worker group."""
+    torch.manual_seed(job.seed)
     model = CVAE(job.network)
     progress = {"epoch": -1, "best": -math.inf, "stale": 0, "history": []}  # history: every epoch's metrics
     optimizer_state = None
@@ -178,14 +173,26 @@ def train_loop_per_worker(config: dict[str, WorkerSettings]) -> None:
             model.load_state_dict(torch.load(Path(directory) / "weights.pt", weights_only=True))
             saved = torch.load(Path(directory) / "training_state.pt", weights_only=True)
             optimizer_state, progress = saved["optimizer"], {"history": [], **saved["progress"]}
-    plan = job.dp_sgd
     # DP-SGD reduces clipped, noisy gradients itself: DDP's own all-reduce in backward would mix unclipped ones.
     # Every rank starts from the same seed or checkpoint, and takes the same all-reduced steps.
-    model = model.to(device) if plan else ray.train.torch.prepare_model(model)
-    core: CVAE = model.module if hasattr(model, "module") else model
+    model = model.to(device) if job.dp_sgd else ray.train.torch.prepare_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=job.lr, weight_decay=job.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
+    return model, optimizer, progress
+
+
+def train_loop_per_worker(config: dict[str, WorkerSettings]) -> None:
+    """Runs on every Ray Train worker: restore, then per epoch train, validate, report a checkpoint. One function
+    over one loop (about 70 lines): the epoch's steps share its state (progress, privacy history, timing)."""
+    job: WorkerSettings = config["settings"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // context.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    seed, plan = job.seed, job.dp_sgd
+    model, optimizer, progress = _restored(job, device)
+    core: CVAE = model.module if hasattr(model, "module") else model
     amp = device.type == "cuda" and plan is None  # per-row gradients in float32
     history = [tuple(segment) for segment in progress.get("privacy_history", [])]
     noise_multiplier = epoch_noise(plan, history, job.epochs - progress["epoch"] - 1,
@@ -212,7 +219,7 @@ def train_loop_per_worker(config: dict[str, WorkerSettings]) -> None:
             shuffle = seed * 7919 + epoch * 31 + rank
             if job.passes_per_epoch == 1:
                 batches = _shard_batches(train_shard, batch_size, device, shuffle, row_width)
-            else:  # a small shard, read once and kept: an epoch is several passes over it (train.epoch_schedule)
+            else:  # a small shard, read once and kept: an epoch is several passes over it (epoch_schedule)
                 kept_shard = kept_shard or list(_feed(train_shard, batch_size, device, row_width))
                 batches = itertools.chain.from_iterable(
                     _batches(kept_shard, batch_size, device, shuffle + 104_729 * repeat)
