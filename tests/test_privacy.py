@@ -323,6 +323,8 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     reference = {p["epoch"]: folder for folder, p, _ in checkpoints(workdir / "runs" / "train" / "dp-no-fault")}
     for folder, progress, _ in saved:
         assert same_weights(weights(folder), weights(reference[progress["epoch"]])), progress["epoch"]
+    # two jobs, one seed and noise seed: the same private encoder from the distributed fit, noisy counts included
+    assert (saved[-1][0] / "encoder.json").read_text() == (reference[3] / "encoder.json").read_text()
 
 
 def privacy_guarantee_of(folder) -> dict:
