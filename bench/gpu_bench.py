@@ -31,7 +31,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from in_process import plain_rates  # noqa: E402 (bench/)
+from in_process import plain_rates, sync  # noqa: E402 (bench/)
 
 
 def encoded_adult(seed: int = 0):
@@ -51,11 +51,6 @@ def encoded_adult(seed: int = 0):
 def plain_loop(model, x, c, batch_size: int, epochs: int, amp: bool) -> list[float]:
     """rows/s per epoch of the limit: tensors already on the device, no input pipeline at all."""
     return plain_rates(model, x, c, batch_size, epochs, amp)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def train_through_ray(encoder, splits, batch_size: int, epochs: int, use_gpu: bool, folder: str) -> dict:

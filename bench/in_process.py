@@ -53,6 +53,14 @@ def shuffled_batches(x: Any, c: Any, batch_size: int, generator: Any = None):
     return ((x[order[i:i + batch_size]], c[order[i:i + batch_size]]) for i in range(0, len(x), batch_size))
 
 
+def sync(device: Any) -> None:
+    """Wait for the device's queued work, so a timer around it measures the work (a no-op on CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def plain_rates(model: Any, x: Any, c: Any, batch_size: int, epochs: int, amp: bool = False) -> list[float]:
     """The plain loop every training limit is measured with: the worker's own `run_epoch` over tensors already in
     memory (no Ray, no input pipeline), Adam at 1e-3; rows/s of each epoch (the device synchronised around it)."""
@@ -60,18 +68,14 @@ def plain_rates(model: Any, x: Any, c: Any, batch_size: int, epochs: int, amp: b
 
     from pipeline.train.worker import run_epoch
 
-    def sync() -> None:
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     rates = []
     for _ in range(epochs):
         batches = shuffled_batches(x, c, batch_size)
-        sync()
+        sync(x.device)
         started = time.perf_counter()
         done = run_epoch(model, optimizer, batches, 1.0, amp)
-        sync()
+        sync(x.device)
         rates.append(done["rows"] / (time.perf_counter() - started))
     return rates
 

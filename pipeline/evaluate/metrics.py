@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.codec.arrow import plain
+
 NUMERIC_BINS = 10
 MAX_CONDITION_VALUES = 25
 MIN_GROUP_ROWS = 20
@@ -58,7 +60,7 @@ def prepare(tables: list[pa.Table], kinds: dict[str, str]) -> list[Sample]:
     """Samples of the same columns with shared category codes; `kinds` maps column -> numeric | categorical | list."""
     samples = [Sample({}, {}, {}, {}) for _ in tables]
     for name, kind in kinds.items():
-        arrays = [_plain(table.column(name)) for table in tables]
+        arrays = [plain(table.column(name)) for table in tables]
         if kind == "categorical":
             labels, codes = _shared_codes(arrays)
             for sample, values in zip(samples, codes):
@@ -75,11 +77,6 @@ def prepare(tables: list[pa.Table], kinds: dict[str, str]) -> list[Sample]:
             for sample, arr in zip(samples, arrays):
                 sample.columns[name], sample.kinds[name], sample.parent[name] = _numeric(arr), "numeric", name
     return samples
-
-
-def _plain(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    return arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
 
 
 def _numeric(arr: pa.Array) -> np.ndarray:
@@ -275,7 +272,7 @@ class ColumnStats:
         stats = cls()
         stats.rows = batch.num_rows
         for name, kind in kinds.items():
-            arr = _plain(batch.column(name))
+            arr = plain(batch.column(name))
             stats.nulls[name] = arr.null_count
             if kind == "categorical":
                 stats.categories[name] = {str(v) for v in pc.unique(pc.drop_null(arr)).to_pylist()}
@@ -315,7 +312,7 @@ def invalid_counts(batch: pa.Table, kinds: dict[str, str], real: ColumnStats) ->
     """Per column: synthetic values outside the real bounds, or categories the real table never holds."""
     counts = {}
     for name, kind in kinds.items():
-        arr = _plain(batch.column(name))
+        arr = plain(batch.column(name))
         if kind == "categorical":
             known = real.categories.get(name)
             if known is None:
