@@ -49,12 +49,16 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     assert report["utility"]["target"] == "income" and 0 < report["utility"]["tstr"]["accuracy"] <= 1
     assert report["privacy"]["synthetic_rows"] == 5000 and "share_closer_than_holdout_p5" in report["privacy"]
     assert report["validity"]["invalid_values"] == 0  # the decoder clips to the training bounds and categories
+    # Adult's 9 string columns are categories: each generated value has a shape real training values have
+    assert len(report["formats"]["columns"]) == 9 and report["formats"]["synthetic"] >= 0.99
+    assert "format validity" in out and report["formats"]["holdout"] >= 0.99
     assert report["model_version_uri"] == generated.model_uri
 
     client = MlflowClient(config.mlflow.tracking_uri)
     run = client.get_run(first.run_id)
     assert run.data.metrics["quality_overall"] == pytest.approx(report["quality"]["overall"])
-    assert {"shape.age", "utility_tstr_macro_f1", "privacy_share_closer_than_holdout_p5"} <= set(run.data.metrics)
+    assert {"shape.age", "utility_tstr_macro_f1", "privacy_share_closer_than_holdout_p5", "format_validity",
+            "format_validity_holdout", "format.education"} <= set(run.data.metrics)
     assert run.data.tags["cvae.model_uri"] == generated.model_uri
     assert run.info.experiment_id == client.get_run(generated.run_id).info.experiment_id
     assert artifacts(client, first.run_id, "evaluation") >= {"evaluation/report.json", "evaluation/associations.png",

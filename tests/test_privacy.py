@@ -249,47 +249,61 @@ def test_private_training_stops_before_the_target_and_the_guarantee_travels(ray_
     assert manifest["value_protection"]["noisy_statistics"]["sigma"] > 0
 
 
+PRIVATE_JOB = ("train.keep_checkpoints=10", "model.hidden=[64]", "train.privacy.epsilon=8",
+               "train.lr_schedule=constant")  # constant: a job resumed for more epochs steps as one trained for all
+
+
+@pytest.fixture(scope="module")
+def resumed_private_job(ray_cluster, tmp_path_factory):
+    """A private job trained for three epochs, then resumed for a fourth: (its folder, the first outcome, the
+    resumed one, its MLflow store). The resumed test reads its accounting; the killed-worker test compares its
+    weights epoch by epoch."""
+    from pipeline.train.driver import train
+
+    workdir = tmp_path_factory.mktemp("dp-resumed")
+    def run(epochs):
+        return train(_private_config(workdir, *PRIVATE_JOB, f"train.epochs={epochs}", "train.name=dp-a",
+                                     "mlflow.model_name=dp-a", f"train.storage_path={workdir}/runs"))
+
+    first = run(3)
+    first_files = _checkpoint_files(first)
+    resumed = run(4)
+    return workdir / "runs" / "dp-a", first, first_files, resumed, f"sqlite:///{workdir}/mlflow.db"
+
+
 @pytest.mark.slow
-def test_a_resumed_private_job_adds_to_its_epsilon(ray_cluster, workdir):
-    """Resuming the job for one more epoch continues its accounting (the second segment adds to the first) and keeps
-    its encoder (no second statistics spend). That the same seeds give the same weights is proven epoch by epoch
-    against a run without the fault in test_a_killed_private_worker_resumes_its_accounting."""
+def test_a_resumed_private_job_adds_to_its_epsilon(resumed_private_job):
+    """Resuming the job for one more epoch continues its accounting (the fourth segment adds to the first three)
+    and keeps its encoder (no second statistics spend). That resuming gives the weights an uninterrupted run has
+    is proven epoch by epoch in test_a_killed_private_worker_resumes_its_accounting."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.artifact import privacy_guarantee
     from pipeline.privacy import sgd_epsilon
-    from pipeline.train.driver import train
 
-    def run(name, epochs):
-        return train(_private_config(workdir, f"train.epochs={epochs}", "train.privacy.epsilon=8",
-                                     f"train.name={name}", f"mlflow.model_name={name}"))
-
-    first = run("dp-a", 1)
-    a = _checkpoint_files(first)
-
-    resumed = run("dp-a", 2)
+    _, first, a, resumed, tracking = resumed_private_job
     assert resumed.run_id == first.run_id
     c = _checkpoint_files(resumed)
     assert c["encoder.json"] == a["encoder.json"]  # the job's encoder, fitted once
     once, twice = privacy_guarantee(a), privacy_guarantee(c)
-    assert len(twice["history"]) == 2 and twice["history"][0] == once["history"][0]
+    assert len(once["history"]) == 3 and len(twice["history"]) == 4 and twice["history"][:3] == once["history"]
     sgd_delta = twice["delta"] - twice["statistics_delta"]
     assert twice["sgd_epsilon"] == pytest.approx(sgd_epsilon([tuple(s) for s in twice["history"]], sgd_delta))
     assert twice["epsilon"] > once["epsilon"]
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    client = MlflowClient(tracking)
     spent = sorted(client.get_metric_history(first.run_id, "epsilon"), key=lambda m: m.step)
-    assert [m.step for m in spent] == [0, 1] and spent[1].value == pytest.approx(twice["epsilon"])
+    assert [m.step for m in spent] == [0, 1, 2, 3] and spent[3].value == pytest.approx(twice["epsilon"])
     version_tags = client.get_model_version("dp-a", first.version).tags  # registered from the first checkpoint
     assert float(version_tags["privacy.epsilon"]) == pytest.approx(once["epsilon"], rel=1e-5)
     assert float(client.get_run(first.run_id).data.tags["privacy.epsilon"]) == pytest.approx(twice["epsilon"], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, monkeypatch):
+def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, monkeypatch, resumed_private_job):
     """SIGKILL a worker of a private run after two epochs: the new worker group continues from the checkpoint's
     spent history, so every epoch is accounted once (no reset, no double count of the epoch the kill cut short),
-    the total stays within the target, and the weights equal an uninterrupted private run's (the noise and the
-    sampling of each epoch are drawn again as before)."""
+    the total stays within the target, and the weights equal those of the same job run without a kill (the noise
+    and the sampling of each epoch are drawn again as before)."""
     from mlflow.tracking import MlflowClient
     from test_train import checkpoints, kill_a_worker_after, same_weights, train_attempts, weights
 
@@ -297,8 +311,7 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     from pipeline.train.driver import train
 
     monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    same = ("train.epochs=4", "train.keep_checkpoints=10", "model.hidden=[64]", "train.privacy.epsilon=8")
-    config = _private_config(workdir, *same, "train.max_failures=2", "train.name=dp-fault",
+    config = _private_config(workdir, *PRIVATE_JOB, "train.epochs=4", "train.max_failures=2", "train.name=dp-fault",
                              "mlflow.model_name=dp-fault")
     client = MlflowClient(config.mlflow.tracking_uri)
     killed = {}
@@ -319,8 +332,8 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     spent = sorted(client.get_metric_history(outcome.run_id, "epsilon"), key=lambda m: m.step)
     assert [m.step for m in spent] == [0, 1, 2, 3] and spent[-1].value == pytest.approx(final["epsilon"])
 
-    train(_private_config(workdir, *same, "train.name=dp-no-fault", "mlflow.model_name=dp-no-fault"))
-    reference = {p["epoch"]: folder for folder, p, _ in checkpoints(workdir / "runs" / "train" / "dp-no-fault")}
+    reference = {p["epoch"]: folder for folder, p, _ in checkpoints(resumed_private_job[0])}
+    assert sorted(reference) == [0, 1, 2, 3]
     for folder, progress, _ in saved:
         assert same_weights(weights(folder), weights(reference[progress["epoch"]])), progress["epoch"]
     # two jobs, one seed and noise seed: the same private encoder from the distributed fit, noisy counts included

@@ -35,6 +35,14 @@ TABLES = {  # table -> a natural condition column (README of the bundled data)
     "penguins-raw": "Species",
     "seattle-weather": "weather",
     "sf-temps": "date",
+    "strings/gibraltar": "condition",
+    "strings/peeps": "gender",
+    "strings/sp500": "volume",
+}
+FORMATTED = {  # dates, times and numbers held in strings: the formats every generated value must parse in
+    "strings/gibraltar": {"date": "%Y-%m-%d", "time": "%H:%M"},
+    "strings/peeps": {"dob": "%Y-%m-%d"},
+    "strings/sp500": {"date": "%Y-%m-%d"},
 }
 
 
@@ -97,6 +105,15 @@ def test_every_real_table_round_trips_its_types_and_leaks_nothing(name, ray_clus
     synthetic = pa.concat_tables(synthesize(model, encoder, plan.rows(start, start + 1000), seed=start, row_offset=start)
                                  for start in (0, 1000, 2000))
     assert_believable_and_safe(real, train, synthetic, condition, tmp_path / "model")
+    for column, pattern in FORMATTED.get(name, {}).items():
+        assert encoder.kinds()[column] == "formatted", encoder.kinds()
+        written = pc.drop_null(synthetic.column(column))
+        assert len(written) > 0 and synthetic.column(column).type == real.column(column).type
+        parsed = pc.strptime(written, pattern, "s", error_is_null=True)  # every value a date or time, none _RARE_
+        assert parsed.null_count == 0, pc.filter(written, pc.is_null(parsed))[:5]
+        assert pc.all(pc.equal(pc.strftime(parsed, pattern), written)).as_py()  # written as the real ones are
+        low, high = (pc.strptime(pc.min_max(real.column(column))[end], pattern, "s") for end in ("min", "max"))
+        assert low.as_py() <= pc.min(parsed).as_py() and pc.max(parsed).as_py() <= high.as_py()
 
 
 def assert_believable_and_safe(real, train, synthetic, condition, model_dir):
@@ -205,8 +222,9 @@ def test_same_name_other_job_is_refused_and_restart_starts_over(ray_cluster, mlf
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cvae ")]
     assert len(error) == 1
     assert "data.conditions" in error[0] and "Species" in error[0] and "Island" in error[0] and "--restart" in error[0]
-    assert train("--set", "data.conditions=[Species]") == 0  # the same job still resumes
-    assert "(resumed)" in capsys.readouterr().err  # progress goes to stderr, results to stdout
+    assert train("--set", "data.conditions=[Species]") == 0  # the same job is still there, finished
+    rerun = capsys.readouterr()
+    assert "nothing to train" in rerun.err and "registered models:/penguins-rerun/1 " in rerun.out
     assert train("--restart", "--set", "data.conditions=[Island]") == 0
     restarted = capsys.readouterr()
     assert "(new)" in restarted.err and "registered models:/penguins-rerun/2 " in restarted.out, (first, restarted)

@@ -172,14 +172,23 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir, monkey
         assert same_weights(weights(folder), weights(reference[epoch])), f"epoch {epoch} differs"
 
 
-def test_rerun_of_a_finished_job_adds_no_run_or_version(trained_adult):
-    """The session's shared Adult job, submitted again as it was: the same run and version come back."""
+def test_rerun_of_a_finished_job_trains_nothing_and_adds_no_run_or_version(trained_adult, capsys):
+    """The session's shared Adult job, submitted again as it was: the same run and version come back at once, with no
+    checkpoint written and no Ray Train run started; asked for more epochs, the same job would resume instead."""
     overrides, first = trained_adult
     config = load_config(None, overrides)
+    job_dir = Path(first.checkpoint_dir).parent
+    before = sorted(p.name for p in job_dir.iterdir())
+    capsys.readouterr()
+    started = time.perf_counter()
     second = train(config)
+    assert time.perf_counter() - started < 15  # checks and two registry calls; a Ray Train start alone is ~10 s
     assert (second.run_id, second.version) == (first.run_id, first.version)
+    assert "finished its 1 epochs earlier: nothing to train" in capsys.readouterr().err
+    assert sorted(p.name for p in job_dir.iterdir()) == before
     client = MlflowClient(config.mlflow.tracking_uri)
     assert len(client.search_model_versions(f"name = '{config.mlflow.model_name}'")) == 1
+    assert str(client.get_model_version_by_alias(config.mlflow.model_name, "champion").version) == first.version
 
 
 def test_short_epochs_do_not_wait_for_the_controller(ray_cluster, workdir):

@@ -102,6 +102,10 @@ class Codec(ABC):
         """The token this codec writes in place of protected values, if it writes one."""
         return None
 
+    def written_as(self) -> str | None:
+        """How the column's strings are written when the fit found them to be dates, times or numbers."""
+        return None
+
     def capacity(self) -> int | None:
         """How many rows one dataset may hold before the codec runs out of fresh values (None: unbounded)."""
         return None

@@ -20,6 +20,7 @@ from pipeline.codec.private import FineHistograms, private_codec, private_combin
 from pipeline.codec.registry import codec_class
 from pipeline.codec.sketches import TAIL_VALUES_KEPT, CategorySketch, NumericSketch
 from pipeline.codec.table import TableEncoder
+from pipeline.codec.text_formats import TextFormatSketch
 from pipeline.config import EncoderConfig
 from pipeline.errors import UserError
 from pipeline.privacy import FineGrid, PrivateFit, StatisticsNoise, private_grid, statistics_noise
@@ -52,8 +53,12 @@ class EncoderSketch:
             if kind == "categorical" or (kind == "id" and is_string_like(field.type)):
                 may_be_id = (is_string_like(field.type) and field.name not in conditions
                              and self.overrides.get(field.name) in (None, "id"))  # the cases final_kind decides
+                may_be_formatted = (is_string_like(field.type) and field.name not in conditions
+                                    and field.name not in self.overrides and not private)
+                formats = TextFormatSketch(config.sample_size, seed * 1_000_003 + i, config.min_value_count) \
+                    if may_be_formatted else None
                 self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * TAIL_VALUES_KEPT),
-                                                           may_be_id)
+                                                           may_be_id, formats)
             else:
                 width = field.type.list_size if kind == "list" else 1
                 self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i,
@@ -96,6 +101,8 @@ class EncoderSketch:
         if self.private:  # how unique a column is, is a statistic of its rows: decided on noisy counts at the end
             return kind
         k = self.config.min_value_count
+        if kind == "categorical" and sketch.formats is not None and sketch.formats.choice(k) is not None:
+            return "formatted"  # before ids: a column of unique timestamps is timestamps
         if kind == "categorical" and is_string_like(field.type) and sketch.looks_like_id(name, k):
             return "id"
         if (kind == "integer" and pa.types.is_integer(field.type) and field.type.bit_width >= 32

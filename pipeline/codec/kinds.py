@@ -1,8 +1,8 @@
 """Column kinds: what a column is to the model, from its Arrow type or the user's `data.columns` override, and
 where a codec's output lives in the model's matrix (`Span`).
 
-Kinds: `integer` and `continuous` (numbers, dates, times), `categorical`, `list` (fixed-size numeric lists)
-and `id` (identifiers, not modelled). Each kind has one codec class (pipeline/codec/registry.py).
+Kinds: `integer` and `continuous` (numbers, dates, times), `categorical`, `list` (fixed-size numeric lists),
+`id` (identifiers, not modelled) and `formatted` (dates, times and numbers held in strings, found by the fit). Each kind has one codec class (pipeline/codec/registry.py).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pyarrow as pa
 from pipeline.codec.arrow import is_numeric_temporal, is_string_like
 from pipeline.errors import UserError
 
-KINDS = ("integer", "continuous", "categorical", "list", "id")
+KINDS = ("integer", "continuous", "categorical", "list", "id", "formatted")
 NUMERIC_KINDS = ("integer", "continuous")
 LIKELIHOODS = ("gaussian", "softmax", "bernoulli")
 ID_NAME_TOKENS = {"id", "ids", "uuid", "guid", "key", "code", "number", "no", "num", "nr"}

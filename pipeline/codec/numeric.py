@@ -27,6 +27,7 @@ from pipeline.codec.sketches import NumericSketch
 
 Z_MAX = 4.0
 MAX_POINT_MASSES = 64  # point masses per numeric element at most, the most frequent values
+MAX_DECIMALS = 6  # a float column's values with more decimals than this have no grain
 FEW_LEVELS = 32  # a numeric element with at most this many distinct values is levels: each held by k rows is a mass
 
 
@@ -38,8 +39,9 @@ class NumericCodec(Codec):
 
     def __init__(self, name: str, arrow_type: pa.DataType, kind: str, knots: list[dict[str, list[float]] | None],
                  low: list[float], high: list[float], null_rate: float, nullable: bool,
-                 masses: list[list[float]] | None = None):
+                 masses: list[list[float]] | None = None, decimals: int | None = None):
         self.name, self.arrow_type, self.kind = name, arrow_type, kind
+        self.decimals = decimals  # a float column's grain: its values have at most this many decimals
         self.knots, self.low, self.high = knots, low, high  # knots[j] None: every value of element j is a mass
         self.null_rate, self.nullable = null_rate, nullable
         self.masses = masses if masses is not None else [[] for _ in knots]  # per element, ascending
@@ -96,7 +98,9 @@ class NumericCodec(Codec):
                 knots.append(_quantile_knots(between, rows, low[j], high[j], quantiles, protect, beside=len(mass) > 0))
         nullable = sketch.nulls > 0 or (sketch.values > 0 and not usable)
         null_rate = sketch.nulls / max(sketch.rows, 1) if usable else 1.0
-        return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable, masses)
+        decimals = _grain(sketch.sample) if usable and _is_float(field.type) else None
+        return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable, masses,
+                   decimals)
 
     @classmethod
     def fit_private(cls, field: pa.Field, kind: str, sketch: NumericSketch, settings: FitSettings, noise: Any,
@@ -175,6 +179,8 @@ class NumericCodec(Codec):
             value_type = self.arrow_type.value_type
             if pa.types.is_integer(value_type):
                 values = np.clip(np.rint(values), self.low, self.high)
+            elif self.decimals is not None:
+                values = np.round(values, self.decimals)
             child = pa.array(values.ravel()).cast(value_type, safe=False)
             return pa.FixedSizeListArray.from_arrays(child, type=self.arrow_type, mask=pa.array(is_null))
         if pa.types.is_decimal(self.arrow_type):
@@ -182,6 +188,8 @@ class NumericCodec(Codec):
         storage = storage_type(self.arrow_type)
         if pa.types.is_integer(storage):
             values = np.clip(np.rint(values), self.low, self.high)
+        elif self.decimals is not None:
+            values = np.round(values, self.decimals)
         return from_storage(pa.array(values[:, 0], mask=is_null).cast(storage, safe=False), self.arrow_type)
 
     def bounds(self) -> tuple[float, float]:
@@ -193,13 +201,28 @@ class NumericCodec(Codec):
                 + [v for masses in self.masses for v in masses])
 
     def to_dict(self) -> dict[str, Any]:
+        grain = {} if self.decimals is None else {"decimals": self.decimals}
         return {"kind": self.kind, "knots": self.knots, "low": self.low, "high": self.high,
-                "null_rate": self.null_rate, "nullable": self.nullable, "masses": self.masses}
+                "null_rate": self.null_rate, "nullable": self.nullable, "masses": self.masses, **grain}
 
     @classmethod
     def from_dict(cls, field: pa.Field, spec: dict[str, Any]) -> "NumericCodec":
         return cls(field.name, field.type, spec["kind"], spec["knots"], spec["low"], spec["high"],
-                   spec["null_rate"], spec["nullable"], spec.get("masses"))
+                   spec["null_rate"], spec["nullable"], spec.get("masses"), spec.get("decimals"))
+
+
+def _is_float(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type))
+
+
+def _grain(sample: np.ndarray) -> int | None:
+    """The fewest decimals (0 to MAX_DECIMALS) that write every sampled value exactly: a double of whole numbers
+    (a population, an HHMM time) is generated whole, a price with 2 decimals with 2. None: no such grain."""
+    for decimals in range(MAX_DECIMALS + 1):
+        scaled = sample * 10.0 ** decimals
+        if np.allclose(scaled, np.round(scaled), rtol=1e-12, atol=1e-6):
+            return decimals
+    return None
 
 
 def _point_masses(values: np.ndarray, share: float, min_rows: int) -> np.ndarray:

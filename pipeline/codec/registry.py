@@ -8,10 +8,11 @@ import pyarrow as pa
 
 from pipeline.codec.base import Codec
 from pipeline.codec.categorical import CategoricalCodec
+from pipeline.codec.formatted import FormattedCodec
 from pipeline.codec.identifier import IdCodec
 from pipeline.codec.numeric import NumericCodec
 
-CODECS: dict[str, type[Codec]] = {kind: cls for cls in (NumericCodec, CategoricalCodec, IdCodec) for kind in cls.kinds}
+CODECS: dict[str, type[Codec]] = {kind: cls for cls in (NumericCodec, CategoricalCodec, IdCodec, FormattedCodec) for kind in cls.kinds}
 
 
 def codec_class(kind: str) -> type[Codec]:

@@ -2,7 +2,7 @@
 blocks and workers, in bounded memory whatever the table's size."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +14,9 @@ from pipeline.codec.id_formats import ID_PREFIXES, IdShape, IdTemplates
 from pipeline.codec.kinds import named_like_id
 from pipeline.privacy import GRID_BINS, grid_bins
 from pipeline.rowhash import sample_keys
+
+if TYPE_CHECKING:
+    from pipeline.codec.text_formats import TextFormatSketch
 
 MAX_SAMPLE_VALUES = 8_000_000
 TAIL_VALUES_KEPT = 1000
@@ -101,7 +104,7 @@ class CategorySketch:
     identifier also records its ids' shape and which candidate id prefixes some value starts with, so fresh
     ids can look like them and avoid all of them."""
 
-    def __init__(self, bound: int, tracks_prefixes: bool):
+    def __init__(self, bound: int, tracks_prefixes: bool, formats: "TextFormatSketch | None" = None):
         self.rows = 0
         self.nulls = 0
         self.counts: dict[Any, int] = {}
@@ -111,6 +114,7 @@ class CategorySketch:
         self.tracks_prefixes = tracks_prefixes
         self.shape = IdShape()
         self.templates = IdTemplates(bound)
+        self.formats = formats  # dates, times and numbers written in strings (pipeline/codec/text_formats.py)
 
     def update(self, arr: pa.Array, name: str, row_hash: np.ndarray | None = None) -> None:
         arr = plain(arr)
@@ -119,6 +123,8 @@ class CategorySketch:
         present = pc.drop_null(arr)
         counted = pc.value_counts(present)
         self._add(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+        if self.formats is not None:
+            self.formats.update(arr, counted.field("values"), np.asarray(counted.field("counts")), row_hash)
         if self.tracks_prefixes and len(present):
             values, counts = counted.field("values"), counted.field("counts")
             if pa.types.is_string_view(values.type):  # the string kernels below take string and large_string
@@ -134,6 +140,8 @@ class CategorySketch:
         self.prefixes_used |= other.prefixes_used
         self.shape.merge(other.shape)
         self.templates.merge(other.templates)
+        if self.formats is not None:
+            self.formats.merge(other.formats)
         self._add(other.counts.items())
 
     def _add(self, pairs: Iterable[tuple[Any, int]]) -> None:

@@ -66,6 +66,10 @@ class TableEncoder:
         """Each column's kind as fitted: id, categorical, integer, continuous or list."""
         return {name: codec.kind for name, codec in self.codecs.items()}
 
+    def formats(self) -> dict[str, str]:
+        """Column -> how its strings are written, for the columns found to hold dates, times or numbers."""
+        return {name: codec.written_as() for name, codec in self.codecs.items() if codec.written_as()}
+
     def kinds_summary(self) -> str:
         """e.g. "9 categorical, 1 id, 6 integer": what the fit found, for the console and benchmarks."""
         kinds = list(self.kinds().values())

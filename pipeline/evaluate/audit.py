@@ -52,7 +52,7 @@ def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:
             protected.categories[name] = {value for value, count in zip(counted.field("values").to_pylist(),
                                                                         counted.field("counts").to_pylist()) if count < k}
         else:
-            values = np.sort(numeric_storage(column).to_numpy(zero_copy_only=False).astype(np.float64))
+            values = np.sort(_numbers(column, encoder.codecs[name]))
             usable = len(values) >= 2 * k - 1
             protected.bounds[name] = (values[k - 1], values[-k]) if usable else (math.inf, -math.inf)
     return protected
@@ -78,7 +78,14 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
     for name, (low, high) in protected.bounds.items():
         stored = np.asarray(encoder.codecs[name].stored_values(), dtype=np.float64)
         hits["artifact_values"] += int(((stored < low) | (stored > high)).sum())
-        emitted = pc.drop_null(plain(synthetic.column(name)))
-        emitted = numeric_storage(emitted).to_numpy(zero_copy_only=False).astype(np.float64)
+        emitted = _numbers(pc.drop_null(plain(synthetic.column(name))), encoder.codecs[name])
         hits["output_values"] += int(((emitted < low) | (emitted > high)).sum())
     return hits
+
+
+def _numbers(column: pa.Array, codec: Any) -> np.ndarray:
+    """A numeric column's non-null values as float64 storage; a formatted string column's as the values they
+    write (those no format reads are left out)."""
+    if codec.kind == "formatted":
+        column = pc.drop_null(codec.numbers(column))
+    return numeric_storage(column).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -31,6 +31,7 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import Config, DataConfig
 from pipeline.codec import infer_kind
 from pipeline.errors import UserError
+from pipeline.evaluate.formats import format_validity
 from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
 from pipeline.registry import registered_name
@@ -212,6 +213,8 @@ def evaluate(config: Config) -> EvaluateOutcome:
     report, reference, synthetic = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions,
                                                 target, ev.privacy_rows, ev.seed)
     report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
+    report["formats"] = format_validity(real_samples["train"], real_samples.get("holdout"),
+                                        synthetic_samples["synthetic"])
     report |= {"format": "cvae-evaluation/1", "synthetic": redact(synthetic_uri), "real": redact(data.path),
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
                                                                           in {**real_samples, **synthetic_samples}.items()}},
@@ -320,6 +323,10 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
     metrics |= {f"privacy_{key}": value for key, value in report["privacy"].items()}
     metrics |= {"validity_invalid_values": report["validity"]["invalid_values"],
                 "validity_null_rate_agreement": report["validity"]["null_rate_agreement"]}
+    formats = report.get("formats", {})
+    metrics |= {"format_validity": formats.get("synthetic"), "format_validity_holdout": formats.get("holdout")}
+    metrics |= {f"format.{METRIC_UNSAFE.sub('_', name)}": column["synthetic"]
+                for name, column in formats.get("columns", {}).items()}
     return {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(float(value))}
 
 
@@ -384,5 +391,12 @@ def print_summary(report: dict[str, Any], run_id: str) -> None:
     console.result(f"differential privacy: ({guarantee['epsilon']:.3g}, {guarantee['delta']:.2g})-DP, "
                    f"{guarantee['accountant']} accountant" if guarantee else
                    "differential privacy: none (the model was not trained with train.privacy)")
+    formats = report.get("formats", {})
+    if formats.get("synthetic") is not None:
+        holdout = formats.get("holdout")
+        worst = sorted(formats["columns"].items(), key=lambda item: item[1]["synthetic"] or 0.0)[:3]
+        console.result(f"format validity {formats['synthetic']:.1%} of string values written as the real ones"
+                       + (f" (real holdout: {holdout:.1%})" if holdout is not None else "") + "; lowest: "
+                       + ", ".join(f"{name} {column['synthetic']:.1%}" for name, column in worst))
     console.result(f"validity: {report['validity']['invalid_values']:,} values outside the real bounds or categories; "
           f"report logged to mlflow run {run_id}")

@@ -85,6 +85,7 @@ class EpochLogger(ray.train.UserCallback):
 
 
 JOB_IDENTITY = "cvae-job.json"
+JOB_FINISHED = "cvae-finished.json"  # written once the job's version is registered: a rerun returns it
 PRIVATE_ENCODER = "private-encoder.json"  # a private job's encoder: fitted (and its budget spent) once per job
 CONTROLLER_POLL_S = 0.2
 AUTO_STEPS = 3000  # `train.epochs: auto` trains for about this many optimizer steps...
@@ -207,34 +208,51 @@ def _mixture_summary(model: CVAE) -> str:
     return f"{components} Gaussian components over {combinations} condition combination(s)"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What the checks before any work found: the table, the tracking store, and the job folder now held by this job."""
+    fs: Any                     # the table's filesystem
+    files: list[str]
+    rows: int                   # rows of the whole table
+    modelled: pa.Schema
+    data_digest: str
+    tracking_uri: str
+    client: Any                 # MlflowClient
+    train_id: str               # the job's MLflow run tag: one run per (storage path, train.name)
+    storage_path: str
+    storage_fs: Any
+    job_dir: str
+
+
 @dataclass
 class Prepared:
     """What `prepare` hands `execute` and `publish`: the job's encoder, worker settings, datasets and run."""
+    claim: Claim
     encoder: TableEncoder
     settings: WorkerSettings
     splits: dict[str, ray.data.Dataset]
-    rows: int                   # rows of the whole table
-    client: Any                 # MlflowClient
-    tracking_uri: str
     run_id: str
-    storage_path: str
-    storage_fs: Any
     private: bool
 
 
 def train(config: Config, restart: bool = False) -> TrainOutcome:
     """Fit the encoder, train with Ray Train, register the best checkpoint in MLflow.
-    `restart` discards the checkpoints of an earlier job under the same `train.name`."""
+    `restart` discards the checkpoints of an earlier job under the same `train.name`; a job that finished already
+    returns its registered version without starting Ray."""
     clock = Stages()
-    job = prepare(config, restart, clock)
+    claim = check(config, restart)
+    done = finished(config, claim)
+    if done is not None:
+        return done
+    clock.lap("checks")
+    job = prepare(config, claim, clock)
     result = execute(config, job)
     clock.lap("training")
     return publish(config, job, result, clock)
 
 
-def prepare(config: Config, restart: bool, clock: Stages) -> Prepared:
-    """Checks before any work (table footers, MLflow, the job folder), then the encoder fitted on the training split
-    (Ray Data), the MLflow run, the network and the worker settings."""
+def check(config: Config, restart: bool) -> Claim:
+    """Checks before any work (table footers, MLflow, the job folder), each a one-line error; claims the job folder."""
     data = config.data
     fs, files = parquet_files(data.path, data.storage_options)
     rows, schema = check_table(fs, files, data)
@@ -250,18 +268,48 @@ def prepare(config: Config, restart: bool, clock: Stages) -> Prepared:
     train_id = hashlib.sha256(f"{storage}|{config.train.name}".encode()).hexdigest()[:16]
     if restart:
         forget_training_run(client, config, train_id)
+    return Claim(fs, files, rows, modelled, data_digest, tracking_uri, client, train_id, storage_path, storage_fs,
+                 job_dir)
 
-    clock.lap("checks")
+
+def finished(config: Config, claim: Claim) -> TrainOutcome | None:
+    """The outcome of this job's earlier run when it trained the epochs asked for now and registered its version
+    under this model name, which still exists; None when there is training (or registering) left to do. Costs a
+    read of the job folder and two registry calls instead of a Ray Train start and the encoder fit."""
+    path = posixpath.join(claim.job_dir, JOB_FINISHED)
+    if not claim.storage_fs.exists(path):
+        return None
+    with claim.storage_fs.open(path, "rb") as handle:
+        record = json.loads(handle.read())
+    wanted = {"epochs": epoch_schedule(config, claim.rows).epochs, "model_name": config.mlflow.model_name}
+    if any(record.get(key) != value for key, value in wanted.items()):
+        return None
+    run_id, version = record["run_id"], record["version"]
+    if registered_version(claim.client, run_id) != version:
+        return None  # the run or its version went away: train (resuming from the checkpoints) and register again
+    register(claim.client, run_id, "", config)  # registered already: moves the alias only
+    model_uri = f"models:/{config.mlflow.model_name}/{version}"
+    alias = f" (alias @{config.mlflow.alias})" if config.mlflow.alias else ""
+    console.progress(f"train.name {config.train.name!r} finished its {record['epochs']} epochs earlier: nothing to "
+                     "train (--restart trains it again)")
+    console.result(f"registered {model_uri}{alias}; run {run_id}; checkpoints in {redact(record['checkpoint_dir'])}")
+    return TrainOutcome(run_id, model_uri, version, record["checkpoint_dir"])
+
+
+def prepare(config: Config, claim: Claim, clock: Stages) -> Prepared:
+    """The encoder fitted on the training split (Ray Data), the MLflow run, the network and the worker settings."""
+    data, rows = config.data, claim.rows
     ensure_ray(config.ray.address)
     clock.lap("ray_start")
-    dataset = read_table(fs, files, modelled.names)
+    dataset = read_table(claim.fs, claim.files, claim.modelled.names)
     privacy = config.train.privacy
     noise_seed = privacy.noise_seed if privacy.noise_seed is not None else secrets.randbits(63)
-    encoder, spend, train_rows = fitted_encoder(config, dataset, modelled, rows, noise_seed, storage_fs, job_dir, clock)
-    run_id, resumed = find_or_create_run(client, config, train_id)
-    console.progress(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(tracking_uri)}")
+    encoder, spend, train_rows = fitted_encoder(config, dataset, claim.modelled, rows, noise_seed, claim.storage_fs,
+                                                claim.job_dir, clock)
+    run_id, resumed = find_or_create_run(claim.client, config, claim.train_id)
+    console.progress(f"mlflow run {run_id} ({'resumed' if resumed else 'new'}) at {redact(claim.tracking_uri)}")
     if not resumed:
-        log_training_data(run_id, data.path, data_digest, rows)
+        log_training_data(run_id, data.path, claim.data_digest, rows)
 
     model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, config.model)
     schedule = epoch_schedule(config, rows)
@@ -280,8 +328,7 @@ def prepare(config: Config, restart: bool, clock: Stages) -> Prepared:
     splits = cache_splits(encoded_splits(dataset, encoder_ref, config.train.seed, data.holdout_fraction),
                           rows * (encoder.x_dim + encoder.c_dim) * 4, config.train.cache)
     clock.lap("tracking_setup")
-    return Prepared(encoder, settings, splits, rows, client, tracking_uri, run_id, storage_path, storage_fs,
-                    spend is not None)
+    return Prepared(claim, encoder, settings, splits, run_id, spend is not None)
 
 
 def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schema, rows: int, noise_seed: int,
@@ -305,6 +352,8 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
     if spend and not encoder.condition_distribution:
         console.warn("no condition combination passed the privacy noise threshold: generation needs conditions "
                      "requested by value (generate.conditions), or a larger train.privacy.epsilon")
+    for name, written in encoder.formats().items():
+        console.progress(f"column {name!r} holds {written} (data.columns.{name}=categorical to model it as text)")
     if encoder.id_columns:
         console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
                          "(data.columns.NAME=categorical to model one instead)")
@@ -329,13 +378,13 @@ def execute(config: Config, job: Prepared) -> ray.train.Result:
             scaling_config=ray.train.ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
                                                    resources_per_worker={"CPU": config.train.cpus_per_worker}),
             run_config=ray.train.RunConfig(
-                name=config.train.name, storage_path=job.storage_path,
-                storage_filesystem=arrow_filesystem(job.storage_fs),
+                name=config.train.name, storage_path=job.claim.storage_path,
+                storage_filesystem=arrow_filesystem(job.claim.storage_fs),
                 failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
                                                              checkpoint_score_attribute="score",
                                                              checkpoint_score_order="max"),
-                callbacks=[EpochLogger(job.tracking_uri, job.run_id, job.settings.epochs, lines)],
+                callbacks=[EpochLogger(job.claim.tracking_uri, job.run_id, job.settings.epochs, lines)],
                 logging_config=ray.train.LoggingConfig(log_level="INFO" if console.verbose() else "WARNING")),
             datasets=job.splits,
             dataset_config=ray.train.DataConfig(execution_options=ingest),
@@ -343,7 +392,7 @@ def execute(config: Config, job: Prepared) -> ray.train.Result:
         try:
             return trainer.fit()
         except ray.train.TrainingFailedError as exc:
-            job.client.set_terminated(job.run_id, status="FAILED")
+            job.claim.client.set_terminated(job.run_id, status="FAILED")
             raise RuntimeError(f"training failed after {config.train.max_failures} retries: "
                                f"{str(exc).strip().splitlines()[-1]}") from exc
 
@@ -351,7 +400,7 @@ def execute(config: Config, job: Prepared) -> ray.train.Result:
 def publish(config: Config, job: Prepared, result: ray.train.Result, clock: Stages) -> TrainOutcome:
     """The best checkpoint (the last, for a private model) as the model artifact, with the latent mixture fitted on
     the driver; registered in MLflow with the loss curve and the stage timings."""
-    client, run_id, epochs = job.client, job.run_id, job.settings.epochs
+    client, run_id, epochs = job.claim.client, job.run_id, job.settings.epochs
     # a private model is the last checkpoint: picking the best by holdout score would make it depend on holdout rows
     best = result.checkpoint if job.private else (result.get_best_checkpoint(metric="score", mode="max")
                                                   or result.checkpoint)
@@ -369,7 +418,7 @@ def publish(config: Config, job: Prepared, result: ray.train.Result, clock: Stag
             shutil.copy(Path(checkpoint_dir) / name, export / name)
         if config.model.latent_mixture and not job.private:
             trained, _ = load_artifact(export)
-            mixed = with_latent_mixture(trained, job.splits["train"], job.rows * (1 - config.data.holdout_fraction),
+            mixed = with_latent_mixture(trained, job.splits["train"], job.claim.rows * (1 - config.data.holdout_fraction),
                                         config)
             save_artifact(export, mixed, job.encoder.to_json())
             console.progress(f"latent mixture fitted in {clock.lap('latent_mixture'):.1f}s: {_mixture_summary(mixed)}")
@@ -390,4 +439,8 @@ def publish(config: Config, job: Prepared, result: ray.train.Result, clock: Stag
     model_uri = f"models:/{config.mlflow.model_name}/{version}"
     alias = f" (alias @{config.mlflow.alias})" if config.mlflow.alias else ""
     console.result(f"registered {model_uri}{alias}; run {run_id}; checkpoints in {redact(best.path)}")
+    record = {"epochs": epochs, "model_name": config.mlflow.model_name, "run_id": run_id, "version": version,
+              "checkpoint_dir": best.path}
+    with job.claim.storage_fs.open(posixpath.join(job.claim.job_dir, JOB_FINISHED), "wb") as handle:
+        handle.write(json.dumps(record).encode())
     return TrainOutcome(run_id, model_uri, version, best.path, clock.seconds)

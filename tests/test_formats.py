@@ -1,0 +1,141 @@
+"""Values held in strings: dates, times, timestamps and numbers are found in every training value, modelled as what
+they are and written back as the real ones are written; doubles keep their grain; the evaluator scores whether
+generated strings are written like the real ones."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.codec import DecodeContext, TableEncoder, fit_table
+from pipeline.config import BUNDLED_DATA, EncoderConfig
+from pipeline.evaluate.formats import format_validity, shapes
+from pipeline.privacy import PrivateFit
+
+
+def fitted(columns: dict[str, list], **config) -> TableEncoder:
+    table = pa.table(columns)
+    return fit_table(table.to_batches(max_chunksize=max(1, table.num_rows // 3)), [], EncoderConfig(**config))
+
+
+def decoded(encoder: TableEncoder, table: pa.Table, seed: int = 0) -> pa.Table:
+    """Encode then decode the rows (NaN where the codec skips an element, as the model's output never is)."""
+    x, _ = encoder.transform(table)
+    return encoder.inverse_transform(np.nan_to_num(x), table.select(encoder.conditions), np.random.default_rng(seed))
+
+
+def days(n: int, start: str = "2001-01-01") -> pa.Array:
+    first = np.datetime64(start, "D").astype(np.int64)
+    return pa.array(np.arange(first, first + n, dtype=np.int64).astype(np.int32), pa.int32()).cast(pa.date32())
+
+
+@pytest.mark.parametrize("written, family, described", [
+    (pc.strftime(days(400), "%Y-%m-%d"), "date", "date as %Y-%m-%d"),
+    (pc.replace_substring_regex(pc.strftime(days(400), "%m/%d/%Y"), r"(^|/)0", r"\1"), "date",
+     "date as %m/%d/%Y (no leading zeros)"),
+    (pc.strftime(days(400), "%d.%m.%Y"), "date", "date as %d.%m.%Y"),
+    (pc.strftime(pa.array(np.arange(400) * 3607 + 1_300_000_000, pa.timestamp("s")), "%Y-%m-%d %H:%M:%S"),
+     "timestamp", "timestamp as %Y-%m-%d %H:%M:%S"),
+    (pa.array([f"{h:02d}:{m:02d}" for h in range(24) for m in (0, 20, 50)] * 5), "time", "time as %H:%M"),
+    (pa.array([f"${v:,.2f}" for v in np.random.default_rng(0).lognormal(7, 2, 400)]), "number",
+     "number as $1,234.00"),
+    (pa.array([f"{v:.1f}%" for v in np.random.default_rng(0).normal(5, 3, 400)]), "number", "number as 1234.0%"),
+])
+def test_a_string_column_of_dates_times_or_numbers_is_written_back_in_its_format(written, family, described):
+    encoder = fitted({"value": written})
+    assert encoder.kinds() == {"value": "formatted"} and encoder.formats() == {"value": described}
+    back = decoded(encoder, pa.table({"value": written}))
+    codec = encoder.codecs["value"]
+    assert back.column("value").type == pa.string() and back.column("value").null_count == 0
+    read = np.zeros(back.num_rows, dtype=bool)
+    for fmt in codec.formats:
+        read |= fmt.parse(back.column("value").combine_chunks())[1]
+    assert read.all()  # every value written in the column's format, none _RARE_
+    assert codec.family == family
+
+
+def test_a_column_mixing_two_formats_keeps_their_shares():
+    dates = days(600)
+    written = pa.concat_arrays([pc.strftime(dates.slice(0, 450), "%Y-%m-%d"),
+                                pc.strftime(dates.slice(450), "%d %b %Y")])
+    encoder = fitted({"when": written})
+    codec = encoder.codecs["when"]
+    assert [f.pattern for f in codec.formats] == ["%Y-%m-%d", "%d %b %Y"]
+    assert codec.shares == pytest.approx([0.75, 0.25])
+    back = decoded(encoder, pa.table({"when": pa.concat_arrays([written] * 10)})).column("when").combine_chunks()
+    iso = pc.strptime(back, "%Y-%m-%d", "s", error_is_null=True).is_valid()
+    assert abs(np.asarray(iso).mean() - 0.75) < 0.03  # drawn by share, each value in one of the two formats
+    assert pc.strptime(pc.filter(back, pc.invert(iso)), "%d %b %Y", "s", error_is_null=True).null_count == 0
+
+
+@pytest.mark.parametrize("values", [
+    ["02134", "10001", "94105"] * 100,            # postcodes with a leading zero are codes, not numbers
+    ["Fair", "Cloudy", "Rain"] * 100,             # words
+    [f"2020-01-{d:02d}" for d in range(1, 29)] * 10 + ["soon"] * 20,  # 7% not dates: not one format
+    ["1", "7", "3bis", "7bis"] * 50,              # metro lines: numbers and codes
+])
+def test_strings_that_are_not_one_format_stay_strings(values):
+    assert fitted({"value": values}).kinds()["value"] != "formatted"
+
+
+def test_a_user_keeps_a_date_column_categorical_and_a_private_fit_never_looks():
+    written = pc.strftime(days(400), "%Y-%m-%d")
+    assert fitted({"d": written}).kinds()["d"] == "formatted"
+    table = pa.table({"d": written})
+    assert fit_table(table.to_batches(), [], EncoderConfig(), {"d": "categorical"}).kinds()["d"] == "categorical"
+    # which format a column's values share is an exact statistic of them: a private fit keeps strings as strings
+    private = fit_table(table.to_batches(), [], EncoderConfig(), private=PrivateFit(4.0, 1e-6, 7, ()))
+    assert private.kinds()["d"] == "categorical"
+
+
+def test_the_fit_does_not_depend_on_how_rows_were_batched():
+    written = pa.table({"d": pc.strftime(pa.array(np.random.default_rng(1).integers(0, 2e9, 5000), pa.timestamp("s")),
+                                         "%m/%d/%Y %H:%M")})
+    hashes = np.arange(written.num_rows, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    from pipeline.codec import EncoderSketch
+
+    def fit(size):
+        sketch = None
+        for start in range(0, written.num_rows, size):
+            part = EncoderSketch(written.schema, [], EncoderConfig())
+            part.update(written.slice(start, size), hashes[start:start + size])
+            sketch = part if sketch is None else sketch.merge(part)
+        return sketch.finalize().to_json()
+
+    assert fit(5000) == fit(700)
+
+
+def test_a_saved_formatted_codec_reads_back_and_decodes_the_same():
+    written = pa.table({"d": pc.strftime(days(400), "%d/%m/%Y"), "t": [f"{h % 24:02d}:30" for h in range(400)]})
+    encoder = fitted(written.to_pydict())
+    again = TableEncoder.from_json(encoder.to_json())
+    assert again.to_json() == encoder.to_json()
+    assert decoded(again, written).equals(decoded(encoder, written))
+
+
+def test_doubles_keep_their_grain():
+    rng = np.random.default_rng(0)
+    table = pa.table({"population": rng.integers(100, 100_000, 500).astype(np.float64),
+                      "price": np.round(rng.lognormal(3, 1, 500), 2), "noise": rng.normal(size=500)})
+    encoder = fitted(table.to_pydict())
+    back = decoded(encoder, table)
+    population, price = (back.column(n).to_numpy() for n in ("population", "price"))
+    assert np.array_equal(population, np.round(population))
+    assert np.allclose(price * 100, np.round(price * 100))
+    assert encoder.codecs["noise"].decimals is None
+
+
+def test_format_validity_scores_strings_written_unlike_the_real_ones():
+    peeps = pq.read_table(BUNDLED_DATA / "strings" / "peeps.parquet")
+    train, holdout = peeps.slice(0, 70), peeps.slice(70)
+    broken = holdout.set_column(holdout.schema.get_field_index("dob"), "dob",
+                                pa.array(["00674-02-73"] * holdout.num_rows))
+    broken = broken.set_column(broken.schema.get_field_index("phone_number"), "phone_number",
+                               pa.array(["541-0000674-241"] * holdout.num_rows))
+    real_scores = format_validity(train, holdout, holdout)["columns"]
+    scores = format_validity(train, holdout, broken)["columns"]
+    assert scores["dob"]["checked_by"] == "%Y-%m-%d" and scores["dob"]["synthetic"] == 0.0
+    assert real_scores["dob"]["synthetic"] == 1.0 == scores["dob"]["holdout"]
+    assert scores["phone_number"]["checked_by"] == "shape" and scores["phone_number"]["synthetic"] == 0.0
+    assert scores["gender"]["synthetic"] == scores["gender"]["holdout"] == 1.0
+    assert shapes(pa.array(["03:00000:17", "Fugger Strasse 76"])).to_pylist() == ["99:99999:99", "Aa Aa 99"]
