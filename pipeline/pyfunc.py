@@ -25,7 +25,7 @@ from pipeline.model.sampling import part_seed, synthesize
 PACKAGE = Path(__file__).resolve().parent
 PYFUNC_ENTRY = PACKAGE / "pyfunc_entry.py"
 # What loading and predicting import (pipeline.config pulls pydantic and yaml, pipeline.storage fsspec).
-RUNTIME_PACKAGES = ("torch", "pyarrow", "numpy", "pandas", "mlflow", "pydantic", "pyyaml", "fsspec")
+RUNTIME_PACKAGES = ("torch", "pyarrow", "numpy", "pandas", "mlflow", "pydantic", "pyyaml", "fsspec", "faker")
 
 
 class CVAEPyfunc(mlflow.pyfunc.PythonModel):

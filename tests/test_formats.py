@@ -1,6 +1,8 @@
 """Values held in strings: dates, times, timestamps and numbers are found in every training value, modelled as what
 they are and written back as the real ones are written; doubles keep their grain; the evaluator scores whether
 generated strings are written like the real ones."""
+import unicodedata
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -139,3 +141,52 @@ def test_format_validity_scores_strings_written_unlike_the_real_ones():
     assert scores["phone_number"]["checked_by"] == "shape" and scores["phone_number"]["synthetic"] == 0.0
     assert scores["gender"]["synthetic"] == scores["gender"]["holdout"] == 1.0
     assert shapes(pa.array(["03:00000:17", "Fugger Strasse 76"])).to_pylist() == ["99:99999:99", "Aa Aa 99"]
+
+
+# ---- personal data: names, e-mails, addresses and phone numbers from Faker, never from a training row ----------
+
+def peeps_round_trip(seed: int = 0, **overrides):
+    peeps = pq.read_table(BUNDLED_DATA / "strings" / "peeps.parquet")
+    encoder = fit_table(peeps.to_batches(max_chunksize=40), ["gender"], EncoderConfig(), overrides or None)
+    return peeps, encoder, decoded(encoder, peeps, seed)
+
+
+def test_personal_columns_are_believable_agree_within_the_row_and_come_from_no_training_row():
+    peeps, encoder, synthetic = peeps_round_trip()
+    kinds = encoder.kinds()
+    assert [name for name, kind in kinds.items() if kind == "personal"] == [
+        "name_given", "name_family", "address", "city", "postcode", "email_addr", "phone_number"]
+    assert kinds["dob"] == "formatted" and kinds["country"] == "categorical"
+    rows = synthetic.to_pylist()
+    for row in rows:
+        assert row["name_given"].isalpha() or " " in row["name_given"] or "-" in row["name_given"], row
+        assert not any(ch.isdigit() for ch in row["name_given"] + row["name_family"] + row["city"]), row
+        local, _, domain = row["email_addr"].partition("@")
+        assert domain == "example.com"  # the one domain k or more training rows share
+        first, last = (unicodedata.normalize("NFKD", row[n]).encode("ascii", "ignore").decode().lower()
+                       for n in ("name_given", "name_family"))
+        assert local.count("_") == 1 and local[0] == first[0] and local[-1] == last[-1], row  # dieter_koenig@
+        assert any(ch.isdigit() for ch in row["address"]) and "\n" not in row["address"], row
+        assert sum(ch.isdigit() for ch in row["phone_number"]) >= 6, row
+    # the row's country picks the locale: German rows get German-looking addresses
+    german = [row for row in rows if row["country"] == "DEU"]
+    assert german and sum(("straße" in r["address"].lower()) or ("platz" in r["address"].lower())
+                          or ("weg" in r["address"].lower()) or ("gasse" in r["address"].lower())
+                          or ("ring" in r["address"].lower()) or ("allee" in r["address"].lower()) for r in german) >= 1
+    stored = encoder.to_json()
+    for column in ("name_given", "name_family", "address", "email_addr", "phone_number"):
+        real = set(peeps.column(column).to_pylist())
+        assert not [value for value in real if value and f'"{value}"' in stored], column  # no real one kept
+    assert decoded(encoder, peeps, 0).equals(synthetic) and not decoded(encoder, peeps, 1).equals(synthetic)
+
+
+def test_a_name_column_is_not_a_person_unless_the_user_says_so():
+    towny = {"name": ["Addington Highlands", "Laurentian Valley", "Perth", "Oakville"] * 30}
+    assert fitted(towny).kinds()["name"] != "personal"
+    table = pa.table({"contact": [f"user{i}@mail{i % 3}.org" for i in range(60)],
+                      "who": [f"Someone {i}" for i in range(60)]})
+    encoder = fit_table(table.to_batches(), [], EncoderConfig(), {"who": "full_name"})
+    assert encoder.kinds() == {"contact": "id", "who": "personal"}
+    assert encoder.formats()["who"].startswith("full name from Faker (en_US)")
+    kept = fit_table(table.to_batches(), [], EncoderConfig(locale="de_DE"), {"who": "categorical"})
+    assert kept.kinds()["who"] == "categorical"

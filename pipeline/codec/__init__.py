@@ -9,7 +9,9 @@ One file per concern; data flows down this list:
 - id_formats.py  what string ids look like (shared prefix, templates), to write fresh ones
 - sketches.py    one-pass mergeable sketches of a numeric or category column
 - base.py        the contract every codec keeps (fit, encode, decode, to_dict / from_dict, spans)
-- numeric.py, categorical.py, identifier.py: the codecs, one per column kind family
+- text_formats.py dates, times, timestamps and numbers written in strings: candidate formats, checked on every
+                 value (a format counts a value only if it writes it back the same), and their sketch
+- numeric.py, categorical.py, identifier.py, formatted.py: the codecs, one per column kind family
 - registry.py    codecs by kind: the one place naming every codec class
 - calendar.py    calendar phases of date and timestamp conditions
 - private.py     the steps of a fit from noisy counts (`train.privacy`)

@@ -10,7 +10,7 @@ pipeline/codec/registry.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +26,7 @@ class FitSettings:
     (condition columns keep every value: users request them by name)."""
     config: EncoderConfig
     condition: bool = False
+    role: str | None = None  # a personal-data role the user gave (`data.columns.NAME: email`)
 
     @property
     def protect(self) -> int | None:
@@ -35,10 +36,12 @@ class FitSettings:
 
 @dataclass(frozen=True)
 class DecodeContext:
-    """What decoding a block may draw on: the part's random stream, and the first row's index in the whole
-    generated dataset (fresh identifiers count from it)."""
+    """What decoding a block may draw on: the part's random stream, the first row's index in the whole
+    generated dataset (fresh identifiers count from it), and the row's columns decoded before this one (those a
+    codec `needs`: an e-mail built from the row's names)."""
     rng: np.random.Generator
     row_offset: int = 0
+    columns: dict[str, pa.Array] = field(default_factory=dict)
 
 
 class Codec(ABC):
@@ -102,9 +105,23 @@ class Codec(ABC):
         """The token this codec writes in place of protected values, if it writes one."""
         return None
 
+    def modelled_values(self, arr: pa.Array) -> pa.Array:
+        """The column's values as the codec models them: the column itself, or for strings that hold dates, times
+        or numbers, the values they write (what the audit compares with the protected bounds)."""
+        return arr
+
     def written_as(self) -> str | None:
-        """How the column's strings are written when the fit found them to be dates, times or numbers."""
+        """How the column's values are written when not as a model's plain categories or numbers (dates held in
+        strings, names from Faker), for the console and the manifest; None otherwise."""
         return None
+
+    def needs(self) -> list[str]:
+        """Other columns of the row this codec's decode reads (from `DecodeContext.columns`): decoded first."""
+        return []
+
+    def linked(self, columns: dict[str, str]) -> "Codec":
+        """This codec told which columns of the table play which part ("country", "first_name", ...)."""
+        return self
 
     def capacity(self) -> int | None:
         """How many rows one dataset may hold before the codec runs out of fresh values (None: unbounded)."""

@@ -15,7 +15,8 @@ import pyarrow as pa
 from pipeline.codec.arrow import is_string_like, numeric_storage, plain, storage_type
 from pipeline.codec.base import FitSettings
 from pipeline.codec.counts import by_count
-from pipeline.codec.kinds import infer_kind, named_like_id
+from pipeline.codec.kinds import PERSONAL_ROLES, infer_kind, named_like_id
+from pipeline.codec.personal import COUNTRY_WORDS, locale_of, name_words, role_of
 from pipeline.codec.private import FineHistograms, private_codec, private_combinations
 from pipeline.codec.registry import codec_class
 from pipeline.codec.sketches import TAIL_VALUES_KEPT, CategorySketch, NumericSketch
@@ -50,7 +51,7 @@ class EncoderSketch:
         self.sketches: dict[str, NumericSketch | CategorySketch] = {}
         for i, field in enumerate(schema):
             kind = self.kinds[field.name]
-            if kind == "categorical" or (kind == "id" and is_string_like(field.type)):
+            if kind in ("categorical", "personal") or (kind == "id" and is_string_like(field.type)):
                 may_be_id = (is_string_like(field.type) and field.name not in conditions
                              and self.overrides.get(field.name) in (None, "id"))  # the cases final_kind decides
                 may_be_formatted = (is_string_like(field.type) and field.name not in conditions
@@ -103,6 +104,9 @@ class EncoderSketch:
         k = self.config.min_value_count
         if kind == "categorical" and sketch.formats is not None and sketch.formats.choice(k) is not None:
             return "formatted"  # before ids: a column of unique timestamps is timestamps
+        if kind == "categorical" and sketch.formats is not None and \
+                role_of(name, sketch, sketch.looks_like_id(name, k)) is not None:
+            return "personal"  # before ids: unique e-mails are e-mails
         if kind == "categorical" and is_string_like(field.type) and sketch.looks_like_id(name, k):
             return "id"
         if (kind == "integer" and pa.types.is_integer(field.type) and field.type.bit_width >= 32
@@ -161,12 +165,16 @@ class EncoderSketch:
         config, codecs = self.config, {}
         for field in self.schema:
             sketch, kind = self.sketches[field.name], self.final_kind(field)
-            settings = FitSettings(config, condition=field.name in self.conditions)
+            role = self.overrides.get(field.name)
+            settings = FitSettings(config, condition=field.name in self.conditions,
+                                   role=role if role in PERSONAL_ROLES else None)
             if noise is not None and field.name not in noise.public:
                 inferred = field.name not in self.conditions and field.name not in self.overrides
                 codecs[field.name] = private_codec(field, kind, sketch, settings, noise, fine, inferred)
             else:
                 codecs[field.name] = codec_class(kind).fit(field, kind, sketch, settings)
+        links = self._personal_links(codecs)
+        codecs = {name: codec.linked(links) for name, codec in codecs.items()}
         combinations = self.combinations
         if noise is not None and not all(name in noise.public for name in self.conditions):
             combinations = private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
@@ -176,6 +184,21 @@ class EncoderSketch:
                                config.min_value_count, noise.describe() if noise is not None else None)
         encoder.fitted_rows = rows
         return encoder
+
+
+    def _personal_links(self, codecs: dict) -> dict[str, str]:
+        """Which columns personal-data codecs read: the first and last names (an e-mail built from them) and a
+        country column whose values name countries Faker has a locale for (80% of its kept levels)."""
+        links = {}
+        for name, codec in codecs.items():
+            role = getattr(codec, "role", None) if codec.kind == "personal" else None
+            if role in ("first_name", "last_name") and role not in links:
+                links[role] = name
+            levels = codec.levels() or []
+            if "country" not in links and name_words(name) & COUNTRY_WORDS and levels and \
+                    sum(locale_of(value) is not None for value in levels) >= 0.8 * len(levels):
+                links["country"] = name
+        return links
 
 
 def fit_table(batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str], config: EncoderConfig,

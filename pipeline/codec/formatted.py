@@ -51,7 +51,7 @@ class FormattedCodec(Codec):
     def spans(self, start: int) -> list[Span]:
         return self.inner.spans(start)
 
-    def numbers(self, arr: pa.Array) -> pa.Array:
+    def modelled_values(self, arr: pa.Array) -> pa.Array:
         """The values as the family's Arrow type: each read by the first of the column's formats that writes it
         back the same; null where none does."""
         values = arr.cast(pa.string())
@@ -66,7 +66,7 @@ class FormattedCodec(Codec):
 
     def encode(self, arr: pa.Array) -> np.ndarray:
         """Values no format reads are encoded as nulls."""
-        return self.inner.encode(self.numbers(arr))
+        return self.inner.encode(self.modelled_values(arr))
 
     def decode(self, block: np.ndarray, context: DecodeContext) -> pa.Array:
         """The numbers the model drew, each written in a format drawn by the training values' shares."""

@@ -2,7 +2,8 @@
 where a codec's output lives in the model's matrix (`Span`).
 
 Kinds: `integer` and `continuous` (numbers, dates, times), `categorical`, `list` (fixed-size numeric lists),
-`id` (identifiers, not modelled) and `formatted` (dates, times and numbers held in strings, found by the fit). Each kind has one codec class (pipeline/codec/registry.py).
+`id` (identifiers, not modelled), `personal` (names, e-mails, addresses,
+phone numbers: not modelled, drawn from Faker) and `formatted` (dates, times and numbers held in strings, found by the fit). Each kind has one codec class (pipeline/codec/registry.py).
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pyarrow as pa
 from pipeline.codec.arrow import is_numeric_temporal, is_string_like
 from pipeline.errors import UserError
 
-KINDS = ("integer", "continuous", "categorical", "list", "id", "formatted")
+KINDS = ("integer", "continuous", "categorical", "list", "id", "formatted", "personal")
+PERSONAL_ROLES = ("first_name", "last_name", "full_name", "email", "street_address", "city", "postcode",
+                  "phone_number")  # data.columns values that make a string column personal, in that role
 NUMERIC_KINDS = ("integer", "continuous")
 LIKELIHOODS = ("gaussian", "softmax", "bernoulli")
 ID_NAME_TOKENS = {"id", "ids", "uuid", "guid", "key", "code", "number", "no", "num", "nr"}
@@ -47,7 +50,7 @@ def infer_kind(field: pa.Field, override: str | None = None) -> str:
     elif pa.types.is_floating(t) or pa.types.is_decimal(t):
         allowed, default = ("continuous", "categorical"), "continuous"
     elif is_string_like(t):
-        allowed, default = ("categorical", "id"), "categorical"
+        allowed, default = ("categorical", "id", *PERSONAL_ROLES), "categorical"
     elif pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_dictionary(t):
         allowed, default = ("categorical",), "categorical"
     elif pa.types.is_fixed_size_list(t) and (pa.types.is_integer(t.value_type) or pa.types.is_floating(t.value_type)):
@@ -61,6 +64,8 @@ def infer_kind(field: pa.Field, override: str | None = None) -> str:
     if override not in allowed:
         raise UserError(f"data.columns.{field.name}: kind {override!r} does not fit Arrow type {t}; "
                         f"use one of {', '.join(allowed)}")
+    if override in PERSONAL_ROLES:
+        return "personal"
     return "integer" if override == "continuous" and not (pa.types.is_floating(t) or pa.types.is_decimal(t)) else override
 
 

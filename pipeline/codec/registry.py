@@ -11,8 +11,10 @@ from pipeline.codec.categorical import CategoricalCodec
 from pipeline.codec.formatted import FormattedCodec
 from pipeline.codec.identifier import IdCodec
 from pipeline.codec.numeric import NumericCodec
+from pipeline.codec.personal import PersonalCodec
 
-CODECS: dict[str, type[Codec]] = {kind: cls for cls in (NumericCodec, CategoricalCodec, IdCodec, FormattedCodec) for kind in cls.kinds}
+CODECS: dict[str, type[Codec]] = {kind: cls for cls in (NumericCodec, CategoricalCodec, IdCodec, FormattedCodec,
+                                                            PersonalCodec) for kind in cls.kinds}
 
 
 def codec_class(kind: str) -> type[Codec]:

@@ -67,7 +67,8 @@ class TableEncoder:
         return {name: codec.kind for name, codec in self.codecs.items()}
 
     def formats(self) -> dict[str, str]:
-        """Column -> how its strings are written, for the columns found to hold dates, times or numbers."""
+        """Column -> how its values are written, for strings found to hold dates, times or numbers and for
+        personal data drawn from Faker."""
         return {name: codec.written_as() for name, codec in self.codecs.items() if codec.written_as()}
 
     def kinds_summary(self) -> str:
@@ -125,14 +126,16 @@ class TableEncoder:
         context = DecodeContext(rng or np.random.default_rng(0), row_offset)
         if x.shape != (conditions.num_rows, self.x_dim):
             raise ValueError(f"x has shape {x.shape}, expected ({conditions.num_rows}, {self.x_dim})")
-        columns, start = {}, 0
-        for name in self.features:
-            codec = self.codecs[name]
-            block = x[:, start: start + codec.width]
-            columns[name] = codec.decode(block, context)
-            start += codec.width
+        columns = context.columns
         for name in self.conditions:
             columns[name] = plain(conditions.column(name)).cast(self.schema.field(name).type)
+        blocks, start = {}, 0
+        for name in self.features:
+            blocks[name], start = x[:, start: start + self.codecs[name].width], start + self.codecs[name].width
+        # codecs that read other columns of the row decode after them: names read the row's country, an e-mail
+        # its names and country (more needs, later)
+        for name in sorted(self.features, key=lambda name: len(self.codecs[name].needs())):
+            columns[name] = self.codecs[name].decode(blocks[name], context)
         return pa.table([columns[name] for name in self.schema.names], schema=self.schema)
 
     def to_dict(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:
     """What the encoder fitted on `train` (the training split) must never store or emit."""
     k, protected = encoder.min_value_count, Protected()
     for name, kind in encoder.kinds().items():
-        if name in encoder.conditions or kind in ("id", "list"):
+        if name in encoder.conditions or kind in ("id", "list", "personal"):  # fresh or library values
             continue
         column = pc.drop_null(plain(train.column(name)))
         if kind == "categorical":
@@ -84,8 +84,6 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
 
 
 def _numbers(column: pa.Array, codec: Any) -> np.ndarray:
-    """A numeric column's non-null values as float64 storage; a formatted string column's as the values they
-    write (those no format reads are left out)."""
-    if codec.kind == "formatted":
-        column = pc.drop_null(codec.numbers(column))
-    return numeric_storage(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    """A column's non-null values as the float64 numbers its codec models (a date string's date)."""
+    modelled = pc.drop_null(codec.modelled_values(column))
+    return numeric_storage(modelled).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -353,7 +353,7 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
         console.warn("no condition combination passed the privacy noise threshold: generation needs conditions "
                      "requested by value (generate.conditions), or a larger train.privacy.epsilon")
     for name, written in encoder.formats().items():
-        console.progress(f"column {name!r} holds {written} (data.columns.{name}=categorical to model it as text)")
+        console.progress(f"column {name!r}: {written} (data.columns.{name}=categorical models it as text)")
     if encoder.id_columns:
         console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
                          "(data.columns.NAME=categorical to model one instead)")
