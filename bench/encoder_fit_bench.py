@@ -1,7 +1,8 @@
 """Encoder fit cost per bundled table: the sketch `cvae train` streams over the training split, on ~1M rows of each
 table (the table repeated), beside the same fit with the id format work switched off (IdShape and IdTemplates,
-what string columns that may be identifiers record) and beside one Arrow `value_counts` per column over the same
-batches (a floor: the sketch counts at least that), in one run.
+what string columns that may be identifiers record), beside the fit without typed strings (`encoder.typed_strings`
+false: no search for dates, times, numbers or personal data in strings) and beside one Arrow `value_counts` per
+column over the same batches (a floor: the sketch counts at least that), in one run.
 
     python bench/encoder_fit_bench.py [--tables pizzaplace nuclides ...] [--rows 1000000] [--repeats 2]
 
@@ -81,22 +82,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     print("| table | rows | id columns | fit s | rows/s | without id formats s | cost of id formats "
-          "| Arrow value_counts per column s (floor) | fit / floor |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| without typed strings s | cost of typed strings | Arrow value_counts per column s (floor) | fit / floor |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.tables:
         table, ids = repeated(pq.read_table(DATA / f"{name}.parquet"), CONDITIONS[name], args.rows)
         batches = table.combine_chunks().to_batches(max_chunksize=BATCH_ROWS)  # blocks of BATCH_ROWS, as Ray Data's
 
-        def fit():
-            return fit_table(batches, CONDITIONS[name], EncoderConfig(), None)
+        def fit(config=EncoderConfig()):
+            return fit_table(batches, CONDITIONS[name], config, None)
 
         with_formats = fastest(fit, args.repeats)
         with without_id_formats():
             plain = fastest(fit, args.repeats)
+        untyped = fastest(lambda: fit(EncoderConfig(typed_strings=False)), args.repeats)
         floor = fastest(lambda: [pc.value_counts(flat(batch.column(i))) for batch in batches
                                  for i in range(batch.num_columns)], args.repeats)
         print(f"| {name} | {table.num_rows:,} | {', '.join(ids) or '-'} | {with_formats:.2f} | "
-              f"{table.num_rows / with_formats:,.0f} | {plain:.2f} | {with_formats / plain:.2f}x | {floor:.2f} | "
+              f"{table.num_rows / with_formats:,.0f} | {plain:.2f} | {with_formats / plain:.2f}x | {untyped:.2f} | "
+              f"{with_formats / untyped:.2f}x | {floor:.2f} | "
               f"{with_formats / floor:.1f}x |", flush=True)
 
 

@@ -55,6 +55,7 @@ class EncoderConfig(Section):
     max_categories: int = Field(100, ge=2, le=100_000)
     min_value_count: int = Field(5, ge=1)  # k: a value seen in fewer training rows never leaves in a model or output
     rare_replacement: Literal["token", "frequent"] = "token"
+    typed_strings: bool = True  # find dates, times, numbers and personal data in string columns
     locale: str = Field("en_US", min_length=2)  # Faker's locale for personal-data columns without a country column
     sample_size: int = Field(100_000, ge=100)
     quantiles: int = Field(1000, ge=10, le=100_000)

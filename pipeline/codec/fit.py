@@ -55,7 +55,7 @@ class EncoderSketch:
                 may_be_id = (is_string_like(field.type) and field.name not in conditions
                              and self.overrides.get(field.name) in (None, "id"))  # the cases final_kind decides
                 may_be_formatted = (is_string_like(field.type) and field.name not in conditions
-                                    and field.name not in self.overrides and not private)
+                                    and field.name not in self.overrides and not private and config.typed_strings)
                 formats = TextFormatSketch(config.sample_size, seed * 1_000_003 + i, config.min_value_count) \
                     if may_be_formatted else None
                 self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * TAIL_VALUES_KEPT),
