@@ -85,7 +85,7 @@ def test_a_user_keeps_a_date_column_categorical_and_a_private_fit_never_looks():
     assert fitted({"d": written}).kinds()["d"] == "formatted"
     table = pa.table({"d": written})
     assert fit_table(table.to_batches(), [], EncoderConfig(), {"d": "categorical"}).kinds()["d"] == "categorical"
-    assert fit_table(table.to_batches(), [], EncoderConfig(typed_strings=False)).kinds()["d"] == "categorical"
+    assert fit_table(table.to_batches(), [], EncoderConfig(typed_strings=False)).kinds()["d"] == "id"  # as before
     # which format a column's values share is an exact statistic of them: a private fit keeps strings as strings
     private = fit_table(table.to_batches(), [], EncoderConfig(), private=PrivateFit(4.0, 1e-6, 7, ()))
     assert private.kinds()["d"] == "categorical"
