@@ -91,10 +91,9 @@ class TextFormat:
         seconds = _to_seconds(numbers, self.family)
         return self._render_stamps(pa.array(seconds.astype(np.int64), pa.timestamp("s")))
 
-    def twin(self, either: bool = False) -> "TextFormat":
-        """The same pattern with leading zeros the other way; `either`: the key counting values both write alike
-        (12/31/2020), shared out between the two in proportion to the values only one of them writes."""
-        return TextFormat(self.family, self.pattern + ("|either" if either else ""), not self.padded)
+    def twin(self) -> "TextFormat":
+        """The same pattern with leading zeros the other way."""
+        return TextFormat(self.family, self.pattern, not self.padded)
 
     def _render_stamps(self, stamps: pa.Array) -> pa.Array:
         if self.pattern in FAST_RENDER:
@@ -193,7 +192,8 @@ class TextFormatSketch:
     def __init__(self, sample_size: int, seed: int, extremes: int):
         self.settings = (sample_size, seed, extremes)
         self.values = 0                                   # non-null rows seen
-        self.hits: dict[str, dict[TextFormat, int]] = {}  # group -> format -> rows it reads
+        # group -> (format, alike) -> rows it reads; alike: rows its zero-padded and unpadded forms write the same
+        self.hits: dict[str, dict[tuple[TextFormat, bool], int]] = {}
         self.parsed: dict[str, NumericSketch] = {}        # group -> the parsed values
         self.number_rows = 0
         self.styles: dict[str, int] = {}                  # number style features -> rows
@@ -309,8 +309,8 @@ class TextFormatSketch:
 def _read(fmt: TextFormat, distinct: pa.Array, numbers: np.ndarray, taken: np.ndarray, either: np.ndarray,
           counts: np.ndarray, hits: dict[TextFormat, int]) -> np.ndarray:
     """Read the values not yet `taken` with `fmt` (if any of the first PROBE_VALUES of them is written in it): their
-    parsed values into `numbers`, their rows into `hits` (values a padded format writes alike unpadded under its
-    `either` key). Returns the new taken mask."""
+    parsed values into `numbers`, their rows into `hits` (under (fmt, True) the rows a padded format writes the
+    same unpadded, 12/31/2020). Returns the new taken mask."""
     left = np.flatnonzero(~taken)
     if not len(left) or not fmt.parse(distinct.take(left[:PROBE_VALUES]))[1].any():
         return taken
@@ -320,7 +320,7 @@ def _read(fmt: TextFormat, distinct: pa.Array, numbers: np.ndarray, taken: np.nd
     rows = left[ok]
     numbers[rows] = parsed[ok]
     alike = either[rows] if fmt.padded else np.zeros(len(rows), dtype=bool)
-    for key, n in ((fmt, counts[rows[~alike]].sum()), (fmt.twin(True), counts[rows[alike]].sum())):
+    for key, n in (((fmt, False), counts[rows[~alike]].sum()), ((fmt, True), counts[rows[alike]].sum())):
         if n:
             hits[key] = hits.get(key, 0) + int(n)
     taken = taken.copy()
@@ -328,13 +328,15 @@ def _read(fmt: TextFormat, distinct: pa.Array, numbers: np.ndarray, taken: np.nd
     return taken
 
 
-def _shared_out(hits: dict[TextFormat, int]) -> dict[TextFormat, float]:
-    """Rows per format, the values a pattern writes alike padded or not (the `either` keys) shared out between
-    the two in proportion to the rows only one of them writes (all to the padded one when neither has any)."""
-    out: dict[TextFormat, float] = {fmt: rows for fmt, rows in hits.items() if not fmt.pattern.endswith("|either")}
-    for key, rows in hits.items():
-        if key.pattern.endswith("|either"):
-            padded = TextFormat(key.family, key.pattern.removesuffix("|either"), True)
+def _shared_out(hits: dict[tuple[TextFormat, bool], int]) -> dict[TextFormat, float]:
+    """Rows per format: the rows a pattern writes alike padded or not are shared out between the two in proportion
+    to the rows only one of them writes (all to the padded one when neither has any)."""
+    out: dict[TextFormat, float] = {}
+    for (fmt, alike), rows in hits.items():
+        if not alike:
+            out[fmt] = out.get(fmt, 0) + rows
+    for (padded, alike), rows in hits.items():
+        if alike:
             unpadded = padded.twin()
             mine, theirs = out.get(padded, 0), out.get(unpadded, 0)
             share = mine / (mine + theirs) if mine + theirs else 1.0
