@@ -93,6 +93,14 @@ def adult_on_s3(s3):
     return "s3://data/adult/"
 
 
+@pytest.fixture(scope="session")
+def weather_on_s3(s3):
+    """seattle-weather on S3: a small real table for the runs that test plumbing (jobs, secrets), not a model."""
+    s3.mkdir("small")
+    s3.put(str(BUNDLED_DATA / "seattle-weather.parquet"), "small/seattle-weather/part-0.parquet")
+    return "s3://small/seattle-weather/"
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Each test runs in its own folder: relative paths (./runs, sqlite:///mlflow.db) land there."""

@@ -77,41 +77,41 @@ def sets(*pairs):
 
 
 def test_jobs_train_generate_from_champion_and_evaluate_through_mlflow_server_and_s3(
-        ray_head, mlflow_server, adult_on_s3, s3, s3_options):
+        ray_head, mlflow_server, weather_on_s3, s3, s3_options):
     s3.mkdir("jobs")
     options = "{" + ", ".join(f"{k}: {v}" for k, v in s3_options.items()) + "}"
-    common = [f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=jobs", "mlflow.model_name=adult-jobs"]
+    common = [f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=jobs", "mlflow.model_name=weather-jobs"]
     train_logs = submit_and_wait(ray_head, "python jobs/train.py " + sets(
-        *common, f"data.path={adult_on_s3}", "data.conditions=[income]", f"data.storage_options={options}",
+        *common, f"data.path={weather_on_s3}", "data.conditions=[weather]", f"data.storage_options={options}",
         "train.epochs=1", "train.num_workers=2", "model.hidden=[32]", "train.name=jobs-train",
         "train.storage_path=s3://jobs/checkpoints", f"train.storage_options={options}"))
-    assert "registered models:/adult-jobs/1" in train_logs
+    assert "registered models:/weather-jobs/1" in train_logs
 
     client = MlflowClient(mlflow_server)
-    client.set_registered_model_alias("adult-jobs", "champion", "1")  # a person promotes the candidate
+    client.set_registered_model_alias("weather-jobs", "champion", "1")  # a person promotes the candidate
     # The jobs ran without S3 credentials for MLflow; the server proxied the model into its bucket.
     assert any(path.endswith("artifacts/cvae/weights.pt") for path in s3.find("mlflow-artifacts"))
 
     generate = "python jobs/generate.py " + sets(
-        *common, "generate.model_uri=models:/adult-jobs@champion", "generate.num_rows=5000",
+        *common, "generate.model_uri=models:/weather-jobs@champion", "generate.num_rows=5000",
         "generate.rows_per_part=2000", "generate.output=s3://jobs/synthetic", f"generate.storage_options={options}")
     submit_and_wait(ray_head, generate)
     names = sorted(p.rsplit("/", 1)[-1] for p in s3.ls("jobs/synthetic"))
     assert names == ["_SUCCESS", "_generation.json", "_manifest.json", "part-00000.parquet", "part-00001.parquet",
                      "part-00002.parquet"]
     manifest = json.loads(s3.cat("jobs/synthetic/_manifest.json"))
-    assert manifest["model_uri"] == "models:/adult-jobs@champion"
-    assert manifest["model_version_uri"] == "models:/adult-jobs/1"
+    assert manifest["model_uri"] == "models:/weather-jobs@champion"
+    assert manifest["model_version_uri"] == "models:/weather-jobs/1"
     assert sum(part["rows"] for part in manifest["parts"]) == 5000
 
     rerun = submit_and_wait(ray_head, generate)  # a re-triggered schedule: exit 0, nothing rewritten
     assert "nothing to do" in rerun
 
     evaluate_logs = submit_and_wait(ray_head, "python jobs/evaluate.py " + sets(
-        *common, f"data.path={adult_on_s3}", "data.conditions=[income]", f"data.storage_options={options}",
+        *common, f"data.path={weather_on_s3}", "data.conditions=[weather]", f"data.storage_options={options}",
         "generate.output=s3://jobs/synthetic", f"generate.storage_options={options}", "evaluate.sample_rows=5000",
         "evaluate.privacy_rows=1000"))
-    assert "quality 0." in evaluate_logs and "per income" in evaluate_logs
+    assert "quality 0." in evaluate_logs and "per weather" in evaluate_logs
     evaluation = client.search_runs([client.get_experiment_by_name("jobs").experiment_id],
                                     filter_string="tags.`cvae.model_version` = '1' and attributes.run_name LIKE 'evaluate%'")
     assert len(evaluation) == 1 and 0 < evaluation[0].data.metrics["quality_overall"] <= 1

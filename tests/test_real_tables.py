@@ -1,10 +1,10 @@
-"""Real tables nobody tuned the model for, run as a new user would: `cvae run` with the defaults and one
-condition column. The output must have the input's schema, the requested rows and conditions, no protected
-value anywhere (artifact or rows), and an evaluation on the holdout."""
+"""Real tables nobody tuned the model for, with the defaults and one condition column: each table's codecs, model
+and sampling in process (nuclides also end to end, as a person runs `cvae run`: tests/test_console.py). The output
+must have the input's schema, the requested rows and conditions, and no protected value anywhere (artifact or
+rows)."""
 import json
 import math
 
-import mlflow
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,41 +44,6 @@ FORMATTED = {  # dates, times and numbers held in strings: the formats every gen
     "strings/peeps": {"dob": "%Y-%m-%d"},
     "strings/sp500": {"date": "%Y-%m-%d"},
 }
-
-
-def cvae_run(name, condition, mlflow_db, workdir, *extra):
-    args = ["run"]
-    for item in [*base_overrides(mlflow_db, workdir / "runs"), f"data.path={BUNDLED_DATA / f'{name}.parquet'}",
-                 f"data.conditions=[{condition}]", "train.epochs=2", f"mlflow.model_name={name}-real",
-                 "generate.num_rows=3000", "generate.rows_per_part=1000", f"generate.output={workdir / 'synthetic'}",
-                 *extra]:
-        args += ["--set", item]
-    return main(args)
-
-
-END_TO_END = ["nuclides"]  # ids, 12-98% nulls, 29 columns (a timestamp condition: sf-temps below, in process)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", END_TO_END)
-def test_real_table_runs_with_the_defaults_and_leaks_nothing(name, ray_cluster, mlflow_db, workdir, capsys):
-    """`cvae run` end to end (Ray Train, MLflow registry, Ray Data generation, evaluation). One table covers what the
-    pipeline adds around the codecs; every table's codecs are checked in process below (a `cvae run` costs ~70 s)."""
-    condition = TABLES[name]
-    real = pq.read_table(BUNDLED_DATA / f"{name}.parquet")
-    assert cvae_run(name, condition, mlflow_db, workdir) == 0, capsys.readouterr().err
-
-    synthetic = pq.read_table(workdir / "synthetic")
-    train = training_split(str(BUNDLED_DATA / f"{name}.parquet"), real.column_names, seed=0, fraction=0.1)
-    mlflow.set_tracking_uri(mlflow_db)
-    mlflow.artifacts.download_artifacts(f"models:/{name}-real@candidate", dst_path=str(workdir / "model"))
-    assert_believable_and_safe(real, train, synthetic, condition, workdir / "model")
-
-    out = capsys.readouterr().out
-    quality = float(out.split("quality ")[1].split()[0])
-    assert 0 < quality <= 1
-    if real.num_rows * 0.1 >= 500:  # a holdout big enough to judge on (smaller ones fall back to training rows)
-        assert "against the holdout" in out
 
 
 @pytest.mark.slow

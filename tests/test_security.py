@@ -38,7 +38,7 @@ def files_holding(secrets: list[str], *folders: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_known_secrets_appear_in_nothing_a_run_writes(workdir, adult_on_s3, s3_endpoint, s3):
+def test_known_secrets_appear_in_nothing_a_run_writes(workdir, weather_on_s3, s3_endpoint, s3):
     """Credentials in storage options and in a URI, and a private run's noise seed. `cvae run` (train, generate,
     evaluate; with train.privacy) on a Ray cluster of its own whose session folder (every Ray log, worker output
     included) is private to this test: grep all of it, the console, checkpoints, the MLflow store and artifacts,
@@ -54,8 +54,8 @@ def test_known_secrets_appear_in_nothing_a_run_writes(workdir, adult_on_s3, s3_e
            "TMPDIR": str(private / "tmp")}
     env.pop("RAY_ADDRESS", None)
     tracking = f"sqlite:///{workdir}/mlflow.db"
-    overrides = [f"mlflow.tracking_uri={tracking}", "mlflow.model_name=adult-secret", f"data.path={adult_on_s3}",
-                 "data.conditions=[income]", f"data.storage_options={options}", "train.epochs=1", "model.hidden=[32]",
+    overrides = [f"mlflow.tracking_uri={tracking}", "mlflow.model_name=weather-secret", f"data.path={weather_on_s3}",
+                 "data.conditions=[weather]", f"data.storage_options={options}", "train.epochs=1", "model.hidden=[32]",
                  f"train.storage_path={workdir}/runs", "generate.num_rows=2000", "generate.output=s3://secret-out/data",
                  f"generate.storage_options={options}", "evaluate.sample_rows=1000", "evaluate.privacy_rows=200",
                  "train.privacy.epsilon=8", f"train.privacy.noise_seed={noise_seed}"]
