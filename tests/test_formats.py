@@ -174,6 +174,10 @@ def test_personal_columns_are_believable_agree_within_the_row_and_come_from_no_t
     assert german and sum(("straße" in r["address"].lower()) or ("platz" in r["address"].lower())
                           or ("weg" in r["address"].lower()) or ("gasse" in r["address"].lower())
                           or ("ring" in r["address"].lower()) or ("allee" in r["address"].lower()) for r in german) >= 1
+    # and its gender picks the first names: the names given to men and to women barely overlap
+    assert encoder.formats()["name_given"] == "first name from Faker, by the row's country and gender"
+    men, women = ({r["name_given"] for r in rows if r["gender"] == sex} for sex in ("male", "female"))
+    assert men and women and len(men & women) <= 0.1 * len(men | women), men & women
     stored = encoder.to_json()
     for column in ("name_given", "name_family", "address", "email_addr", "phone_number"):
         real = set(peeps.column(column).to_pylist())

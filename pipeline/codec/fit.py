@@ -16,7 +16,7 @@ from pipeline.codec.arrow import is_string_like, numeric_storage, plain, storage
 from pipeline.codec.base import FitSettings
 from pipeline.codec.counts import by_count
 from pipeline.codec.kinds import PERSONAL_ROLES, infer_kind, named_like_id
-from pipeline.codec.personal import COUNTRY_WORDS, locale_of, name_words, role_of
+from pipeline.codec.personal import COUNTRY_WORDS, GENDER_WORDS, GENDERS, locale_of, name_words, role_of
 from pipeline.codec.private import FineHistograms, private_codec, private_combinations
 from pipeline.codec.registry import codec_class
 from pipeline.codec.sketches import TAIL_VALUES_KEPT, CategorySketch, NumericSketch
@@ -187,8 +187,9 @@ class EncoderSketch:
 
 
     def _personal_links(self, codecs: dict) -> dict[str, str]:
-        """Which columns personal-data codecs read: the first and last names (an e-mail built from them) and a
-        country column whose values name countries Faker has a locale for (80% of its kept levels)."""
+        """Which columns personal-data codecs read: the first and last names (an e-mail built from them), a
+        country column whose values name countries Faker has a locale for and a gender column whose values say
+        male or female (80% of their kept levels)."""
         links = {}
         for name, codec in codecs.items():
             role = getattr(codec, "role", None) if codec.kind == "personal" else None
@@ -198,6 +199,9 @@ class EncoderSketch:
             if "country" not in links and name_words(name) & COUNTRY_WORDS and levels and \
                     sum(locale_of(value) is not None for value in levels) >= 0.8 * len(levels):
                 links["country"] = name
+            if "gender" not in links and name_words(name) & GENDER_WORDS and levels and \
+                    sum(str(value).strip().lower() in GENDERS for value in levels) >= 0.8 * len(levels):
+                links["gender"] = name
         return links
 
 

@@ -35,6 +35,9 @@ ROLES = {
 }
 NAME_WORDS = {"name", "names"}  # `name` alone is a town's or a product's as often as a person's: never a role
 COUNTRY_WORDS = {"country", "nation", "countrycode"}
+GENDER_WORDS = {"gender", "sex"}
+GENDERS = {"male": "male", "m": "male", "man": "male", "female": "female", "f": "female", "w": "female",
+           "woman": "female"}  # a gender column's values -> which of Faker's first names a row gets
 DEFAULT_LOCALE = "en_US"
 POOL = 4000  # names drawn per part and locale; a row picks one (Faker per row costs ~20 us)
 # a country column's values (ISO 3166 alpha-3, alpha-2 or English name) -> Faker's locale for it
@@ -143,9 +146,10 @@ class PersonalCodec(Codec):
                    noisy_nulls >= noise.post_cut(1), locale=settings.config.locale)
 
     def linked(self, links: dict[str, str]) -> "PersonalCodec":
-        """This codec reading other columns of the row: its country, and for an e-mail the row's names."""
+        """This codec reading other columns of the row: its country, a name its gender, an e-mail its names."""
         self.links = {key: column for key, column in links.items()
-                      if key == "country" or (self.role == "email" and self.separator is not None)}
+                      if key == "country" or (key == "gender" and self.role in ("first_name", "full_name"))
+                      or (self.role == "email" and self.separator is not None and key != "gender")}
         return self
 
     def needs(self) -> list[str]:
@@ -163,23 +167,27 @@ class PersonalCodec(Codec):
         country = context.columns.get(self.links.get("country", ""))
         locales = (np.array([locale_of(v) or self.locale for v in country.to_pylist()], dtype=object)
                    if country is not None else np.full(n, self.locale, dtype=object))
+        gender = context.columns.get(self.links.get("gender", ""))
+        genders = (np.array([GENDERS.get(str(v).strip().lower(), "") for v in gender.to_pylist()], dtype=object)
+                   if gender is not None else np.full(n, "", dtype=object))
         seed = int(context.rng.integers(2 ** 62))
         values = np.empty(n, dtype=object)
-        for locale in sorted(set(locales.tolist())):
-            rows = np.flatnonzero(locales == locale)
-            values[rows] = self._written(locale, rows, context, seed)
+        for locale, sex in sorted(set(zip(locales.tolist(), genders.tolist()))):
+            rows = np.flatnonzero((locales == locale) & (genders == sex))
+            values[rows] = self._written(locale, sex, rows, context, seed)
         return pa.array(values, pa.string(), mask=is_null).cast(self.arrow_type)
 
-    def _written(self, locale: str, rows: np.ndarray, context: DecodeContext, seed: int) -> list[str]:
+    def _written(self, locale: str, sex: str, rows: np.ndarray, context: DecodeContext, seed: int) -> list[str]:
         from faker import Faker
 
         fake = Faker(locale)
         fake.seed_instance(seed)
-        rng = np.random.default_rng([seed, sum(map(ord, locale))])
+        rng = np.random.default_rng([seed, sum(map(ord, locale + sex))])
         if self.shapes and "country" not in self.links:  # with a country column, the country's own format
             return _from_shapes(self.shapes, len(rows), rng)
         if self.role != "email":
-            pool = [getattr(fake, FAKER_METHODS[self.role])() for _ in range(min(POOL, 4 * len(rows)))]
+            method = FAKER_METHODS[self.role] + (f"_{sex}" if sex and self.role in ("first_name", "full_name") else "")
+            pool = [getattr(fake, method)() for _ in range(min(POOL, 4 * len(rows)))]
             pool = [value for value in pool if "x" not in value] or pool  # no phone extensions (555-0100x123)
             return [pool[i].replace("\n", ", ") for i in rng.integers(len(pool), size=len(rows))]  # one line
         first, last = (context.columns.get(self.links.get(key, "")) for key in ("first_name", "last_name"))
@@ -200,6 +208,7 @@ class PersonalCodec(Codec):
         extra = f", from the row's names joined by {self.separator!r}" if self.role == "email" and \
             "first_name" in self.links else ""
         country = f", by the row's {self.links['country']}" if "country" in self.links else f" ({self.locale})"
+        country += f" and {self.links['gender']}" if "gender" in self.links else ""
         return f"{self.role.replace('_', ' ')} from Faker{country}{extra}"
 
     def stored_values(self) -> list[str]:
