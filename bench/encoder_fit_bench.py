@@ -85,11 +85,11 @@ def main() -> None:
           "| without typed strings s | cost of typed strings | Arrow value_counts per column s (floor) | fit / floor |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.tables:
-        table, ids = repeated(pq.read_table(DATA / f"{name}.parquet"), CONDITIONS[name], args.rows)
+        table, ids = repeated(pq.read_table(DATA / f"{name}.parquet"), CONDITIONS.get(name, []), args.rows)
         batches = table.combine_chunks().to_batches(max_chunksize=BATCH_ROWS)  # blocks of BATCH_ROWS, as Ray Data's
 
         def fit(config=EncoderConfig()):
-            return fit_table(batches, CONDITIONS[name], config, None)
+            return fit_table(batches, CONDITIONS.get(name, []), config, None)
 
         with_formats = fastest(fit, args.repeats)
         with without_id_formats():
