@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.codec import DecodeContext, TableEncoder, fit_table
+from pipeline.codec import TableEncoder, fit_table
 from pipeline.config import BUNDLED_DATA, EncoderConfig
 from pipeline.evaluate.formats import format_validity, shapes
 from pipeline.privacy import PrivateFit
