@@ -27,6 +27,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from mlflow.exceptions import MlflowException
 
 from pipeline import console
 from pipeline.artifact import MODEL_ARTIFACT, PRIVACY_FILE, artifact_files, load_artifact, save_artifact
@@ -285,7 +286,12 @@ def finished(config: Config, claim: Claim) -> TrainOutcome | None:
     if any(record.get(key) != value for key, value in wanted.items()):
         return None
     run_id, version = record["run_id"], record["version"]
-    if registered_version(claim.client, run_id) != version:
+    try:
+        registered = registered_version(claim.client, run_id)
+        claim.client.get_model_version(config.mlflow.model_name, version)
+    except MlflowException:  # another tracking store, or the run or version was deleted
+        registered = None
+    if registered != version:
         return None  # the run or its version went away: train (resuming from the checkpoints) and register again
     register(claim.client, run_id, "", config)  # registered already: moves the alias only
     model_uri = f"models:/{config.mlflow.model_name}/{version}"
