@@ -133,14 +133,20 @@ def _number_parts(values: pa.Array) -> pa.StructArray:
     return pc.extract_regex(values, NUMBER)
 
 
-def _parse_numbers(values: pa.Array, style: TextFormat) -> tuple[np.ndarray, np.ndarray]:
-    parts = _number_parts(values)
-    matched = np.asarray(pc.fill_null(pc.is_valid(parts), False), dtype=bool)
+def _number_values(parts: pa.StructArray) -> np.ndarray:
+    """The numbers `_number_parts` found (0 where a value is not one)."""
     digits = pc.replace_substring(parts.field("digits"), ",", "")
     decimals = parts.field("decimals")
     text = pc.binary_join_element_wise(parts.field("sign"), digits, ".", pc.if_else(
         pc.equal(decimals, ""), "0", decimals), "")
-    numbers = pc.cast(pc.fill_null(text, "0"), pa.float64()).to_numpy(zero_copy_only=False)
+    return pc.cast(pc.fill_null(text, "0"), pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _parse_numbers(values: pa.Array, style: TextFormat) -> tuple[np.ndarray, np.ndarray]:
+    """The numbers, and whether `style` writes each value back the same."""
+    parts = _number_parts(values)
+    matched = np.asarray(pc.fill_null(pc.is_valid(parts), False), dtype=bool)
+    numbers = _number_values(parts)
     if matched.any():
         ok = matched & np.asarray(pc.fill_null(pc.equal(pa.array(_render_numbers(numbers, style), pa.string()),
                                                         values), False), dtype=bool)
@@ -230,7 +236,7 @@ class TextFormatSketch:
         matched = np.asarray(pc.fill_null(pc.is_valid(parts), False), dtype=bool) & short
         if not matched.any():
             return
-        numbers, _ = _parse_numbers(distinct, TextFormat("number"))
+        numbers = _number_values(parts)  # the style is found at the end: nothing to write back yet
         self.number_rows += int(counts[matched].sum())
         kept = pa.array(matched)
         digits = pc.filter(parts.field("digits"), kept)
