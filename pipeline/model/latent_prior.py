@@ -56,8 +56,10 @@ class LatentMixture:
 
 def keep_row(x: torch.Tensor, c: torch.Tensor, share: float, seed: int) -> torch.Tensor:
     """(n,) bool: a row is kept when a hash of its values falls below `share`, so the kept rows do not depend on
-    the order or the blocks in which they arrive."""
-    values = torch.cat([x, c], dim=1).double()
+    the order or the blocks in which they arrive. A Gaussian element with no value (NaN: a null, a point mass)
+    hashes as a fixed odd number: a NaN would make the whole row's hash NaN and the row never kept, so the
+    mixture of a large table would see only rows without a single null or point mass."""
+    values = torch.cat([x, c], dim=1).double().nan_to_num(nan=-0.7071067811865476)
     projection = torch.Generator().manual_seed(seed)
     weights = torch.rand(values.shape[1], generator=projection, dtype=torch.float64) + 0.5
     hashed = torch.remainder((values @ weights) * 1_000_003.0 + 0.61803398875, 1.0)  # in [0, 1), any sign
