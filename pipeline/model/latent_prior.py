@@ -158,4 +158,15 @@ def draw(mixture: LatentMixture, combination: torch.Tensor, generator: torch.Gen
     component = torch.minimum(component, starts[combination] + torch.bincount(
         mixture.owner, minlength=mixture.combinations)[combination] - 1)
     noise = torch.randn((len(combination), mixture.means.shape[1]), generator=generator, device=combination.device)
-    return mixture.means[component] + (mixture.scale_tril[component] @ noise.unsqueeze(-1)).squeeze(-1)
+    return mixture.means[component] + _scaled(noise, component, mixture.scale_tril)
+
+
+def _scaled(noise: torch.Tensor, component: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+    """(n, latent): each row's noise times its component's Cholesky factor, one matrix product per component
+    present. Gathering a (latent x latent) factor per row instead moved 4 KB per row (268 MB per 65,536-row
+    batch at latent 32) and cost about a sixth of generation's rate."""
+    order = torch.argsort(component, stable=True)
+    present, counts = torch.unique_consecutive(component[order], return_counts=True)
+    scaled = torch.cat([rows @ scale_tril[k].T for k, rows in zip(present.tolist(),
+                                                                    torch.split(noise[order], counts.tolist()))])
+    return torch.empty_like(noise).index_copy_(0, order, scaled)
