@@ -15,6 +15,7 @@ COMMANDS = {
     "generate": "write a conditional synthetic table from a registered model",
     "evaluate": "score a synthetic table against the real one and log the report",
     "run": "train, then generate, then evaluate: the main job",
+    "inspect": "show each column's kind and format, and the rules the table's rows keep (YAML for data.rules)",
 }
 
 
@@ -59,6 +60,13 @@ def run_command(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def inspect_command(config: Config, args: argparse.Namespace) -> int:
+    from pipeline.inspection import inspect_table, report
+
+    report(config, inspect_table(config))
+    return 0
+
+
 def where_to_look(config: Config) -> str:
     """The last line of a stage: how to browse its runs, metrics, report and registered model."""
     tracking = absolute_tracking_uri(config.mlflow.tracking_uri)
@@ -67,7 +75,8 @@ def where_to_look(config: Config) -> str:
     return f"browse runs and models: mlflow ui --backend-store-uri {redact(tracking)}"
 
 
-HANDLERS = {"train": train_command, "generate": generate_command, "evaluate": evaluate_command, "run": run_command}
+HANDLERS = {"train": train_command, "generate": generate_command, "evaluate": evaluate_command, "run": run_command,
+            "inspect": inspect_command}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -32,6 +32,19 @@ class DataConfig(Section):
     exclude: list[str] = []
     storage_options: dict[str, Any] = {}
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    rules: list[str | dict[str, Any]] = []  # rules every generated row keeps (pipeline/rules/rule.py)
+    rules_found: Literal["apply", "suggest", "off"] = "apply"  # rules the training rows keep in every row
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_parse(cls, rules: list) -> list:
+        from pipeline.rules.rule import parse_rules
+
+        try:
+            parse_rules(rules)
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("data.rules")) from None
+        return rules
 
     @model_validator(mode="after")
     def _conditions_required(self) -> "DataConfig":

@@ -15,6 +15,7 @@ from pipeline.codec import EncoderSketch, FineHistograms, TableEncoder, infer_ki
 from pipeline.errors import UserError, user_error_in
 from pipeline.privacy import FineGrid, PrivateFit
 from pipeline.rowhash import ROW_HASH, split_rows
+from pipeline.rules import RuleSet, RuleSketch, parse_rules, table_rules
 from pipeline.storage import arrow_filesystem, redact
 
 SKETCH = "sketch"
@@ -126,10 +127,18 @@ def training_rows(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float
     return rows.select(schema.names).cast(schema), row_hash
 
 
+def rules_block(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float) -> pa.Table:
+    """Ray Data map: one block's training rows -> a one-row table holding their pickled `RuleSketch`."""
+    sketch = RuleSketch(schema)
+    rows, _ = training_rows(batch, schema, seed, fraction)
+    sketch.update(rows)
+    return _pickled(sketch)
+
+
 def sketch_block(batch: pa.Table, schema: pa.Schema, conditions: list[str], kinds: dict[str, str],
-                 config: EncoderConfig, seed: int, fraction: float, private: bool) -> pa.Table:
+                 config: EncoderConfig, seed: int, fraction: float, private: bool, rules: RuleSet) -> pa.Table:
     """Ray Data map: one block's training rows -> a one-row table holding their pickled `EncoderSketch`."""
-    sketch = EncoderSketch(schema, conditions, config, kinds, seed, private)
+    sketch = EncoderSketch(schema, conditions, config, kinds, seed, private, rules)
     rows, row_hash = training_rows(batch, schema, seed, fraction)
     if rows.num_rows:
         sketch.update(rows, row_hash)
@@ -137,12 +146,12 @@ def sketch_block(batch: pa.Table, schema: pa.Schema, conditions: list[str], kind
 
 
 def fine_block(batch: pa.Table, schema: pa.Schema, grids: dict[str, list[FineGrid | None]], seed: int,
-               fraction: float) -> pa.Table:
+               fraction: float, rules: RuleSet) -> pa.Table:
     """Ray Data map, the second pass of a private fit: one block's training rows -> pickled `FineHistograms`."""
     histograms = FineHistograms(grids)
     rows, _ = training_rows(batch, schema, seed, fraction)
     if rows.num_rows:
-        histograms.update(rows)
+        histograms.update(rules.forward(rows))
     return _pickled(histograms)
 
 
@@ -174,17 +183,32 @@ def fit_encoder(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, confi
     footer's Arrow `schema`, so the model's output has exactly the types a Parquet reader sees in the input.
     A `private` fit reads the training split a second time, for the numeric columns' quantiles between their
     private bounds (pipeline/privacy.py)."""
+    rules = plan_rules(ds, schema, data, config, seed, private is not None)
     merged = EncoderSketch(schema, data.conditions, config, data.columns, seed,  # bad columns fail here, unwrapped
-                           private is not None)
+                           private is not None, rules)
     _merged(ds, sketch_block, {"schema": schema, "conditions": data.conditions, "kinds": data.columns,
                                "config": config, "seed": seed, "fraction": data.holdout_fraction,
-                               "private": private is not None}, merged)
+                               "private": private is not None, "rules": rules}, merged)
     if private is None:
         return merged.finalize(data.exclude)
     noise = merged.statistics_noise(private)
     grids = merged.private_grids(noise)
     fine = FineHistograms(grids)
     if grids:
-        _merged(ds, fine_block, {"schema": schema, "grids": grids, "seed": seed, "fraction": data.holdout_fraction},
-                fine)
+        _merged(ds, fine_block, {"schema": schema, "grids": grids, "seed": seed, "fraction": data.holdout_fraction,
+                                 "rules": rules}, fine)
     return merged.finalize(data.exclude, noise, fine)
+
+
+def plan_rules(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config: EncoderConfig, seed: int,
+               private: bool) -> RuleSet:
+    """The rules this table's rows will keep: those in `data.rules`, and (`data.rules_found: apply`) those the
+    training split keeps in every row, found in one distributed pass (pipeline/rules/found.py). Under
+    `train.privacy` nothing is found: a rule read off the rows is a statistic the budget does not pay for, and
+    declared rules apply without the float grains that pass would measure."""
+    declared = parse_rules(data.rules)
+    sketch = None
+    if not private and (data.rules_found != "off" or declared):
+        sketch = _merged(ds, rules_block, {"schema": schema, "seed": seed, "fraction": data.holdout_fraction},
+                         RuleSketch(schema))
+    return table_rules(schema, data.conditions, declared, data.rules_found, config.min_value_count, sketch)

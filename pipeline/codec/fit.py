@@ -25,6 +25,7 @@ from pipeline.codec.text_formats import TextFormatSketch
 from pipeline.config import EncoderConfig
 from pipeline.errors import UserError
 from pipeline.privacy import FineGrid, PrivateFit, StatisticsNoise, private_grid, statistics_noise
+from pipeline.rules.construct import SEPARATOR, RuleSet
 
 INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
 
@@ -34,12 +35,18 @@ class EncoderSketch:
     (order-independent while category and condition counts stay under their pruning bounds)."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], config: EncoderConfig,
-                 column_kinds: dict[str, str] | None = None, seed: int = 0, private: bool = False):
-        self.overrides = dict(column_kinds or {})
+                 column_kinds: dict[str, str] | None = None, seed: int = 0, private: bool = False,
+                 rules: RuleSet | None = None):
         self.private = private
-        for name in [*conditions, *self.overrides]:
+        for name in [*conditions, *(column_kinds or {})]:
             if name not in schema.names:
                 raise UserError(f"column {name!r} is not in the table; its columns are: {', '.join(schema.names)}")
+        # the sketches see the rows the model learns: the rules' reparametrisation of the table's rows
+        self.source_schema = schema
+        self.rules = rules or RuleSet(schema, conditions, [], {})
+        schema = self.rules.modelled_schema
+        self.overrides = {name: kind for name, kind in (column_kinds or {}).items() if name in schema.names}
+        self.overrides.update({name: "categorical" for name in [*self.rules.merged, *self.rules.which]})
         self.schema = schema
         self.conditions = list(conditions)
         self.config = config
@@ -68,11 +75,12 @@ class EncoderSketch:
 
     def update(self, batch: pa.RecordBatch | pa.Table, row_hash: np.ndarray | None = None) -> None:
         """`row_hash`: one uint64 per row of `batch` for reproducible sample keys; None draws them at random."""
-        if batch.schema.names != self.schema.names:
-            raise UserError(f"a data file has columns {batch.schema.names}, expected {self.schema.names}; "
+        if batch.schema.names != self.source_schema.names:
+            raise UserError(f"a data file has columns {batch.schema.names}, expected {self.source_schema.names}; "
                             "every Parquet file under data.path must share one schema")
         if row_hash is not None and len(row_hash) != batch.num_rows:
             raise ValueError(f"{len(row_hash)} row hashes for {batch.num_rows} rows")
+        batch = self.rules.forward(pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch)
         for name, sketch in self.sketches.items():
             sketch.update(plain(batch.column(name)), name, row_hash)
         keys = pa.table({name: numeric_storage(plain(batch.column(name))) for name in self.conditions})
@@ -166,7 +174,10 @@ class EncoderSketch:
         for field in self.schema:
             sketch, kind = self.sketches[field.name], self.final_kind(field)
             role = self.overrides.get(field.name)
-            settings = FitSettings(config, condition=field.name in self.conditions,
+            # a combination is one of those kept, never a token: its columns must split into real values
+            settings = FitSettings(config.model_copy(update={"rare_replacement": "frequent"})
+                                   if field.name in self.rules.merged else config,
+                                   condition=field.name in self.conditions,
                                    role=role if role in PERSONAL_ROLES else None)
             if noise is not None and field.name not in noise.public:
                 inferred = field.name not in self.conditions and field.name not in self.overrides
@@ -180,8 +191,9 @@ class EncoderSketch:
             combinations = private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
         top = sorted(combinations.items(), key=by_count)[: config.max_condition_combinations]
         distribution = [{"values": list(combo), "count": count} for combo, count in top]
-        encoder = TableEncoder(self.schema, self.conditions, codecs, distribution, list(excluded),
-                               config.min_value_count, noise.describe() if noise is not None else None)
+        encoder = TableEncoder(self.source_schema, self.conditions, codecs, distribution, list(excluded),
+                               config.min_value_count, noise.describe() if noise is not None else None,
+                               rules=self.rules)
         encoder.fitted_rows = rows
         return encoder
 
@@ -191,11 +203,15 @@ class EncoderSketch:
         country column whose values name countries Faker has a locale for and a gender column whose values say
         male or female (80% of their kept levels)."""
         links = {}
-        for name, codec in codecs.items():
-            role = getattr(codec, "role", None) if codec.kind == "personal" else None
+        levels_of = {name: codec.levels() or [] for name, codec in codecs.items()}
+        for merged, rule in self.rules.merged.items():  # a fixed combination's columns, each with its values
+            for i, member in enumerate(rule.group):
+                levels_of.setdefault(member, sorted({combo.split(SEPARATOR)[i] for combo in levels_of[merged]}))
+        for name, levels in levels_of.items():
+            codec = codecs.get(name)
+            role = getattr(codec, "role", None) if codec is not None and codec.kind == "personal" else None
             if role in ("first_name", "last_name") and role not in links:
                 links[role] = name
-            levels = codec.levels() or []
             if "country" not in links and name_words(name) & COUNTRY_WORDS and levels and \
                     sum(locale_of(value) is not None for value in levels) >= 0.8 * len(levels):
                 links["country"] = name
@@ -207,13 +223,13 @@ class EncoderSketch:
 
 def fit_table(batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str], config: EncoderConfig,
               column_kinds: dict[str, str] | None = None, seed: int = 0, excluded: list[str] = (),
-              private: PrivateFit | None = None) -> TableEncoder:
+              private: PrivateFit | None = None, rules: RuleSet | None = None) -> TableEncoder:
     """The encoder fitted in this process, in one pass over the batches in bounded memory (two when `private`: the
     batches must be re-iterable). Sample keys are drawn at random here: the distributed fit keys them by row hash."""
     sketch = None
     for batch in batches:
         if sketch is None:
-            sketch = EncoderSketch(batch.schema, conditions, config, column_kinds, seed, private is not None)
+            sketch = EncoderSketch(batch.schema, conditions, config, column_kinds, seed, private is not None, rules)
         sketch.update(batch)
     if sketch is None:
         raise UserError("the training table has no rows; point data.path at a non-empty table")
@@ -222,5 +238,5 @@ def fit_table(batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str
     noise = sketch.statistics_noise(private)
     fine = FineHistograms(sketch.private_grids(noise))
     for batch in batches:
-        fine.update(batch)
+        fine.update(sketch.rules.forward(pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch))
     return sketch.finalize(excluded, noise, fine)

@@ -15,22 +15,29 @@ from pipeline.codec.calendar import calendar_cycles, calendar_phases
 from pipeline.codec.kinds import Span
 from pipeline.codec.registry import codec_from_dict
 from pipeline.errors import UserError
+from pipeline.rules.construct import RuleSet
 
-FORMAT = "cvae-table-encoder/5"  # 5: ids drawn from templates; a reader of 4 refuses it in one line
-READABLE_FORMATS = ("cvae-table-encoder/2", "cvae-table-encoder/3", "cvae-table-encoder/4", FORMAT)  # 4 lacks templates
+FORMAT = "cvae-table-encoder/6"  # 6: rules between columns; a reader of 5 refuses it in one line
+READABLE_FORMATS = ("cvae-table-encoder/2", "cvae-table-encoder/3", "cvae-table-encoder/4", "cvae-table-encoder/5",
+                    FORMAT)  # 4 lacks templates, 5 rules
 
 
 class TableEncoder:
-    """A fitted encoder: feature matrix x for the columns the model reconstructs, condition matrix c for the rest."""
+    """A fitted encoder: feature matrix x for the columns the model reconstructs, condition matrix c for the rest.
+    With `rules`, the codecs serve the columns the rules' reparametrisation gives (`modelled`), and rows are
+    rebuilt into `schema` keeping every rule (pipeline/rules/construct.py)."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], codecs: dict[str, Codec],
                  condition_distribution: list[dict[str, Any]], excluded: list[str] = (), min_value_count: int = 1,
-                 privacy: dict[str, Any] | None = None, calendar: dict[str, list[str]] | None = None):
+                 privacy: dict[str, Any] | None = None, calendar: dict[str, list[str]] | None = None,
+                 rules: RuleSet | None = None):
         self.schema = schema
+        self.rules = rules or RuleSet(schema, conditions, [], {})
+        self.modelled = self.rules.modelled_schema
         self.privacy = privacy  # the statistics' noise (StatisticsNoise.describe()), None when fitted exactly
         self.fitted_rows: int | None = None  # training rows the fit saw (not saved: only the fitting job needs it)
         self.conditions = list(conditions)
-        self.features = [name for name in schema.names if name not in conditions]
+        self.features = [name for name in self.modelled.names if name not in conditions]
         self.codecs = codecs
         self.condition_distribution = condition_distribution
         self.excluded = list(excluded)
@@ -97,7 +104,7 @@ class TableEncoder:
             capacity = codec.capacity()
             if capacity is not None and num_rows > capacity:
                 raise UserError(f"generate.num_rows: {num_rows:,} rows need more fresh ids than column {name!r} "
-                                f"({self.schema.field(name).type}) can hold ({capacity:,}); generate fewer rows")
+                                f"({self.modelled.field(name).type}) can hold ({capacity:,}); generate fewer rows")
 
     def transform(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         """(x, c) float32 matrices for the feature and condition columns."""
@@ -105,7 +112,7 @@ class TableEncoder:
         if missing:
             raise UserError(f"table lacks column(s) {', '.join(missing)} that the encoder was fitted on; "
                             "use data with the training schema")
-        return self._encode(table, self.features), self.encode_conditions(table)
+        return self._encode(self.rules.forward(table), self.features), self.encode_conditions(table)
 
     def encode_conditions(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Each condition column's codec block, then the calendar phases of its date and timestamp columns."""
@@ -133,15 +140,28 @@ class TableEncoder:
         for name in self.features:
             blocks[name], start = x[:, start: start + self.codecs[name].width], start + self.codecs[name].width
         # codecs that read other columns of the row decode after them: names read the row's country, an e-mail
-        # its names and country (more needs, later)
-        for name in sorted(self.features, key=lambda name: len(self.codecs[name].needs())):
+        # its names and country (more needs, later), after the rules' combinations are split into their columns
+        ordered = sorted(self.features, key=lambda name: len(self.codecs[name].needs()))
+        for name in ordered:
+            if self.codecs[name].needs() and any(n in columns for n in self.rules.merged):
+                self.rules.split(columns, context.rng, self.combinations)
             columns[name] = self.codecs[name].decode(blocks[name], context)
+        self.rules.split(columns, context.rng, self.combinations)
+        self.rules.rebuild(columns, context.rng)
         return pa.table([columns[name] for name in self.schema.names], schema=self.schema)
+
+    def combinations(self, merged: str) -> tuple[list[str], list[float]]:
+        """A fixed combination column's kept combinations and their frequencies (pipeline/rules/construct.py)."""
+        codec = self.codecs[merged]
+        other = max(0.0, 1.0 - sum(codec.frequencies))  # the tail's share of the rows
+        return codec.stored_values(), [*codec.frequencies, *(w * other for w in codec.tail_weights)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
+            "schema": _schema_text(self.schema),
+            "modelled_schema": _schema_text(self.modelled),
+            "rules": self.rules.to_dict(),
             "columns": [{"name": f.name, "type": str(f.type)} for f in self.schema],
             "conditions": self.conditions,
             "excluded": self.excluded,
@@ -160,10 +180,12 @@ class TableEncoder:
         if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
             raise UserError(f"encoder JSON is not a {FORMAT} document; retrain the model with this version")
         try:
-            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"])))
-            codecs = {field.name: codec_from_dict(field, data["codecs"][field.name]) for field in schema}
+            schema = _schema(data["schema"])
+            modelled = _schema(data.get("modelled_schema", data["schema"]))
+            codecs = {field.name: codec_from_dict(field, data["codecs"][field.name]) for field in modelled}
+            rules = RuleSet.from_dict(schema, data["conditions"], data.get("rules"))
             return cls(schema, data["conditions"], codecs, data["condition_distribution"], data["excluded"],
-                       data["min_value_count"], data.get("privacy"), data.get("calendar", {}))
+                       data["min_value_count"], data.get("privacy"), data.get("calendar", {}), rules)
         except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
             raise UserError(f"encoder JSON is malformed ({type(exc).__name__}: {exc}); re-export the model") from None
 
@@ -175,3 +197,11 @@ class TableEncoder:
             raise UserError(f"encoder JSON does not parse ({exc}); re-export the model") from None
 
 
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def _schema(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))

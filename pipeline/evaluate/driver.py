@@ -32,6 +32,7 @@ from pipeline.config import Config, DataConfig
 from pipeline.codec import infer_kind
 from pipeline.errors import UserError
 from pipeline.evaluate.formats import format_validity
+from pipeline.evaluate.rules import rule_validity
 from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
 from pipeline.registry import registered_name
@@ -215,6 +216,7 @@ def evaluate(config: Config) -> EvaluateOutcome:
     report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
     report["formats"] = format_validity(real_samples["train"], real_samples.get("holdout"),
                                         synthetic_samples["synthetic"])
+    report["rules"] = rule_validity(real_samples["train"], real_samples.get("holdout"), synthetic_samples["synthetic"])
     report |= {"format": "cvae-evaluation/1", "synthetic": redact(synthetic_uri), "real": redact(data.path),
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
                                                                           in {**real_samples, **synthetic_samples}.items()}},
@@ -327,6 +329,8 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
     metrics |= {"format_validity": formats.get("synthetic"), "format_validity_holdout": formats.get("holdout")}
     metrics |= {f"format.{METRIC_UNSAFE.sub('_', name)}": column["synthetic"]
                 for name, column in formats.get("columns", {}).items()}
+    rules = report.get("rules", {})
+    metrics |= {"rule_validity": rules.get("synthetic"), "rule_validity_holdout": rules.get("holdout")}
     return {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(float(value))}
 
 
@@ -398,5 +402,12 @@ def print_summary(report: dict[str, Any], run_id: str) -> None:
         console.result(f"format validity {formats['synthetic']:.1%} of string values written as the real ones"
                        + (f" (real holdout: {holdout:.1%})" if holdout is not None else "") + "; lowest: "
                        + ", ".join(f"{name} {column['synthetic']:.1%}" for name, column in worst))
+    rules = report.get("rules", {})
+    if rules.get("synthetic") is not None:
+        holdout = rules.get("holdout")
+        worst = sorted(rules["rules"].items(), key=lambda item: item[1]["synthetic"] or 0.0)[:3]
+        console.result(f"rule validity {rules['synthetic']:.1%} of rows keep all {len(rules['rules'])} rules the real "
+                       "training rows always keep" + (f" (real holdout: {holdout:.1%})" if holdout is not None else "")
+                       + "; lowest: " + ", ".join(f"{name} {shares['synthetic']:.1%}" for name, shares in worst)[:600])
     console.result(f"validity: {report['validity']['invalid_values']:,} values outside the real bounds or categories; "
           f"report logged to mlflow run {run_id}")

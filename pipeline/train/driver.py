@@ -35,6 +35,7 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import Config
 from pipeline.codec import TableEncoder
 from pipeline.errors import UserError
+from pipeline.rules import parse_rules
 from pipeline.model.latent_prior import FIT_BATCH_ROWS, collect_codes, fit_mixture
 from pipeline.model.cvae import CVAE, build_model
 from pipeline.train.plots import loss_curve
@@ -137,6 +138,7 @@ def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[st
     return {"data.path": redact(absolute(data.path)), "data files (paths, sizes, dates)": data_digest,
             "schema": [f"{field.name}: {field.type}" for field in schema],
             "data.conditions": data.conditions, "data.columns": data.columns, "data.exclude": data.exclude,
+            "data.rules": data.rules, "data.rules_found": data.rules_found,
             "data.holdout_fraction": data.holdout_fraction, "train.seed": config.train.seed,
             "encoder": config.encoder.model_dump(), "model": config.model.model_dump(),
             "train.privacy": config.train.privacy.model_dump(exclude={"noise_seed"})}
@@ -360,6 +362,16 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
                      "requested by value (generate.conditions), or a larger train.privacy.epsilon")
     for name, written in encoder.formats().items():
         console.progress(f"column {name!r}: {written} (data.columns.{name}=categorical models it as text)")
+    rules = encoder.rules
+    if rules.applied:
+        shown = rules.describe()
+        console.progress(f"{len(shown)} rule(s) every generated row keeps ({len(rules.applied) - len(parse_rules(data.rules))}"
+                         f" found in the training rows): {'; '.join(shown[:8])}"
+                         + (f"; ... ({len(shown) - 8} more in the encoder's JSON)" if len(shown) > 8 else "")
+                         + ("" if data.rules_found != "apply" else " (data.rules_found=suggest: found rules not applied)"))
+    unapplied = [rule for rule in rules.found if rule not in rules.applied]
+    if unapplied:
+        console.progress(f"{len(unapplied)} rule(s) found but not applied (cvae inspect lists them as data.rules)")
     if encoder.id_columns:
         console.progress(f"identifier column(s) {', '.join(encoder.id_columns)} get fresh values on generation "
                          "(data.columns.NAME=categorical to model one instead)")

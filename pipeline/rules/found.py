@@ -1,0 +1,258 @@
+"""Rules found in the training rows: one streaming pass of mergeable counts (`RuleSketch.update` per block,
+`merge` on the driver), then every candidate the rows keep in 100% of rows with support from at least k rows.
+
+Candidates, by construction cheap to count per block (vectorised; pairs and triples of columns, bounded):
+- `a = b`, `a = b + c`, `a = b * c` between numeric columns (formulas);
+- `a -> b`: each value of a low-cardinality column a goes with one value of b (fixed combinations), where a
+  repeats (at most rows / k distinct values: an id determines everything and means nothing);
+- `a <= b` (or <) between numbers, or dates / times / timestamps of one type, never null, where the order is
+  not a matter of scale: with b's rows shifted by one, a > b in at least TIGHT of rows (age <= fnlwgt is
+  true and says nothing);
+- null together, at most one of two numbers set, integer steps (every value a multiple of a step >= 2).
+Also each float column's grain (decimals, up to 6) so that rebuilt values are written as the real ones are.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations, permutations
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.codec.arrow import is_numeric_temporal, is_string_like, plain
+from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step, float_values
+
+TIGHT = 0.01          # shifted rows breaking an inequality: below this share it is a matter of scale
+LOW_CARDINALITY = 200  # distinct values a column may have to take part in fixed combinations
+MAX_PAIR_COMBINATIONS = 4_000
+MAX_FORMULA_COLUMNS = 16  # numeric columns searched for a = b + c, a = b * c (pairs x targets per block)
+MAX_DECIMALS = 6
+
+
+def family(t: pa.DataType) -> str | None:
+    """Columns compare and combine only within one family: numbers, or one temporal type."""
+    if pa.types.is_dictionary(t):
+        return None
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if is_numeric_temporal(t) and not pa.types.is_duration(t):
+        return str(t)
+    return None
+
+
+def _decimals(values: np.ndarray) -> int:
+    """The fewest decimals (<= MAX_DECIMALS) that write every value exactly; MAX_DECIMALS + 1 when none do."""
+    for places in range(MAX_DECIMALS + 1):
+        if np.allclose(np.round(values, places), values, rtol=0, atol=10.0 ** -(places + 3)):
+            return places
+    return MAX_DECIMALS + 1
+
+
+class RuleSketch:
+    """Mergeable counts over the training rows of one table; `rules(k, conditions)` reads the candidates off."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.rows = 0
+        self.ordered = [f.name for f in schema if family(f.type)]
+        self.numbers = [f.name for f in schema if family(f.type) == "number"]
+        self.families = {f.name: family(f.type) for f in schema}
+        self.floats = [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)]
+        self.integers = [f.name for f in schema if pa.types.is_integer(f.type)]
+        self.discrete = [f.name for f in schema if is_string_like(f.type) or pa.types.is_boolean(f.type)
+                         or pa.types.is_integer(f.type) or pa.types.is_dictionary(f.type)]
+        self.valid: dict[str, int] = {}           # rows with a value
+        self.spread: dict[str, tuple[float, float]] = {}  # min, max
+        self.decimals: dict[str, int] = {}
+        self.gcd: dict[str, int] = {}
+        self.distinct: dict[str, set | None] = {name: set() for name in self.discrete}  # None: too many
+        self.pairs: dict[tuple[str, str], np.ndarray] = {}  # (a, b) -> [both, a>b, a>=b, a!=b, shifted a>b]
+        self.triples: dict[tuple[str, str, str, str], int] = {}  # (op, a, b, c) -> rows where a != b op c
+        self.combos: dict[tuple[str, str], dict | None] = {}  # low-cardinality pairs' value combinations
+        self.null_apart: dict[tuple[str, str], int] = {}  # rows where exactly one of a, b is null
+        self.nulls: dict[str, int] = {}
+        self.both_set: dict[tuple[str, str], int] = {}
+        self.set_rows: dict[str, int] = {}
+
+    def update(self, batch: pa.Table | pa.RecordBatch) -> None:
+        n = batch.num_rows
+        if not n:
+            return
+        self.rows += n
+        values = {name: float_values(batch.column(name)) for name in self.ordered}
+        for name in self.schema.names:
+            nulls = plain(batch.column(name)).null_count
+            self.nulls[name] = self.nulls.get(name, 0) + nulls
+        for name, v in values.items():
+            present = v[~np.isnan(v)]
+            self.valid[name] = self.valid.get(name, 0) + len(present)
+            if len(present):
+                low, high = self.spread.get(name, (math.inf, -math.inf))
+                self.spread[name] = (min(low, present.min()), max(high, present.max()))
+            if name in self.floats and len(present):
+                self.decimals[name] = max(self.decimals.get(name, 0), _decimals(present))
+            if name in self.integers and len(present):
+                self.gcd[name] = int(np.gcd.reduce(np.abs(present).astype(np.int64), initial=self.gcd.get(name, 0)))
+            if name in self.numbers:
+                set_ = ~np.isnan(v) & (v != 0)
+                self.set_rows[name] = self.set_rows.get(name, 0) + int(set_.sum())
+        for a, b in permutations(self.ordered, 2):
+            if self.families[a] != self.families[b] or (a, b) in self.pairs and self.pairs[(a, b)] is None:
+                continue
+            x, y = values[a], values[b]
+            both = ~np.isnan(x) & ~np.isnan(y)
+            x, y = x[both], y[both]
+            counts = np.array([len(x), (x > y).sum(), (x >= y).sum(), (x != y).sum(),
+                               (x > np.roll(y, 1)).sum() if len(x) > 1 else 0], dtype=np.int64)
+            self.pairs[(a, b)] = self.pairs.get((a, b), 0) + counts
+        self._update_formulas(values)
+        self._update_discrete(batch)
+        nullable = [name for name in self.schema.names if plain(batch.column(name)).null_count or self.nulls[name]]
+        masks = {name: np.asarray(plain(batch.column(name)).is_null()) for name in nullable}
+        for a, b in combinations(nullable, 2):
+            self.null_apart[(a, b)] = self.null_apart.get((a, b), 0) + int((masks[a] != masks[b]).sum())
+        for a, b in combinations(self.numbers, 2):
+            both = ~np.isnan(values[a]) & (values[a] != 0) & ~np.isnan(values[b]) & (values[b] != 0)
+            self.both_set[(a, b)] = self.both_set.get((a, b), 0) + int(both.sum())
+
+    def _update_formulas(self, values: dict[str, np.ndarray]) -> None:
+        numbers = self.numbers[:MAX_FORMULA_COLUMNS]
+        for b, c in combinations(numbers, 2):
+            results = {"+": values[b] + values[c], "*": values[b] * values[c]}
+            for a in numbers:
+                if a in (b, c):
+                    continue
+                for op, want in results.items():
+                    key = (op, a, b, c)
+                    if self.triples.get(key, 0) > 0:
+                        continue  # already broken: no need to count how often
+                    have = values[a]
+                    off = ~np.isclose(have, want, rtol=1e-9, atol=1e-9) & ~(np.isnan(have) & np.isnan(want))
+                    self.triples[key] = self.triples.get(key, 0) + int(off.sum())
+
+    def _update_discrete(self, batch: pa.Table | pa.RecordBatch) -> None:
+        table = pa.table({name: plain(batch.column(name)) for name in self.discrete})
+        for name in self.discrete:
+            seen = self.distinct[name]
+            if seen is not None:
+                seen.update(table.column(name).unique().to_pylist())
+                if len(seen) > LOW_CARDINALITY:
+                    self.distinct[name] = None
+        low = [name for name in self.discrete if self.distinct[name] is not None]
+        for a, b in combinations(low, 2):
+            if self.combos.get((a, b), {}) is None:
+                continue
+            grouped = table.select([a, b]).group_by([a, b], use_threads=False).aggregate([([], "count_all")])
+            combos = self.combos.setdefault((a, b), {})
+            for x, y, count in zip(*(grouped.column(i).to_pylist() for i in range(3))):
+                combos[(x, y)] = combos.get((x, y), 0) + count
+            if len(combos) > MAX_PAIR_COMBINATIONS:
+                self.combos[(a, b)] = None
+
+    def merge(self, other: "RuleSketch") -> "RuleSketch":
+        self.rows += other.rows
+        for mine, theirs in ((self.valid, other.valid), (self.nulls, other.nulls), (self.set_rows, other.set_rows),
+                             (self.null_apart, other.null_apart), (self.both_set, other.both_set),
+                             (self.triples, other.triples)):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0) + value
+        for key, value in other.pairs.items():
+            self.pairs[key] = self.pairs.get(key, 0) + value
+        for name, (low, high) in other.spread.items():
+            mine = self.spread.get(name, (math.inf, -math.inf))
+            self.spread[name] = (min(mine[0], low), max(mine[1], high))
+        for name, places in other.decimals.items():
+            self.decimals[name] = max(self.decimals.get(name, 0), places)
+        for name, divisor in other.gcd.items():
+            self.gcd[name] = math.gcd(self.gcd.get(name, 0), divisor)
+        for name, seen in other.distinct.items():
+            mine = self.distinct[name]
+            self.distinct[name] = None if mine is None or seen is None or len(mine | seen) > LOW_CARDINALITY \
+                else mine | seen
+        for key, combos in other.combos.items():
+            mine = self.combos.get(key, {})
+            if mine is None or combos is None:
+                self.combos[key] = None
+                continue
+            for combo, count in combos.items():
+                mine[combo] = mine.get(combo, 0) + count
+            self.combos[key] = mine if len(mine) <= MAX_PAIR_COMBINATIONS else None
+        return self
+
+    def grains(self) -> dict[str, int]:
+        """Float columns -> decimals every value is written with (columns with more are left out)."""
+        return {name: places for name, places in self.decimals.items() if places <= MAX_DECIMALS}
+
+    def rules(self, k: int) -> list[Rule]:
+        """Every candidate the training rows keep in 100% of rows with support from >= k rows, most specific
+        first: formulas, fixed combinations, inequalities, null together, one of, steps."""
+        if self.rows < k:
+            return []
+        varied = {name for name, (low, high) in self.spread.items() if high > low}
+        found: list[Rule] = []
+        for a, b in combinations(self.ordered, 2):  # a = b: the later column is the copy
+            counts = self.pairs.get((a, b))
+            if counts is not None and counts[0] >= k and counts[3] == 0 and self.nulls[a] == self.nulls[b] == \
+                    self.rows - counts[0] and self.families[a] == "number":
+                found.append(Formula(b, a))
+        copies = {rule.target for rule in found}
+        for (op, a, b, c), off in sorted(self.triples.items()):
+            if off == 0 and {a, b, c} <= varied and not {a, b, c} & copies and self.valid.get(a, 0) >= k \
+                    and a not in {r.target for r in found}:
+                found.append(Formula(a, (op, b, c)))
+        derived = {rule.target for rule in found}
+        found += self._fixed(k, derived)
+        fixed = {name for rule in found if isinstance(rule, Fixed) for name in rule.group}
+        for (a, b), counts in sorted(self.pairs.items()):
+            both, over, at_or_over, differ, shifted = counts
+            if (both >= k and over == 0 and differ > 0 and both == self.rows and shifted >= TIGHT * both
+                    and not {a, b} & (derived | fixed)):
+                found.append(Inequality(a, b, strict=at_or_over == 0))
+        found += self._null_together(k, derived)
+        for (a, b), both in sorted(self.both_set.items()):
+            if both == 0 and min(self.set_rows.get(a, 0), self.set_rows.get(b, 0)) >= k and not {a, b} & derived:
+                found.append(OneOf((a, b)))
+        for name, divisor in sorted(self.gcd.items()):
+            if divisor >= 2 and name in varied and self.valid[name] >= k and name not in derived | fixed:
+                found.append(Step(name, float(divisor)))
+        return found
+
+    def _fixed(self, k: int, derived: set[str]) -> list[Fixed]:
+        """Groups of a column and the columns it determines (a -> b for each b), largest first."""
+        determines: dict[str, list[str]] = {}
+        for (a, b), combos in self.combos.items():
+            if combos is None or a in derived or b in derived:
+                continue
+            left = {x for x, _ in combos}
+            right = {y for _, y in combos}
+            if len(left) < 2 or len(right) < 2:
+                continue
+            for x, y, values in ((a, b, left), (b, a, right)):
+                if len(values) == len(combos) and len(values) * k <= self.rows:  # one y per x, and x repeats
+                    determines.setdefault(x, []).append(y)
+        groups, used = [], set()
+        for a in sorted(determines, key=lambda name: (-len(determines[name]), self.schema.names.index(name))):
+            group = [a, *[b for b in determines[a] if b not in used]] if a not in used else []
+            if len(group) >= 2:
+                groups.append(Fixed(tuple(sorted(group, key=self.schema.names.index))))
+                used.update(group)
+        return groups
+
+    def _null_together(self, k: int, derived: set[str]) -> list[NullTogether]:
+        together: dict[str, set[str]] = {}
+        for (a, b), apart in self.null_apart.items():
+            if apart == 0 and k <= self.nulls[a] < self.rows and not {a, b} & derived:
+                together.setdefault(a, {a}).add(b)
+        groups, used = [], set()
+        for a in self.schema.names:
+            if a in together and a not in used:
+                group = tuple(sorted(together[a], key=self.schema.names.index))
+                groups.append(NullTogether(group))
+                used.update(group)
+        return groups
+
+
+def describe(found: list[Rule]) -> list[Any]:
+    """The rules as `data.rules` entries (what `cvae inspect` prints as YAML)."""
+    return [rule.config() for rule in found]

@@ -1,0 +1,175 @@
+"""Rules between columns (pipeline/rules/): declared in `data.rules` or found in the training rows, they hold in
+every generated row by construction, on real tables (bundled: Adult, sp500 and peeps from strings/, nuclides)."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.codec import TableEncoder, fit_table
+from pipeline.config import BUNDLED_DATA, EncoderConfig, ModelConfig, load_config
+from pipeline.errors import UserError
+from pipeline.model.cvae import build_model
+from pipeline.model.sampling import synthesize
+from pipeline.rules import RuleSketch, parse_rules, table_rules
+from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Step
+
+TABLES = {"adult": (BUNDLED_DATA / "adult.parquet", ["income"]),
+          "sp500": (BUNDLED_DATA / "strings" / "sp500.parquet", ["date"]),
+          "peeps": (BUNDLED_DATA / "strings" / "peeps.parquet", ["gender"]),
+          "nuclides": (BUNDLED_DATA / "nuclides.parquet", ["z"])}
+
+
+def load(name):
+    path, conditions = TABLES[name]
+    return pq.read_table(path), conditions
+
+
+def found_rules(table, k=5):
+    sketch = RuleSketch(table.schema)
+    for batch in table.to_batches(max_chunksize=4000):  # several blocks merged, as Ray's tasks give them
+        part = RuleSketch(table.schema)
+        part.update(batch)
+        sketch.merge(part)
+    return sketch
+
+
+def generated(table, conditions, rules, rows=3000):
+    """Rows from an untrained model: every rule must hold whatever the decoder writes."""
+    encoder = fit_table(table.to_batches(max_chunksize=20_000), conditions, EncoderConfig(), rules=rules)
+    encoder = TableEncoder.from_json(encoder.to_json())  # as a generation job reads it
+    torch.manual_seed(0)
+    model = build_model(encoder.x_dim, encoder.c_dim, encoder.feature_spans, ModelConfig(hidden=[16], latent_dim=4))
+    requested = table.select(conditions).take(np.random.default_rng(0).integers(0, table.num_rows, rows))
+    return encoder, requested, synthesize(model, encoder, requested, seed=1)
+
+
+def test_rules_parse_as_written_and_bad_ones_fail_in_one_line():
+    rules = parse_rules(["low <= open <= high", "`decile_score.1` = decile_score", "total = price * quantity",
+                         "arr_time > dep_time", "age >= 0", {"fixed": ["city", "state"]},
+                         {"null_together": ["a", "b"]}, {"one_of": ["gain", "loss"]}, {"step": {"price": 0.01}}])
+    assert rules == [Inequality("low", "open"), Inequality("open", "high"), Formula("decile_score.1", "decile_score"),
+                     Formula("total", ("*", "price", "quantity")), Inequality("dep_time", "arr_time", strict=True),
+                     Inequality(0.0, "age"), Fixed(("city", "state")), NullTogether(("a", "b")),
+                     OneOf(("gain", "loss")), Step("price", 0.01)]
+    assert parse_rules([rule.config() for rule in rules]) == rules  # what inspect prints reads back the same
+    for bad, says in [("low <=", "cannot read"), ("__import__('os') == 1", "cannot read"),
+                      ("a = a + 1", "both sides"), ({"fixed": ["a"]}, "two or more"), ({"step": {"a": -1}}, "positive"),
+                      ({"sorted": ["a"]}, "unknown rule"), (3, "a rule is a string")]:
+        with pytest.raises(UserError, match=says) as error:
+            parse_rules([bad])
+        assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="data.rules: .*cannot read"):
+        load_config(None, ["data.rules=['low <= ']"])
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("adult", [Fixed(("education", "education-num")), OneOf(("capital-gain", "capital-loss"))]),
+    ("sp500", [Formula("adj_close", "close"), Inequality("low", "open"), Inequality("open", "high"),
+               Inequality("low", "close"), Inequality("close", "high"), Step("volume", 400.0)]),
+    ("peeps", [Fixed(("country", "country_code"))]),
+    ("nuclides", [Fixed(("z", "element")), NullTogether(("radius", "radius_uncert"))]),
+])
+def test_rules_the_real_rows_always_keep_are_found(name, expected):
+    table, _ = load(name)
+    found = found_rules(table).rules(k=5)
+    for rule in expected:
+        assert rule in found, (rule, found)
+        broken = rule.broken(table, set(zip(*(table.column(c).to_pylist() for c in rule.group)))) \
+            if isinstance(rule, Fixed) else rule.broken(table)
+        assert not broken.any()
+    assert not [rule for rule in found if isinstance(rule, Inequality) and "fnlwgt" in rule.columns()], \
+        "an order that is only a matter of scale (age <= fnlwgt) is not a rule"
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_generated_rows_keep_every_found_rule_and_the_conditions(name):
+    table, conditions = load(name)
+    sketch = found_rules(table)
+    rules = table_rules(table.schema, conditions, [], "apply", 5, sketch)
+    assert rules.applied
+    encoder, requested, rows = generated(table, conditions, rules)
+    assert rows.schema == table.schema
+    for column in conditions:
+        assert rows.column(column).equals(requested.column(column))
+    for rule in rules.applied:
+        if isinstance(rule, Fixed):  # only combinations that at least k training rows hold
+            counts = table.group_by(list(rule.group)).aggregate([([], "count_all")])
+            held = {tuple(row[c] for c in rule.group) for row in counts.to_pylist() if row["count_all"] >= 5}
+            given = [i for i, c in enumerate(rule.group) if c in conditions]  # a condition value held by < k rows
+            coverable = {tuple(combo[i] for i in given) for combo in held}  # has no combination it may be given
+            rows_held = [tuple(row[rule.group[i]] for i in given) in coverable for row in rows.to_pylist()]
+            assert not rule.broken(rows, held)[rows_held].any(), rule
+            assert np.mean(rows_held) > 0.95
+        else:
+            assert not rule.broken(rows).any(), rule
+    forward = rules.forward(table)  # the reparametrisation loses nothing
+    columns = {n: forward.column(n).combine_chunks() for n in forward.schema.names}
+    rules.split(columns, np.random.default_rng(0), encoder.combinations)
+    rules.rebuild(columns, np.random.default_rng(0))
+    assert pa.table([columns[n] for n in table.schema.names], schema=table.schema).equals(table)
+
+
+def test_declared_rules_hold_with_nothing_found():
+    """sp500 with `data.rules_found: off` and the rules a user would write: a chain, a formula, a step."""
+    table, conditions = load("sp500")
+    declared = parse_rules(["low <= open <= high", "low <= close <= high", "adj_close = close",
+                            {"step": {"volume": 100}}])
+    rules = table_rules(table.schema, conditions, declared, "off", 5, found_rules(table))
+    assert rules.applied == declared and rules.found == []
+    _, _, rows = generated(table, conditions, rules)
+    for rule in declared:
+        assert not rule.broken(rows).any(), rule
+    prices = rows.column("open").to_numpy()
+    assert np.allclose(prices, np.round(prices, 4)), "rebuilt prices keep the real grain (4 decimals)"
+
+
+def test_a_fixed_combination_with_a_condition_keeps_the_condition():
+    """nuclides conditioned on z, with z and element fixed together: each row's element is z's element (for every
+    z that at least k rows hold: 115 of 118; a rarer one has no combination that may leave)."""
+    table, conditions = load("nuclides")
+    rules = table_rules(table.schema, conditions, [Fixed(("z", "element"))], "off", 5, None)
+    _, requested, rows = generated(table, conditions, rules)
+    element_of = dict(zip(table.column("z").to_pylist(), table.column("element").to_pylist()))
+    counts = table.column("z").value_counts().to_pylist()
+    held = {entry["values"] for entry in counts if entry["counts"] >= 5}
+    assert rows.column("z").equals(requested.column("z"))
+    pairs = [(z, e) for z, e in zip(rows.column("z").to_pylist(), rows.column("element").to_pylist()) if z in held]
+    assert len(pairs) > 0.95 * rows.num_rows and all(element_of[z] == e for z, e in pairs)
+
+
+def test_personal_data_follows_a_country_inside_a_fixed_combination():
+    """peeps: country and country_code are fixed together; phone numbers still follow each row's country."""
+    table, conditions = load("peeps")
+    rules = table_rules(table.schema, conditions, [], "apply", 5, found_rules(table))
+    encoder, _, rows = generated(table, conditions, rules, rows=300)
+    assert encoder.codecs["phone_number"].needs() == ["country"]
+    assert pc.all(pc.is_in(rows.column("country"), value_set=table.column("country").unique())).as_py()
+
+
+@pytest.mark.parametrize("declared, says", [
+    (["date = open"], "date is string"),
+    (["gender_x <= open"], "not a modelled column"),
+    ([{"one_of": ["open", "close"]}, "adj_close = close + open", {"step": {"open": 0.5}}], "already sets"),
+])
+def test_rules_that_cannot_hold_are_one_line_errors(declared, says):
+    table, _ = load("sp500")
+    with pytest.raises(UserError, match=says) as error:
+        table_rules(table.schema, ["date"], parse_rules(declared), "off", 5, None)
+    assert str(error.value).startswith("data.rules: ") and "\n" not in str(error.value)
+
+
+def test_a_rule_may_not_change_a_condition():
+    table, _ = load("sp500")
+    with pytest.raises(UserError, match="condition column 'volume'"):
+        table_rules(table.schema, ["volume"], parse_rules(["volume = open"]), "off", 5, None)
+    rules = table_rules(table.schema, ["volume"], [], "apply", 5, found_rules(table))
+    assert Step("volume", 400.0) in rules.found and Step("volume", 400.0) not in rules.applied
+
+
+def test_suggest_lists_found_rules_without_applying_them():
+    table, conditions = load("adult")
+    rules = table_rules(table.schema, conditions, [], "suggest", 5, found_rules(table))
+    assert rules.applied == [] and Fixed(("education", "education-num")) in rules.found
+    assert rules.modelled_schema == table.schema
