@@ -35,6 +35,11 @@ class DataConfig(Section):
     rules: list[str | dict[str, Any]] = []  # rules every generated row keeps (pipeline/rules/rule.py)
     rules_found: Literal["apply", "suggest", "off"] = "apply"  # rules the training rows keep in every row
 
+    @field_validator("rules_found", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
     @field_validator("rules")
     @classmethod
     def _rules_parse(cls, rules: list) -> list:

@@ -1,6 +1,7 @@
 """Differential privacy: the accountant against independent reference values, the statistics' noise against
 its budget, and a private encoder that stores nothing exact (bundled real tables)."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -299,11 +300,14 @@ def test_a_resumed_private_job_adds_to_its_epsilon(resumed_private_job):
 
 
 @pytest.mark.slow
-def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, monkeypatch, resumed_private_job):
-    """SIGKILL a worker of a private run after two epochs: the new worker group continues from the checkpoint's
-    spent history, so every epoch is accounted once (no reset, no double count of the epoch the kill cut short),
-    the total stays within the target, and the weights equal those of the same job run without a kill (the noise
-    and the sampling of each epoch are drawn again as before)."""
+def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, monkeypatch, capsys,
+                                                        resumed_private_job):
+    """SIGKILL a worker of a private run after two epochs. Ray Train records the failed attempt and starts a new
+    worker group, which continues from the last checkpoint: the user is told once; each epoch is computed, logged
+    and accounted once (no reset, no double count of the epoch the kill cut short), the total stays within the
+    target, and the weights after every epoch equal those of the same job run without a kill (the noise and the
+    sampling of each epoch are drawn again as before): the new workers started from the checkpoint's weights and
+    optimizer state. (The same job without privacy resumes by the same code: one test proves both.)"""
     from mlflow.tracking import MlflowClient
     from test_train import checkpoints, kill_a_worker_after, same_weights, train_attempts, weights
 
@@ -319,10 +323,25 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     outcome = train(config)
     killer.join()
 
-    assert killed and 2 <= len(killed["steps"]) < 4, killed
-    assert [a.status for a in train_attempts("dp-fault")] == ["ERRORED", "FINISHED"]
+    assert killed and 2 <= len(killed["steps"]) < 4, killed  # the kill landed mid-training
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: training worker")]
+    assert len(said) == 1 and "restarts from the last checkpoint" in said[0], said  # the user is told, once
+    assert not Path(f"/proc/{killed['pid']}").exists()
+    attempts = train_attempts("dp-fault")
+    assert [a.status for a in attempts] == ["ERRORED", "FINISHED"], [(a.status, a.status_detail) for a in attempts]
+    assert killed["pid"] in {w.pid for w in attempts[0].workers}
+    assert killed["pid"] not in {w.pid for w in attempts[1].workers}
     saved = checkpoints(workdir / "runs" / "train" / "dp-fault")
     assert [progress["epoch"] for _, progress, _ in saved] == [0, 1, 2, 3]
+    restarted = attempts[1].start_time_ns  # the second worker group computed the epochs after the last checkpoint
+    first = sum(written < restarted for _, _, written in saved)
+    assert all(written >= restarted for _, _, written in saved[first:]), [(p["epoch"], w) for _, p, w in saved]
+    assert len(killed["steps"]) <= first < 4, (killed, first)
+    assert saved[-1][1]["history"][:first] == saved[first - 1][1]["history"]  # carried over, not redone
+    assert sorted(m.step for m in client.get_metric_history(outcome.run_id, "loss")) == [0, 1, 2, 3]
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert [str(v.version) for v in client.search_model_versions("name = 'dp-fault'")] == ["1"]
     for _, progress, _ in saved:  # each checkpoint accounts for exactly the epochs it holds
         assert len(progress["privacy_history"]) == progress["epoch"] + 1
     final = privacy_guarantee_of(saved[-1][0])

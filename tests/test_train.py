@@ -27,7 +27,7 @@ def test_two_workers_on_s3_register_a_loadable_model(ray_cluster, workdir, adult
     s3.mkdir("checkpoints")
     options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
     config = config_for(workdir, f"data.path={adult_on_s3}", "data.conditions=[income]",
-                        f"data.storage_options={options}", "train.epochs=3", "train.name=s3-run",
+                        f"data.storage_options={options}", "train.epochs=2", "train.name=s3-run",
                         "train.storage_path=s3://checkpoints/train", f"train.storage_options={options}",
                         "mlflow.model_name=adult-s3",
                         "mlflow.alias=candidate")
@@ -42,7 +42,7 @@ def test_two_workers_on_s3_register_a_loadable_model(ray_cluster, workdir, adult
     secrets = {k: v for k, v in run.data.params.items() if k.startswith(("data.storage_options", "train.storage_options"))}
     assert secrets and set(secrets.values()) == {"***"}
     for key in ("loss", "recon", "kl", "val_elbo", "rows_per_s", "epoch_seconds"):
-        assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [0, 1, 2], key
+        assert [m.step for m in client.get_metric_history(outcome.run_id, key)] == [0, 1], key
     assert "loss_curve.png" in [a.path for a in client.list_artifacts(outcome.run_id)]
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
 
@@ -120,56 +120,6 @@ def kill_a_worker_after(client: MlflowClient, job: str, metric: str, epochs: int
     killer = threading.Thread(target=kill, daemon=True)
     killer.start()
     return killer
-
-
-def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, workdir, monkeypatch, capsys):
-    """SIGKILL one training worker after its second epoch. Ray Train records the failed attempt and starts a new
-    worker group, which continues from the last checkpoint: the epochs after it are computed once each, and from the
-    checkpoint's weights and optimizer state, so every epoch's weights equal those of an uninterrupted run."""
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # read on fit(): records attempts and worker pids
-    same = ("train.epochs=5", "train.keep_checkpoints=10", "model.hidden=[64]", "data.holdout_fraction=0.1")
-    config = config_for(workdir, *same, "train.max_failures=2", "train.name=fault", "mlflow.model_name=adult-fault")
-    client = MlflowClient(config.mlflow.tracking_uri)
-    killed = {}
-    killer = kill_a_worker_after(client, "fault", "loss", 2, killed)
-    outcome = train(config)
-    killer.join()
-
-    assert killed, "no training worker was killed"
-    assert 2 <= len(killed["steps"]) < 5, killed  # the kill landed mid-training
-    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: training worker")]
-    assert len(said) == 1 and "restarts from the last checkpoint" in said[0], said  # the user is told, once
-    assert not Path(f"/proc/{killed['pid']}").exists()
-    attempts = train_attempts("fault")
-    assert [a.status for a in attempts] == ["ERRORED", "FINISHED"], [(a.status, a.status_detail) for a in attempts]
-    assert killed["pid"] in {w.pid for w in attempts[0].workers}
-    assert killed["pid"] not in {w.pid for w in attempts[1].workers}
-
-    # Each epoch recorded once; the second worker group computed those after the last checkpoint before it started.
-    saved = checkpoints(workdir / "runs" / "train" / "fault")
-    assert [progress["epoch"] for _, progress, _ in saved] == list(range(5))
-    restarted = attempts[1].start_time_ns
-    first = sum(written < restarted for _, _, written in saved)
-    assert all(written >= restarted for _, _, written in saved[first:]), [(p["epoch"], w) for _, p, w in saved]
-    assert len(killed["steps"]) <= first < 5, (killed, first)
-    final = saved[-1][1]
-    assert [entry["epoch"] for entry in final["history"]] == list(range(5))
-    assert final["history"][:first] == saved[first - 1][1]["history"]  # carried over from the checkpoint, not redone
-    steps = [m.step for m in client.get_metric_history(outcome.run_id, "loss")]
-    assert sorted(steps) == list(range(5)), steps
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    assert len(client.search_runs([experiment.experiment_id])) == 1
-    assert [str(v.version) for v in client.search_model_versions("name = 'adult-fault'")] == ["1"]
-
-    # The same job without a fault (same seed and workers): equal weights after every epoch. Before the kill that is
-    # determinism; from the first epoch after the restart on, it proves the new workers started from the
-    # checkpoint's weights and optimizer state (anything else would diverge).
-    train(config_for(workdir, *same, "train.name=no-fault", "mlflow.model_name=adult-no-fault"))
-    reference = {p["epoch"]: folder for folder, p, _ in checkpoints(workdir / "runs" / "train" / "no-fault")}
-    assert sorted(reference) == list(range(5))
-    for folder, progress, _ in saved:
-        epoch = progress["epoch"]
-        assert same_weights(weights(folder), weights(reference[epoch])), f"epoch {epoch} differs"
 
 
 def test_rerun_of_a_finished_job_trains_nothing_and_adds_no_run_or_version(trained_adult, capsys):
