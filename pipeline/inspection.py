@@ -13,6 +13,7 @@ from pipeline import console
 from pipeline.cluster import ensure_ray
 from pipeline.codec import TableEncoder
 from pipeline.config import Config
+from pipeline.rules.construct import shown
 from pipeline.source import check_table, fit_encoder, modelled_schema, read_table
 from pipeline.storage import parquet_files, redact
 
@@ -48,13 +49,13 @@ def report(config: Config, inspection: Inspection) -> None:
     for field in encoder.schema:
         if field.name in kinds:
             kind = kinds[field.name]
-            shown = formats.get(field.name) or WHY.get(kind, kind)
+            described = formats.get(field.name) or WHY.get(kind, kind)
         else:
-            kind, shown = "ruled", "kept by a rule below"
-        console.result(f"  {field.name} ({field.type}): {kind}: {shown}"[:300])
+            kind, described = "ruled", "kept by a rule below"
+        console.result(f"  {field.name} ({field.type}): {kind}: {described}"[:300])
     found = [rule.config() for rule in rules.found]
     console.result(f"{len(found)} rule(s) the training rows keep in every row, each behind at least "
                    f"{config.encoder.min_value_count} rows (data.rules_found={config.data.rules_found}):")
     print(yaml.safe_dump({"data": {"rules": found}}, sort_keys=False, allow_unicode=True).rstrip())
     for rule, why in rules.skipped:
-        console.result(f"# not applied: {rule.config()}: {why}"[:300])
+        console.result(f"# not applied: {shown(rule)}: {why}"[:300])

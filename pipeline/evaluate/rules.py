@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.rules import RuleSketch
+from pipeline.rules.construct import shown
 from pipeline.rules.rule import Fixed
 
 K = 5  # rows a found rule needs behind it, as `encoder.min_value_count` by default
@@ -32,13 +33,7 @@ def rule_validity(train: pa.Table, holdout: pa.Table | None, synthetic: pa.Table
             broken = rule.broken(table, allowed) if allowed is not None else rule.broken(table)
             kept_all[side] &= ~broken
             shares[side] = float(1.0 - broken.mean()) if len(broken) else None
-        rules[_text(rule.config())] = shares
+        rules[shown(rule)] = shares
     return {"rules": rules, **{side: (float(kept.mean()) if len(kept) and found else None)
                                for side, kept in kept_all.items()}}
 
-
-def _text(config: Any) -> str:
-    if isinstance(config, str):
-        return config
-    (kind, value), = config.items()
-    return f"{kind}: {value}"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -82,7 +83,7 @@ class RuleSet:
         for rule in declared:
             reason = _misfit(rule, schema, conditions, changed, applied)
             if reason:
-                raise UserError(f"data.rules: {_shown(rule)} {reason}")
+                raise UserError(f"data.rules: {shown(rule)} {reason}")
             applied.append(rule)
             _claim(rule, changed, conditions)
         for rule in found:
@@ -117,7 +118,7 @@ class RuleSet:
 
     def describe(self) -> list[str]:
         """One line per applied rule, as `data.rules` writes it."""
-        return [_shown(rule) for rule in self.applied]
+        return [shown(rule) for rule in self.applied]
 
     # -- forward: the user's rows -> the rows the model learns -------------------------------------------------
 
@@ -248,7 +249,7 @@ class RuleSet:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rules": [rule.config() for rule in self.applied], "grains": self.grains,
-                "skipped": [[_shown(rule), reason] for rule, reason in self.skipped],
+                "skipped": [[shown(rule), reason] for rule, reason in self.skipped],
                 "found": [rule.config() for rule in self.found]}
 
     @classmethod
@@ -298,14 +299,14 @@ def _misfit(rule: Rule, schema: pa.Schema, conditions: list[str], changed: dict[
         touched = set(order)
         if set(rule.columns()) & {c for c, by in changed.items() if not isinstance(by, Inequality)}:
             clash = next(c for c in rule.columns() if c in changed and not isinstance(changed[c], Inequality))
-            return f"names {clash!r}, which {_shown(changed[clash])} already sets"
+            return f"names {clash!r}, which {shown(changed[clash])} already sets"
         clash = [c for c in touched if c in changed and not isinstance(changed[c], Inequality)]
         if clash:
-            return f"would change {clash[0]!r}, which {_shown(changed[clash[0]])} already sets"
+            return f"would change {clash[0]!r}, which {shown(changed[clash[0]])} already sets"
         return None
     clash = [c for c in touched if c in changed]
     if clash:
-        return f"would change {clash[0]!r}, which {_shown(changed[clash[0]])} already sets"
+        return f"would change {clash[0]!r}, which {shown(changed[clash[0]])} already sets"
     if isinstance(rule, Formula):
         sources = expression_columns(rule.expression)
         derived = [c for c in sources if isinstance(changed.get(c), Formula)]
@@ -439,10 +440,8 @@ def _fresh(name: str, taken: set[str]) -> str:
     return name
 
 
-def _shown(rule: Rule) -> str:
+def shown(rule: Rule) -> str:
+    """As the rule is written in YAML: `low <= high`, `{fixed: [education, education-num]}`."""
     config = rule.config()
-    if isinstance(config, str):
-        return repr(config)
-    (kind, value), = config.items()
-    return f"{{{kind}: {value}}}"
+    return config if isinstance(config, str) else yaml.safe_dump(config, default_flow_style=True, width=10_000).strip()
 

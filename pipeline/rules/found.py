@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from itertools import combinations, permutations
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -252,7 +251,3 @@ class RuleSketch:
                 used.update(group)
         return groups
 
-
-def describe(found: list[Rule]) -> list[Any]:
-    """The rules as `data.rules` entries (what `cvae inspect` prints as YAML)."""
-    return [rule.config() for rule in found]

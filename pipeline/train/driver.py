@@ -368,7 +368,8 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
         console.progress(f"{len(shown)} rule(s) every generated row keeps ({len(rules.applied) - len(parse_rules(data.rules))}"
                          f" found in the training rows): {'; '.join(shown[:8])}"
                          + (f"; ... ({len(shown) - 8} more in the encoder's JSON)" if len(shown) > 8 else "")
-                         + ("" if data.rules_found != "apply" else " (data.rules_found=suggest: found rules not applied)"))
+                         + (" (data.rules_found=suggest lists found rules without applying them)"
+                            if data.rules_found == "apply" else ""))
     unapplied = [rule for rule in rules.found if rule not in rules.applied]
     if unapplied:
         console.progress(f"{len(unapplied)} rule(s) found but not applied (cvae inspect lists them as data.rules)")
