@@ -45,11 +45,11 @@ def detection(real: pa.Table, synthetic: pa.Table, seed: int = 0) -> float:
     categorical = []
     for name in both.columns:
         column = both[name]
-        if column.dtype == object or str(column.dtype) in ("category", "bool", "string"):
+        if pd.api.types.is_datetime64_any_dtype(column):
+            both[name] = column.astype("int64")
+        elif not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
             both[name] = column.astype("string").astype("category").cat.codes.replace(-1, np.nan)
             categorical.append(name)
-        elif np.issubdtype(column.dtype, np.datetime64):
-            both[name] = column.astype("int64")
     labels = np.r_[np.zeros(n), np.ones(n)]
     model = HistGradientBoostingClassifier(categorical_features=[both.columns.get_loc(c) for c in categorical] or None,
                                            random_state=seed)

@@ -135,3 +135,23 @@ def test_output_holding_foreign_files_is_refused(capsys, workdir, generation):
     (workdir / "out" / "report.csv").write_text("someone else's file")
     err = fails(capsys, workdir, "generate", *generation, f"generate.output={workdir}/out")
     assert "not a cvae dataset" in err and "report.csv" in err
+
+
+def test_a_condition_that_cannot_work_fails_before_training():
+    """sp500 conditioned on its date held in a string: 14,900 distinct values in as many rows would train for
+    minutes on one condition dimension per row; the fit says so in one line. The same column as a Parquet date
+    conditions by value (calendar phases)."""
+    import pyarrow.compute as pc
+
+    from pipeline.codec import fit_table
+    from pipeline.config import EncoderConfig
+    from pipeline.errors import UserError
+
+    table = pq.read_table(BUNDLED_DATA / "strings" / "sp500.parquet")
+    with pytest.raises(UserError, match="date take 16,607 distinct values in 16,607 training rows") as error:
+        fit_table(table.to_batches(), ["date"], EncoderConfig())
+    assert "\n" not in str(error.value) and "coarser column" in str(error.value)
+    with pytest.raises(UserError, match="encoder.max_condition_combinations"):
+        fit_table(table.to_batches(), ["date"], EncoderConfig(max_condition_combinations=100))
+    typed = table.set_column(0, "date", pc.strptime(table.column("date"), "%Y-%m-%d", "s").cast("date32"))
+    assert fit_table(typed.to_batches(), ["date"], EncoderConfig()).calendar["date"]

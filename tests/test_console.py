@@ -17,7 +17,8 @@ from test_real_tables import assert_believable_and_safe
 # Ray's and MLflow's own chatter: worker reports, Ray Data plans, log records, colour codes, tracebacks.
 NOISE = re.compile(r"TrainingReport|Execution plan|Starting execution|execution finished| INFO |\bDEBUG\b|"
                    r"\x1b\[|Traceback|Successfully registered|Created version|Progress bars|Deprecat")
-PROGRESS = re.compile(r"^(encoder fitted in |identifier column|column '|mlflow run |epoch \d+/\d+ |generating |\d+/\d+ parts |"
+PROGRESS = re.compile(r"^(encoder fitted in |\d+ rule\(s\) every generated row keeps |latent mixture fitted in |"
+                      r"identifier column|column '|mlflow run |epoch \d+/\d+ |generating |\d+/\d+ parts |"
                       r"holdout: |warning: )")
 
 
@@ -50,6 +51,8 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     assert [line for line in err if line.startswith("epoch ")] == [
         line for line in err if re.match(r"^epoch [12]/2  loss -?\d", line)] and len(
         [line for line in err if line.startswith("epoch ")]) == 2  # one line per epoch, relayed from the controller
+    assert any(line.startswith("3 rule(s) every generated row keeps") and "{fixed: [z, element]}" in line
+               for line in err), err
     # Anything else on stderr is Ray's own diagnostics: the raylet's warnings (routed from stdout to stderr; e.g.
     # how many worker processes the shared test cluster started) and one known line of its C++ core worker.
     others = [line for line in err if not PROGRESS.match(line) and not line.startswith("(raylet) ")]

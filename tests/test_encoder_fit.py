@@ -105,7 +105,7 @@ def adult_dataset(blocks: int):
 
 @pytest.mark.slow
 def test_distributed_fit_ignores_block_count_and_equals_a_sequential_fit(ray_cluster):
-    from pipeline.source import fit_encoder, training_rows
+    from pipeline.source import fit_encoder, plan_rules, training_rows
 
     schema = pq.read_schema(BUNDLED_DATA / "adult.parquet")
     data = DataConfig(path=str(BUNDLED_DATA / "adult.parquet"), conditions=["income", "native-country"],
@@ -115,7 +115,9 @@ def test_distributed_fit_ignores_block_count_and_equals_a_sequential_fit(ray_clu
     fitted = [fit_encoder(ds, schema, data, config, seed=3).to_json() for ds in (one, seven)]
     assert fitted[0] == fitted[1]
 
-    sequential = EncoderSketch(schema, data.conditions, config, data.columns, seed=3)
+    rules = plan_rules(seven, schema, data, config, 3, private=False)  # found rules reparametrise what is sketched
+    assert plan_rules(one, schema, data, config, 3, private=False).to_dict() == rules.to_dict() and rules.applied
+    sequential = EncoderSketch(schema, data.conditions, config, data.columns, seed=3, rules=rules)
     for batch in seven.iter_batches(batch_format="pyarrow", batch_size=5000):
         rows, row_hash = training_rows(batch, schema, 3, data.holdout_fraction)
         sequential.update(rows, row_hash)

@@ -338,7 +338,7 @@ def test_a_killed_private_worker_resumes_its_accounting(ray_cluster, workdir, mo
     assert all(written >= restarted for _, _, written in saved[first:]), [(p["epoch"], w) for _, p, w in saved]
     assert len(killed["steps"]) <= first < 4, (killed, first)
     assert saved[-1][1]["history"][:first] == saved[first - 1][1]["history"]  # carried over, not redone
-    assert sorted(m.step for m in client.get_metric_history(outcome.run_id, "loss")) == [0, 1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(outcome.run_id, "epoch_seconds")) == [0, 1, 2, 3]
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert [str(v.version) for v in client.search_model_versions("name = 'dp-fault'")] == ["1"]

@@ -16,7 +16,7 @@ from pipeline.rules import RuleSketch, parse_rules, table_rules
 from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Step
 
 TABLES = {"adult": (BUNDLED_DATA / "adult.parquet", ["income"]),
-          "sp500": (BUNDLED_DATA / "strings" / "sp500.parquet", ["date"]),
+          "sp500": (BUNDLED_DATA / "strings" / "sp500.parquet", ["volume"]),
           "peeps": (BUNDLED_DATA / "strings" / "peeps.parquet", ["gender"]),
           "nuclides": (BUNDLED_DATA / "nuclides.parquet", ["z"])}
 
@@ -112,10 +112,10 @@ def test_generated_rows_keep_every_found_rule_and_the_conditions(name):
 
 
 def test_declared_rules_hold_with_nothing_found():
-    """sp500 with `data.rules_found: off` and the rules a user would write: a chain, a formula, a step."""
+    """With `data.rules_found: off`, the rules a user would write: on sp500 chains and a formula; on Adult a
+    step, a constant bound and a formula over two columns."""
     table, conditions = load("sp500")
-    declared = parse_rules(["low <= open <= high", "low <= close <= high", "adj_close = close",
-                            {"step": {"volume": 100}}])
+    declared = parse_rules(["low <= open <= high", "low <= close <= high", "adj_close = close"])
     rules = table_rules(table.schema, conditions, declared, "off", 5, found_rules(table))
     assert rules.applied == declared and rules.found == []
     _, _, rows = generated(table, conditions, rules)
@@ -123,6 +123,14 @@ def test_declared_rules_hold_with_nothing_found():
         assert not rule.broken(rows).any(), rule
     prices = rows.column("open").to_numpy()
     assert np.allclose(prices, np.round(prices, 4)), "rebuilt prices keep the real grain (4 decimals)"
+
+    table, conditions = load("adult")
+    declared = parse_rules([{"step": {"hours-per-week": 5}}, "age >= 21", "`capital-gain` = `capital-loss` * 2"])
+    rules = table_rules(table.schema, conditions, declared, "off", 5, None)
+    _, _, rows = generated(table, conditions, rules)
+    for rule in declared:
+        assert not rule.broken(rows).any(), rule
+    assert pc.min(rows.column("age")).as_py() >= 21 and rows.column("hours-per-week").type == pa.int64()
 
 
 def test_a_fixed_combination_with_a_condition_keeps_the_condition():

@@ -28,6 +28,8 @@ from pipeline.privacy import FineGrid, PrivateFit, StatisticsNoise, private_grid
 from pipeline.rules.construct import SEPARATOR, RuleSet
 
 INT_ID_UNIQUE = 0.99     # an integer column named like an id and this unique is an identifier
+UNIQUE_CONDITION_SHARE = 0.5  # text conditions with this many distinct combinations per row cannot work...
+MIN_UNIQUE_CONDITIONS = 1_000  # ...once there are at least this many
 
 
 class EncoderSketch:
@@ -72,6 +74,7 @@ class EncoderSketch:
                 self.sketches[field.name] = NumericSketch(width, config.sample_size, seed * 1_000_003 + i,
                                                           config.min_value_count, private)
         self.combinations: dict[tuple, int] = {}
+        self.pruned = False  # more combinations were seen than the kept `max_condition_combinations`
 
     def update(self, batch: pa.RecordBatch | pa.Table, row_hash: np.ndarray | None = None) -> None:
         """`row_hash`: one uint64 per row of `batch` for reproducible sample keys; None draws them at random."""
@@ -93,6 +96,7 @@ class EncoderSketch:
         for name, sketch in self.sketches.items():
             sketch.merge(other.sketches[name])
         self._add_combinations(other.combinations.items())
+        self.pruned |= other.pruned
         return self
 
     def _add_combinations(self, pairs: Iterable[tuple[tuple, int]]) -> None:
@@ -101,6 +105,7 @@ class EncoderSketch:
         limit = self.config.max_condition_combinations
         if len(self.combinations) > 2 * limit:
             self.combinations = dict(sorted(self.combinations.items(), key=by_count)[:limit])
+            self.pruned = True
 
     def final_kind(self, field: pa.Field) -> str:
         """The inferred kind, with identifiers recognised where the user gave no kind."""
@@ -170,6 +175,8 @@ class EncoderSketch:
         for name in self.conditions:
             if self.sketches[name].nulls == rows:
                 raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
+        if noise is None:
+            self._check_condition_combinations(rows)
         config, codecs = self.config, {}
         for field in self.schema:
             sketch, kind = self.sketches[field.name], self.final_kind(field)
@@ -197,6 +204,23 @@ class EncoderSketch:
         encoder.fitted_rows = rows
         return encoder
 
+
+    def _check_condition_combinations(self, rows: int) -> None:
+        """Conditions that cannot work fail here, before training: more combinations than
+        `encoder.max_condition_combinations`, or text conditions whose values nearly never repeat (a date held in a
+        string: one condition dimension per row, nothing learned per value). Numbers, dates and times condition
+        as values (a quantile code and calendar phases), however many there are."""
+        limit, combinations = self.config.max_condition_combinations, len(self.combinations)
+        text = [name for name in self.conditions if self.kinds[name] == "categorical"]
+        if text and combinations >= max(MIN_UNIQUE_CONDITIONS, UNIQUE_CONDITION_SHARE * rows):
+            shown = f"over {limit:,}" if self.pruned else f"{combinations:,}"
+            raise UserError(f"data.conditions: {', '.join(text)} take {shown} distinct values in {rows:,} "
+                            "training rows, nearly one per row: a condition needs values that repeat; choose a coarser "
+                            "column, fewer conditions, or a typed column (dates as Parquet dates condition by value)")
+        if text and (self.pruned or combinations > limit):
+            raise UserError(f"data.conditions {self.conditions}: over {limit:,} combinations of values in the training "
+                            "split (encoder.max_condition_combinations); condition on fewer or coarser columns, or "
+                            "raise encoder.max_condition_combinations")
 
     def _personal_links(self, codecs: dict) -> dict[str, str]:
         """Which columns personal-data codecs read: the first and last names (an e-mail built from them), a

@@ -3,7 +3,9 @@
 Protected are, outside condition columns, the categories seen in fewer than k training rows and the
 numbers beyond the k-th smallest or k-th largest training value (k = `encoder.min_value_count`).
 `audit` counts them in a model artifact (every file of it, as text, and the encoder's stored values)
-and in a synthetic table; a data engineer runs it before sharing, the tests assert zero.
+and in a synthetic table; a data engineer runs it before sharing, the tests assert zero. Both sides are read
+as the model learns them, through the encoder's rules (pipeline/rules): a fixed group's values as one joined
+value (a combination seen in fewer than k rows is protected), a column kept within others as its gap.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def training_split(uri: str, columns: list[str], seed: int, fraction: float) -> 
 def protected_values(train: pa.Table, encoder: TableEncoder) -> Protected:
     """What the encoder fitted on `train` (the training split) must never store or emit."""
     k, protected = encoder.min_value_count, Protected()
+    train = encoder.rules.forward(train)
     for name, kind in encoder.kinds().items():
         if name in encoder.conditions or kind in ("id", "list", "personal"):  # fresh or library values
             continue
@@ -69,6 +72,7 @@ def audit(protected: Protected, artifact_dir: str | Path, synthetic: pa.Table) -
     stored_by_column = {name: set(codec.stored_values()) for name, codec in encoder.codecs.items()
                         if codec.kind in ("categorical", "id")}  # the strings; numbers are checked by bounds
     hits = {"artifact_text": 0, "artifact_values": 0, "output_values": 0}
+    synthetic = encoder.rules.forward(synthetic)
     for name, values in protected.categories.items():
         # a value rare here may be frequent (and rightly stored) in another column: only the rest is a text hit
         elsewhere = set().union(*(stored for other, stored in stored_by_column.items() if other != name))
