@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+import shlex
 
 from pipeline import console
 from pipeline.config import Config, load_config
@@ -23,7 +23,7 @@ def train_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.train.driver import train
 
     trained = train(config, args.restart)
-    console.result(f"next: cvae generate --set generate.model_uri={trained.model_uri}")
+    console.result(f"next: {next_command('generate', args, f'generate.model_uri={trained.model_uri}')}")
     console.result(where_to_look(config))
     return 0
 
@@ -32,7 +32,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.generate.driver import generate
 
     generated = generate(config, args.overwrite)
-    console.result(f"next: cvae evaluate --set evaluate.synthetic={redact(generated.output)}")
+    console.result(f"next: {next_command('evaluate', args, f'evaluate.synthetic={redact(generated.output)}')}")
     return 0
 
 
@@ -65,6 +65,21 @@ def inspect_command(config: Config, args: argparse.Namespace) -> int:
 
     report(config, inspect_table(config))
     return 0
+
+
+def next_command(command: str, args: argparse.Namespace, setting: str) -> str:
+    """The command to run next, as the user can paste it from the same directory: their --config and every --set
+    they gave (tracking URI, storage, data path, output: the next stage must look where this one wrote), then
+    `setting` (it wins over an earlier --set of the same key), quoted for a POSIX shell."""
+    words = ["cvae", command]
+    if args.config:
+        words += ["--config", args.config]
+    key = setting.partition("=")[0]
+    for override in args.overrides:
+        if override.partition("=")[0].strip() != key:
+            words += ["--set", redact(override)]
+    words += ["--set", setting]
+    return shlex.join(words)
 
 
 def where_to_look(config: Config) -> str:
@@ -106,16 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         return HANDLERS[args.command](config, args)
     except UserError as exc:
-        print(f"cvae {args.command}: error: {exc}", file=sys.stderr)
+        console.error(f"cvae {args.command}: error: {exc}")
         return 1
     except Exception as exc:  # noqa: BLE001 - a scheduler needs one line and a non-zero exit, not a traceback
         if os.environ.get("CVAE_TRACEBACK"):
             raise
         found = user_error_in(exc)  # the data problem a Ray task or worker found, as the driver would say it
         if found is not None:
-            print(f"cvae {args.command}: error: {found}", file=sys.stderr)
+            console.error(f"cvae {args.command}: error: {found}")
             return 1
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        print(f"cvae {args.command}: failed: {type(exc).__name__}: {redact(reason)} "
-              "(set CVAE_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        console.error(f"cvae {args.command}: failed: {type(exc).__name__}: {console.fitted(redact(reason), 600)} "
+                      "(set CVAE_TRACEBACK=1 for the full traceback)")
         return 1

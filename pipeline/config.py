@@ -5,6 +5,8 @@ files under ./runs/, sqlite MLflow), so `cvae run` with no arguments is the demo
 """
 from __future__ import annotations
 
+import difflib
+
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -295,7 +297,9 @@ def _one_line(exc: ValidationError, source: str, set_keys: list[str]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         section = _section_fields(loc[:-1])
-        message = f"unknown key; valid keys here: {', '.join(section)}" if section else "unknown key"
+        close = difflib.get_close_matches(loc[-1], section, n=1)
+        meant = f"did you mean {close[0]!r}? " if close else ""
+        message = f"unknown key; {meant}valid keys here: {', '.join(section)}" if section else "unknown key"
     elif error["type"] == "missing":
         message = "required value is missing"
     elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
@@ -303,7 +307,9 @@ def _one_line(exc: ValidationError, source: str, set_keys: list[str]) -> str:
     if error["type"] == "value_error" and _section_fields(loc) and ": " in message:
         sub_key, _, message = message.partition(": ")
         key = f"{key}.{sub_key}" if key else sub_key
-    origin = next((f"--set {k}" for k in set_keys if k == key or key.startswith(k + ".")), source)
+    # the --set that wrote the key, or one below it (a misspelt section: `--set dat.path=...` fails at `dat`)
+    origin = next((f"--set {k}" for k in set_keys if k == key or key.startswith(k + ".") or k.startswith(key + ".")),
+                  source)
     return f"config error in {origin}: {key or 'config'}: {message}"
 
 

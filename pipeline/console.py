@@ -75,16 +75,29 @@ def ray_init_options() -> dict[str, Any]:
             "logging_config": ray.LoggingConfig(log_level="INFO" if verbose() else "ERROR")}
 
 
+MAX_LINE = 1_000  # characters: a message quoting a library (a list of 14,922 classes) is cut, not printed whole
+
+
+def fitted(text: str, limit: int = MAX_LINE) -> str:
+    """`text` with every line cut to `limit` characters."""
+    return "\n".join(line if len(line) <= limit else f"{line[:limit - 25]} ... ({len(line):,} characters)"
+                     for line in str(text).splitlines() or [""])
+
+
 def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    print(fitted(text), file=sys.stderr, flush=True)
 
 
 def warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
+    print(fitted(f"warning: {text}"), file=sys.stderr, flush=True)
+
+
+def error(text: str) -> None:
+    print(fitted(text), file=sys.stderr, flush=True)
 
 
 def result(text: str) -> None:
-    print(text, flush=True)
+    print(fitted(text), flush=True)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pipeline.artifact import MODEL_ARTIFACT, load_artifact
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.pyfunc import PYFUNC_ENTRY, code_paths, example_conditions, requirements, signature
+from pipeline.storage import redact
 
 VERSION_TAG = "cvae.registered_version"
 
@@ -87,6 +88,7 @@ def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str, str]:
     if not uri.startswith("models:/"):
         return uri, ""
     body = uri.removeprefix("models:/")
+    where = redact(client.tracking_uri)  # an error says which registry it looked in
     try:
         if "@" in body:
             name, alias = body.split("@", 1)
@@ -96,11 +98,13 @@ def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str, str]:
             if ref in ("", "latest"):
                 versions = client.search_model_versions(f"name = '{name}'")
                 if not versions:
-                    raise UserError(f"{uri}: no registered versions of {name!r}; train and register one first")
+                    raise UserError(f"{uri}: no registered versions of {name!r} in the registry at {where}; train and "
+                                    "register one first, or set mlflow.tracking_uri to the registry that holds it")
                 version = str(max(int(v.version) for v in versions))
             else:
                 version = client.get_model_version(name, ref).version
     except MlflowException as exc:
-        raise UserError(f"{uri}: not found in the registry ({exc.message}); check the model name and alias") from None
+        raise UserError(f"{uri}: not found in the registry at {where} ({exc.message}); check the model name and "
+                        "alias, or set mlflow.tracking_uri to the registry that holds it") from None
     return f"models:/{name}/{version}", str(version)
 

@@ -70,6 +70,16 @@ def test_unknown_section(tmp_path):
     assert "trainer" in message and "unknown key" in message
 
 
+def test_a_misspelt_set_is_blamed_with_the_key_meant():
+    """`--set dat.path=...` fails at the section `dat`: the error names the --set the user typed, not the defaults,
+    and the key they meant."""
+    with pytest.raises(UserError) as error:
+        load_config(None, ["data.conditions=[income]", "dat.path=/tmp/x.parquet"])
+    assert str(error.value).startswith("config error in --set dat.path: dat: unknown key; did you mean 'data'?")
+    with pytest.raises(UserError, match="did you mean 'epochs'"):
+        load_config(None, ["train.epoch=3"])
+
+
 def test_wrong_type_names_key_and_value(tmp_path):
     message = error_for(tmp_path, "train:\n  epochs: ten\n")
     assert "job.yaml" in message and "train.epochs" in message and "'ten'" in message

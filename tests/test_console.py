@@ -1,6 +1,7 @@
 """What a person reads: results on stdout, a few progress lines on stderr, Ray's internals only with --verbose."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -61,6 +62,7 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     real = pq.read_table(table)
     synthetic = pq.read_table(workdir / "runs" / "synthetic")
     train = training_split(str(table), real.column_names, seed=0, fraction=0.1)
+    assert f"on the training split of {train.num_rows:,} rows" in done.stderr and train.num_rows < real.num_rows
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
     mlflow.artifacts.download_artifacts("models:/console@candidate", dst_path=str(workdir / "model"))
     assert_believable_and_safe(real, train, synthetic, "is_stable", workdir / "model")
@@ -91,3 +93,27 @@ def test_raylet_warnings_go_to_stderr_not_to_the_results(monkeypatch, capsys):
     assert "(raylet) WARNING: 8 PYTHON worker processes" in err and "8 PYTHON worker processes" not in out
     assert "\x1b[" not in err  # no colour codes
     assert "a worker's own print" in out  # what a worker prints (with --verbose) keeps its stream
+
+
+@pytest.mark.slow
+def test_printed_next_commands_run_as_printed(trained_digits, workdir, capsys):
+    """After `cvae train` with the user's own flags (a tracking store, a storage path and a table that are not the
+    defaults), the `next:` line is a command that runs as pasted: generate finds the model in the user's registry,
+    and the evaluate it prints scores the output against the digits table the model was trained on, not Adult."""
+    from pipeline.cli import main
+
+    overrides, outcome = trained_digits
+    flags = sum([["--set", o] for o in [*overrides, "generate.num_rows=400", f"generate.output={workdir}/digits out"]],
+                [])
+    capsys.readouterr()
+    assert main(["train", *flags]) == 0  # the finished job: nothing to train, the same version back
+    printed = [line.removeprefix("next: ") for line in capsys.readouterr().out.splitlines() if line.startswith("next: ")]
+    assert len(printed) == 1 and f"generate.model_uri={outcome.model_uri}" in printed[0]
+    words = shlex.split(printed[0])
+    assert words[:2] == ["cvae", "generate"] and main(words[1:]) == 0
+    printed = [line.removeprefix("next: ") for line in capsys.readouterr().out.splitlines() if line.startswith("next: ")]
+    assert len(printed) == 1 and "digits out" in printed[0]
+    words = shlex.split(printed[0])
+    assert words[:2] == ["cvae", "evaluate"] and main(words[1:]) == 0
+    assert "quality " in capsys.readouterr().out
+    assert pq.read_table(workdir / "digits out").num_rows == 400

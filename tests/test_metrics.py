@@ -133,3 +133,18 @@ def test_digits_images_count_one_column_per_pixel_and_get_a_grid(digits, tmp_pat
     report = {"columns": scores["columns"]}
     paths = [path for path, _ in report_figures(real, synthetic, kinds, ["digit"], report)]
     assert paths == ["histograms/pixels.png", "histograms/digit.png", "correlations_pixels.png", "images_pixels.png"]
+
+
+def test_utility_skips_a_target_a_booster_cannot_split_with_a_one_line_reason(halves, adult_kinds):
+    """A target with a class of one row, past the 10,000 rows where the booster holds out a stratified share for
+    early stopping: scikit-learn refuses the split (listing every class); the evaluation reports why, in one line,
+    instead of failing."""
+    seen, unseen = halves
+    train = seen.slice(0, 12000)
+    occupation = train["occupation"].to_pylist()
+    occupation[0] = "Astronaut"  # a class held by one row
+    train = train.set_column(train.schema.get_field_index("occupation"), "occupation", pa.array(occupation))
+    real, synthetic, holdout = prepare([train, train, unseen.slice(0, 2000)], adult_kinds)
+    result = utility(real, synthetic, holdout, "occupation", seed=0)
+    assert result["tstr"]["error"].startswith("cannot fit: ") and "\n" not in result["tstr"]["error"]
+    assert "ratio" not in result

@@ -386,6 +386,9 @@ def print_summary(report: dict[str, Any], run_id: str) -> None:
     if headline in tstr and headline in trtr:
         console.result(f"utility ({utility_report['target']}, {headline}): train on synthetic {tstr[headline]:.3f}, "
               f"train on real {trtr[headline]:.3f}")
+    else:  # skipped, with the reason: a table whose target a booster cannot fit is not a failed evaluation
+        reason = tstr.get("error") or trtr.get("error") or "not computed"
+        console.result(f"utility ({utility_report['target']}): skipped: {reason}")
     closer = private.get("share_closer_than_holdout_p5")
     console.result(f"privacy: {private['synthetic_exact_copies']} exact copies of training rows in "
           f"{private['synthetic_rows']:,} sampled; "

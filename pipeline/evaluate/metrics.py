@@ -350,7 +350,11 @@ def utility(train_real: Sample, train_synthetic: Sample, test: Sample, target: s
             categorical_features=categorical or None, random_state=seed, max_iter=100)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.fit(x[keep], y[keep])
+            try:
+                model.fit(x[keep], y[keep])
+            except ValueError as exc:  # e.g. early stopping's stratified split of a target with single-row classes
+                results[name] = {"error": f"cannot fit: {str(exc).splitlines()[0][:200]}"}
+                continue
         y_test = test.columns[target]
         x_test = np.stack([test.columns[f] for f in features], axis=1).astype(float)
         if classify:

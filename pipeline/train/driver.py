@@ -354,7 +354,8 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
             PrivateFit(spend.statistics_epsilon, spend.statistics_delta, noise_seed, tuple(privacy.public_columns))))
     protected = (f"statistics with (epsilon {spend.statistics_epsilon:g}, delta {spend.statistics_delta:.2g})-DP noise"
                  if spend else f"values seen in fewer than {config.encoder.min_value_count} rows protected")
-    console.progress(f"encoder fitted in {clock.lap('encoder_fit'):.2f}s on the training split of {rows:,} rows "
+    fitted_rows = train_rows if train_rows is not None else encoder.fitted_rows  # the split, not the table's rows
+    console.progress(f"encoder fitted in {clock.lap('encoder_fit'):.2f}s on the training split of {fitted_rows:,} rows "
                      f"({encoder.kinds_summary()}; {protected}): "
                      f"{encoder.x_dim} feature and {encoder.c_dim} condition dimensions")
     if spend and not encoder.condition_distribution:
