@@ -6,6 +6,7 @@ files under ./runs/, sqlite MLflow), so `cvae run` with no arguments is the demo
 from __future__ import annotations
 
 import difflib
+import re
 
 from importlib import resources
 from pathlib import Path
@@ -161,11 +162,14 @@ class MLflowConfig(Section):
     alias: str | None = Field("candidate", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+DEFAULT_OUTPUT_ROOT = "./runs/synthetic"
+
+
 class GenerateConfig(Section):
     model_uri: str | None = Field(None, min_length=1)
     num_rows: int = Field(10_000, ge=1)
     conditions: str | dict[str, Any] | list[dict[str, Any]] = "proportional"
-    output: str = Field("./runs/synthetic", min_length=1)
+    output: str | None = Field(None, min_length=1)  # None: ./runs/synthetic/NAME-vVERSION of the model generated from
     storage_options: dict[str, Any] = {}
     seed: int = Field(0, ge=0)
     num_workers: int | Literal["auto"] = "auto"  # auto: as many actors as the cluster's CPUs (or GPUs) hold
@@ -189,6 +193,15 @@ class GenerateConfig(Section):
         raise ValueError("expected 'proportional', a Parquet URI of condition rows, "
                          "{column: {value: count}} or a list of {column: value, ..., count: N}, "
                          f"got {plan!r}")
+
+    def output_for(self, model_version_uri: str) -> str:
+        """`output`, or a folder of its own per registered model version (`models:/NAME/VERSION`): a second
+        table's (or model's) output never lands in the first one's."""
+        if self.output:
+            return self.output
+        name = model_version_uri.removeprefix("models:/").replace("/", "-v", 1) \
+            if model_version_uri.startswith("models:/") else model_version_uri
+        return f"{DEFAULT_OUTPUT_ROOT}/{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-')}"
 
 
 class EvaluateConfig(Section):

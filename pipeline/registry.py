@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import console
 from pipeline.artifact import MODEL_ARTIFACT, load_artifact
-from pipeline.config import Config
+from pipeline.config import Config, MLflowConfig
 from pipeline.errors import UserError
 from pipeline.pyfunc import PYFUNC_ENTRY, code_paths, example_conditions, requirements, signature
 from pipeline.storage import redact
@@ -81,6 +81,11 @@ def fetch_model(model_uri: str) -> dict[str, bytes]:
 def registered_name(model_uri: str) -> str:
     """NAME from `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
     return model_uri.removeprefix("models:/").split("/")[0].split("@")[0]
+
+
+def default_model_uri(config: MLflowConfig) -> str:
+    """The model just registered under `mlflow.model_name`: its alias if set, else its latest version."""
+    return f"models:/{config.model_name}@{config.alias}" if config.alias else f"models:/{config.model_name}/latest"
 
 
 def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str, str]:

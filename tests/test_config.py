@@ -80,6 +80,15 @@ def test_a_misspelt_set_is_blamed_with_the_key_meant():
         load_config(None, ["train.epoch=3"])
 
 
+def test_default_output_is_a_folder_per_model_version():
+    """Two tables (two models) generated with the defaults never share an output folder; an output the user sets
+    is used as given."""
+    generate = load_config(None, []).generate
+    assert generate.output_for("models:/adult-cvae/3") == "./runs/synthetic/adult-cvae-v3"
+    assert generate.output_for("models:/peeps-cvae/1") == "./runs/synthetic/peeps-cvae-v1"
+    assert load_config(None, ["generate.output=s3://b/out"]).generate.output_for("models:/x/1") == "s3://b/out"
+
+
 def test_wrong_type_names_key_and_value(tmp_path):
     message = error_for(tmp_path, "train:\n  epochs: ten\n")
     assert "job.yaml" in message and "train.epochs" in message and "'ten'" in message

@@ -47,7 +47,7 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     assert "promoted models:/console/1 to @champion" in done.stdout
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     assert str(client.get_model_version_by_alias("console", "champion").version) == "1"
-    assert (workdir / "runs" / "synthetic" / "_SUCCESS").exists()
+    assert (workdir / "runs" / "synthetic" / "console-v1" / "_SUCCESS").exists()  # a folder per model version
     assert out[-1] == f"browse runs and models: mlflow ui --backend-store-uri sqlite:///{workdir}/mlflow.db"
     assert [line for line in err if line.startswith("epoch ")] == [
         line for line in err if re.match(r"^epoch [12]/2  loss -?\d", line)] and len(
@@ -60,7 +60,7 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     assert len(others) <= 1, done.stderr
 
     real = pq.read_table(table)
-    synthetic = pq.read_table(workdir / "runs" / "synthetic")
+    synthetic = pq.read_table(workdir / "runs" / "synthetic" / "console-v1")
     train = training_split(str(table), real.column_names, seed=0, fraction=0.1)
     assert f"on the training split of {train.num_rows:,} rows" in done.stderr and train.num_rows < real.num_rows
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")

@@ -35,7 +35,7 @@ from pipeline.evaluate.formats import format_validity
 from pipeline.evaluate.rules import rule_validity
 from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
-from pipeline.registry import registered_name
+from pipeline.registry import default_model_uri, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
 from pipeline.generate.sink import MANIFEST, SPEC, SUCCESS, DatasetManifest, Sink
 from pipeline.rowhash import ROW_HASH, in_holdout
@@ -180,9 +180,10 @@ def _fraction(sample_rows: int, rows: float) -> float:
 
 
 def evaluate(config: Config) -> EvaluateOutcome:
-    """Score `evaluate.synthetic` (default `generate.output`) against `data.path`; log the report to MLflow."""
+    """Score `evaluate.synthetic` (default: where `cvae generate` with these settings writes) against `data.path`;
+    log the report to MLflow."""
     ev, data = config.evaluate, config.data
-    synthetic_uri = absolute(ev.synthetic or config.generate.output)
+    synthetic_uri = absolute(ev.synthetic or default_synthetic(config))
     synthetic_options = config.generate.storage_options
     manifest = _synthetic_dataset(synthetic_uri, synthetic_options)
     fs, files = parquet_files(data.path, data.storage_options)
@@ -288,6 +289,17 @@ def validity(real: ColumnStats, synthetic: ColumnStats, invalid: dict[str, int],
     bad = sum(count for count in invalid.values())
     return {"columns": columns, "invalid_values": bad,
             "null_rate_agreement": float(np.mean([c["null_rate_agreement"] for c in columns.values()]))}
+
+
+def default_synthetic(config: Config) -> str:
+    """`generate.output`, or the folder `cvae generate` gives the model these settings name (resolved in the
+    registry: `@champion` is the version it points at now)."""
+    gen = config.generate
+    if gen.output:
+        return gen.output
+    client = client_for(absolute_tracking_uri(config.mlflow.tracking_uri))
+    model_uri, _ = resolve_model_uri(client, gen.model_uri or default_model_uri(config.mlflow))
+    return gen.output_for(model_uri)
 
 
 def _evaluation_run(client: Any, config: Config, manifest: DatasetManifest | None, synthetic_uri: str,

@@ -25,10 +25,10 @@ import ray
 from pipeline import console
 from pipeline.artifact import load_artifact_files, privacy_guarantee
 from pipeline.cluster import ensure_ray
-from pipeline.config import Config, MLflowConfig
+from pipeline.config import Config
 from pipeline.codec import TableEncoder
 from pipeline.generate.plan import ConditionPlan, build_plan
-from pipeline.registry import fetch_model, registered_name, resolve_model_uri
+from pipeline.registry import default_model_uri, fetch_model, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, log_metrics, tagged_run
 from pipeline.generate.part_writer import PartWriter, WriterSettings, write_with_actors, writer_pool
 from pipeline.generate.sink import DatasetManifest, Sink, failpoint
@@ -49,11 +49,6 @@ class GenerateOutcome:
     actor_peak_rss_mb: float = 0.0
 
 
-def default_model_uri(config: MLflowConfig) -> str:
-    """The model just registered under `mlflow.model_name`: its alias if set, else its latest version."""
-    return f"models:/{config.model_name}@{config.alias}" if config.alias else f"models:/{config.model_name}/latest"
-
-
 def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     gen = config.generate
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
@@ -66,7 +61,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     plan = build_plan(gen, encoder, gen.storage_options)
     encoder.check_capacity(plan.num_rows)
     num_parts = math.ceil(plan.num_rows / gen.rows_per_part)
-    output = absolute(gen.output)
+    output = absolute(gen.output_for(model_uri))
     spec = {"format": "cvae-synthetic/1", "model": model_uri, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
             "precision": gen.precision,
             "num_rows": plan.num_rows, "plan": plan.fingerprint(), "code_version": _code_version()}
