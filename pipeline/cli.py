@@ -90,15 +90,31 @@ def where_to_look(config: Config) -> str:
     return f"browse runs and models: mlflow ui --backend-store-uri {redact(tracking)}"
 
 
+EPILOG = """common keys (--set KEY=VALUE, or the same keys in a --config YAML file):
+  data.path=/data/peeps.parquet       the table: a Parquet file or folder (file://, s3://, gs://)
+  'data.conditions=[country]'         columns to condition on (generate asks for their values)
+  train.epochs=20  train.num_workers=2
+  mlflow.tracking_uri=sqlite:///mlflow.db  mlflow.model_name=peeps
+  generate.num_rows=100000  generate.output=./out/peeps   (default ./runs/synthetic/NAME-vVERSION)
+
+example:
+  cvae inspect --set data.path=/data/peeps.parquet
+  cvae run --set data.path=/data/peeps.parquet --set 'data.conditions=[country]'
+
+every key, its default and meaning: docs/configuration.md (configs/adult.yaml writes out all defaults)"""
+
+
 HANDLERS = {"train": train_command, "generate": generate_command, "evaluate": evaluate_command, "run": run_command,
             "inspect": inspect_command}
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="cvae", description="Conditional synthetic data at cluster scale.")
+    root = argparse.ArgumentParser(prog="cvae", description="Conditional synthetic data at cluster scale.",
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=help_text)
+        command = commands.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_argument("--config", metavar="FILE", help="YAML config (default: the embedded default)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override one dotted key, value parsed as YAML (repeatable)")

@@ -69,9 +69,13 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     name, version = generated.model_uri.removeprefix("models:/").split("/")
     assert client.get_model_version(name, version).tags["cvae.quality"] == f"{report['quality']['overall']:.4f}"
 
+    capsys.readouterr()
     again = evaluate(config)
-    assert again.run_id == first.run_id  # the same evaluation: no second run
+    assert again.run_id == first.run_id  # the same evaluation: no second run, and no second pass over the rows
+    assert "evaluated before with these settings" in capsys.readouterr().err
     assert json.dumps(again.report, sort_keys=True) == json.dumps(report, sort_keys=True)
+    other = evaluate(load_config(None, [*overrides, "evaluate.sample_rows=3000"]))  # other settings: scored again
+    assert other.run_id != first.run_id and other.report["rows"]["sampled_synthetic"] < 6000
 
 
 def test_promotion_gate_moves_the_alias_only_when_quality_clears_it(adult_dataset, capsys):

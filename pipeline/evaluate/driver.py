@@ -18,7 +18,9 @@ import io
 import json
 import math
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -202,6 +204,15 @@ def evaluate(config: Config) -> EvaluateOutcome:
     check_tracking(tracking_uri)
     client = client_for(tracking_uri)
     split = training_split(client, manifest, config)
+    experiment, evaluation_id = _evaluation_identity(client, config, manifest, synthetic_uri, synthetic_fs,
+                                                     synthetic_files, fs, files)
+    done = _finished_evaluation(client, experiment, evaluation_id)
+    if done is not None:  # the same dataset, table and settings scored before: its report, not a second pass
+        run_id, report = done
+        console.progress(f"this dataset was evaluated before with these settings (run {run_id}): its report")
+        promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
+        print_summary(report, run_id)
+        return EvaluateOutcome(run_id, report["quality"]["overall"], report, promoted)
 
     ensure_ray(config.ray.address)
     holdout_rows = real_rows * split.holdout_fraction
@@ -225,7 +236,7 @@ def evaluate(config: Config) -> EvaluateOutcome:
                "model_version_uri": (manifest.model_version_uri or None) if manifest else None,
                "generation_run_id": (manifest.run_id or None) if manifest else None,
                "differential_privacy": manifest.differential_privacy if manifest else None}
-    run_id = _evaluation_run(client, config, manifest, synthetic_uri, synthetic_fs, synthetic_files, fs, files)
+    run_id = _evaluation_run(client, config, manifest, synthetic_uri, experiment, evaluation_id)
     try:
         log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
         promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
@@ -302,17 +313,43 @@ def default_synthetic(config: Config) -> str:
     return gen.output_for(model_uri)
 
 
-def _evaluation_run(client: Any, config: Config, manifest: DatasetManifest | None, synthetic_uri: str,
-                    synthetic_fs: Any, synthetic_files: list[str], real_fs: Any, real_files: list[str]) -> str:
-    """One MLflow run per (synthetic dataset, real table, evaluation settings); a rerun reuses it."""
+def _evaluation_params(config: Config) -> dict[str, Any]:
+    return {key: value for key, value in config.flat().items()
+            if key.startswith("evaluate.") or key in ("data.path", "data.conditions", "data.holdout_fraction", "train.seed")}
+
+
+def _evaluation_identity(client: Any, config: Config, manifest: DatasetManifest | None, synthetic_uri: str,
+                         synthetic_fs: Any, synthetic_files: list[str], real_fs: Any,
+                         real_files: list[str]) -> tuple[str, str]:
+    """(experiment id, evaluation id): one evaluation per (synthetic dataset, real table, evaluation settings),
+    the files known by their listing digest (paths, sizes, dates)."""
     if manifest and manifest.run_id:
         experiment = client.get_run(manifest.run_id).info.experiment_id
     else:
         experiment = experiment_id(client, config)
-    params = {key: value for key, value in config.flat().items()
-              if key.startswith("evaluate.") or key in ("data.path", "data.conditions", "data.holdout_fraction", "train.seed")}
-    identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files), params]
-    evaluation_id = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files),
+                _evaluation_params(config)]
+    return experiment, hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished_evaluation(client: Any, experiment: str, evaluation_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(run id, report) of this evaluation's finished run, if one holds its report."""
+    runs = client.search_runs([experiment], filter_string=f"tags.`{EVALUATION_TAG}` = '{evaluation_id}' and "
+                                                          "attributes.status = 'FINISHED'", max_results=1)
+    if not runs:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(runs[0].info.run_id, "evaluation/report.json", folder)
+            return runs[0].info.run_id, json.loads(Path(path).read_text())
+    except (MlflowException, OSError, ValueError):  # a run without its report: evaluate again
+        return None
+
+
+def _evaluation_run(client: Any, config: Config, manifest: DatasetManifest | None, synthetic_uri: str,
+                    experiment: str, evaluation_id: str) -> str:
+    """One MLflow run per evaluation (`_evaluation_identity`); a rerun reuses it."""
+    params = _evaluation_params(config)
     version = (manifest.model_version or None) if manifest else None
     name = registered_name(manifest.model_version_uri if manifest else "")
     tags = {"cvae.synthetic": redact(synthetic_uri)}
