@@ -30,7 +30,7 @@ from judging import split  # noqa: E402
 from pipeline.config import BUNDLED_DATA  # noqa: E402
 from pipeline.evaluate.rules import rule_validity  # noqa: E402
 
-CONDITIONS = {"adult": ["income"], "strings/sp500": ["date"], "nuclides": ["is_stable"],
+CONDITIONS = {"adult": ["income"], "strings/sp500": ["volume"], "nuclides": ["is_stable"],
               "strings/gibraltar": ["condition"]}
 
 

@@ -98,7 +98,7 @@ EPILOG = """common keys (--set KEY=VALUE, or the same keys in a --config YAML fi
   generate.num_rows=100000  generate.output=./out/peeps   (default ./runs/synthetic/NAME-vVERSION)
 
 example:
-  cvae inspect --set data.path=/data/peeps.parquet
+  cvae inspect --set data.path=/data/peeps.parquet --set 'data.conditions=[country]'
   cvae run --set data.path=/data/peeps.parquet --set 'data.conditions=[country]'
 
 every key, its default and meaning: docs/configuration.md (configs/adult.yaml writes out all defaults)"""

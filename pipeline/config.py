@@ -21,7 +21,9 @@ BUNDLED_DATA = resources.files("pipeline") / "data"
 DEFAULT_DATA_PATH = str(BUNDLED_DATA / "adult.parquet")
 DEFAULT_CONDITIONS = ["income"]
 
-ColumnKind = Literal["continuous", "integer", "categorical", "list", "id"]
+# kinds, and the personal-data roles of string columns (codec/kinds.py PERSONAL_ROLES)
+ColumnKind = Literal["continuous", "integer", "categorical", "list", "id", "first_name", "last_name", "full_name",
+                     "email", "street_address", "city", "postcode", "phone_number"]
 
 
 class Section(BaseModel):
@@ -122,7 +124,7 @@ class PrivacyConfig(Section):
 
 
 class TrainConfig(Section):
-    name: str = Field("cvae", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # None: the model's name
     epochs: int | Literal["auto"] = "auto"  # auto: enough epochs for about AUTO_STEPS optimizer steps (train.py)
     batch_size: int = Field(500, ge=1)
     lr: float = Field(3e-3, gt=0.0)
@@ -239,6 +241,8 @@ class Config(Section):
         if self.mlflow.model_name is None:
             stem = Path(self.data.path.rstrip("/")).name.split(".")[0] or "table"
             object.__setattr__(self.mlflow, "model_name", f"{stem}-cvae")
+        if self.train.name is None:  # a job folder per model: a second table never meets the first one's checkpoints
+            object.__setattr__(self.train, "name", re.sub(r"[^A-Za-z0-9_.-]+", "-", self.mlflow.model_name))
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -248,7 +252,6 @@ class Config(Section):
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     """Read FILE (or the embedded default), apply `--set` overrides, validate once."""
-    source = path or "built-in defaults"
     raw = _read_yaml(path) if path else {}
     set_keys = []
     for item in overrides:
@@ -258,7 +261,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_one_line(exc, source, set_keys)) from None
+        raise UserError(_one_line(exc, path, set_keys)) from None
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -303,7 +306,7 @@ def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _one_line(exc: ValidationError, source: str, set_keys: list[str]) -> str:
+def _one_line(exc: ValidationError, source: str | None, set_keys: list[str]) -> str:
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"] if not str(part).startswith(("function-", "union"))]
     key = ".".join(loc)
@@ -323,7 +326,8 @@ def _one_line(exc: ValidationError, source: str, set_keys: list[str]) -> str:
     # the --set that wrote the key, or one below it (a misspelt section: `--set dat.path=...` fails at `dat`)
     origin = next((f"--set {k}" for k in set_keys if k == key or key.startswith(k + ".") or k.startswith(key + ".")),
                   source)
-    return f"config error in {origin}: {key or 'config'}: {message}"
+    where = f" in {origin}" if origin else ""  # a key nobody set (a required one): no file or flag to blame
+    return f"config error{where}: {key or 'config'}: {message}"
 
 
 def _section_fields(loc: list[str]) -> list[str]:

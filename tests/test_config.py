@@ -89,6 +89,20 @@ def test_default_output_is_a_folder_per_model_version():
     assert load_config(None, ["generate.output=s3://b/out"]).generate.output_for("models:/x/1") == "s3://b/out"
 
 
+def test_personal_roles_are_column_kinds_the_config_accepts():
+    """`data.columns.NAME: first_name` (and every other personal-data role) passes the config to the codecs."""
+    from typing import get_args
+
+    from pipeline.codec.kinds import PERSONAL_ROLES
+    from pipeline.config import ColumnKind
+
+    assert set(PERSONAL_ROLES) <= set(get_args(ColumnKind))
+    config = load_config(None, ["data.conditions=[country]", "data.columns={name_given: first_name, email_addr: email}"])
+    assert config.data.columns == {"name_given": "first_name", "email_addr": "email"}
+    with pytest.raises(UserError, match=r"^config error: data.conditions: required"):  # nobody set it: no blame
+        load_config(None, ["data.path=/data/peeps.parquet"])
+
+
 def test_wrong_type_names_key_and_value(tmp_path):
     message = error_for(tmp_path, "train:\n  epochs: ten\n")
     assert "job.yaml" in message and "train.epochs" in message and "'ten'" in message
@@ -130,3 +144,19 @@ def test_cli_reports_one_line_and_nonzero_exit(capsys):
     assert main(["train", "--set", "train.lr=-1"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.lr" in err
+
+
+def test_help_shows_keys_that_exist_and_points_at_a_reference_that_exists(capsys):
+    """`cvae --help` lists common keys and an example: each key a valid config key, the reference file present."""
+    import re
+
+    from pipeline.cli import EPILOG
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert "common keys" in shown and "docs/configuration.md" in shown
+    assert (Path(__file__).parent.parent / "docs" / "configuration.md").exists()
+    settings = re.findall(r"'?([a-z_]+\.[a-z_]+=[^ ']+)'?", EPILOG)
+    assert len(settings) >= 9
+    load_config(None, settings)  # every key the help names is one the config accepts
