@@ -127,9 +127,9 @@ def training_rows(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float
     return rows.select(schema.names).cast(schema), row_hash
 
 
-def rules_block(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float) -> pa.Table:
+def rules_block(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float, declared: tuple) -> pa.Table:
     """Ray Data map: one block's training rows -> a one-row table holding their pickled `RuleSketch`."""
-    sketch = RuleSketch(schema)
+    sketch = RuleSketch(schema, declared)
     rows, _ = training_rows(batch, schema, seed, fraction)
     sketch.update(rows)
     return _pickled(sketch)
@@ -207,8 +207,9 @@ def plan_rules(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config
     `train.privacy` nothing is found: a rule read off the rows is a statistic the budget does not pay for, and
     declared rules apply without the float grains that pass would measure."""
     declared = parse_rules(data.rules)
+    RuleSet.plan(schema, data.conditions, declared, [], {})  # a declared rule that cannot fit fails before a pass
     sketch = None
     if not private and (data.rules_found != "off" or declared):
-        sketch = _merged(ds, rules_block, {"schema": schema, "seed": seed, "fraction": data.holdout_fraction},
-                         RuleSketch(schema))
+        sketch = _merged(ds, rules_block, {"schema": schema, "seed": seed, "fraction": data.holdout_fraction,
+                                           "declared": tuple(declared)}, RuleSketch(schema, tuple(declared)))
     return table_rules(schema, data.conditions, declared, data.rules_found, config.min_value_count, sketch)

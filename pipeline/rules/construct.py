@@ -264,6 +264,11 @@ def table_rules(schema: pa.Schema, conditions: list[str], declared: list[Rule], 
                 sketch: RuleSketch | None) -> RuleSet:
     """The rules a table's rows keep: the declared ones, and those the sketched training rows keep in every row
     (applied under `found_mode="apply"`, only listed under "suggest"); no sketch: nothing found."""
+    if sketch is not None:
+        for rule, breaking in zip(sketch.declared, sketch.breaking):
+            if breaking:
+                raise UserError(f"data.rules: {shown(rule)} is broken by {breaking:,} of {sketch.rows:,} training "
+                                "rows; fix those rows, or drop the rule")
     found = sketch.rules(k) if sketch is not None and found_mode != "off" else []
     planned = RuleSet.plan(schema, conditions, declared, found if found_mode == "apply" else [],
                            sketch.grains() if sketch is not None else {})

@@ -51,9 +51,13 @@ def _decimals(values: np.ndarray) -> int:
 class RuleSketch:
     """Mergeable counts over the training rows of one table; `rules(k, conditions)` reads the candidates off."""
 
-    def __init__(self, schema: pa.Schema):
+    def __init__(self, schema: pa.Schema, declared: tuple[Rule, ...] = ()):
         self.schema = schema
         self.rows = 0
+        # the user's rules, each with the training rows breaking it (a fixed group cannot be broken: it keeps
+        # the combinations the rows hold)
+        self.declared = [rule for rule in declared if not isinstance(rule, Fixed)]
+        self.breaking = [0] * len(self.declared)
         self.ordered = [f.name for f in schema if family(f.type)]
         self.numbers = [f.name for f in schema if family(f.type) == "number"]
         self.families = {f.name: family(f.type) for f in schema}
@@ -79,6 +83,10 @@ class RuleSketch:
         if not n:
             return
         self.rows += n
+        if self.declared:
+            table = pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch
+            for i, rule in enumerate(self.declared):
+                self.breaking[i] += int(rule.broken(table).sum())
         values = {name: float_values(batch.column(name)) for name in self.ordered}
         for name in self.schema.names:
             nulls = plain(batch.column(name)).null_count
@@ -151,6 +159,7 @@ class RuleSketch:
 
     def merge(self, other: "RuleSketch") -> "RuleSketch":
         self.rows += other.rows
+        self.breaking = [mine + theirs for mine, theirs in zip(self.breaking, other.breaking)]
         for mine, theirs in ((self.valid, other.valid), (self.nulls, other.nulls), (self.set_rows, other.set_rows),
                              (self.null_apart, other.null_apart), (self.both_set, other.both_set),
                              (self.triples, other.triples)):
