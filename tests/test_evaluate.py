@@ -1,5 +1,8 @@
 """`cvae evaluate` and `cvae run` on a real local Ray cluster with MLflow: the report, plots, gate and bad input."""
+import base64
 import json
+from html.parser import HTMLParser
+from pathlib import Path
 
 import mlflow
 import pyarrow.parquet as pq
@@ -69,6 +72,17 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     name, version = generated.model_uri.removeprefix("models:/").split("/")
     assert client.get_model_version(name, version).tags["cvae.quality"] == f"{report['quality']['overall']:.4f}"
 
+    page = (Path(generated.output) / "_evaluation.html").read_text()
+    assert page == mlflow.artifacts.load_text(f"runs:/{first.run_id}/evaluation/report.html")
+    assert f"report to look at: {generated.output}/_evaluation.html" in out
+    seen = PageImages()
+    seen.feed(page)
+    # one histogram per column, each a PNG inlined in the page (it opens offline), and the association heatmap
+    assert {alt.split(":")[0] for alt in seen.images} >= set(report["columns"]) | {"associations"}
+    assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in seen.images.values())
+    assert {"Columns", "Pairs of columns", "Per income", "Utility: train on synthetic, test on real",
+            "Values in their formats", "Privacy"} <= set(seen.headings)
+    assert f"Quality {report['quality']['overall']:.4f}" in page and "Promotion gate: none" in page
     capsys.readouterr()
     again = evaluate(config)
     assert again.run_id == first.run_id  # the same evaluation: no second run, and no second pass over the rows
@@ -76,6 +90,25 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     assert json.dumps(again.report, sort_keys=True) == json.dumps(report, sort_keys=True)
     other = evaluate(load_config(None, [*overrides, "evaluate.sample_rows=3000"]))  # other settings: scored again
     assert other.run_id != first.run_id and other.report["rows"]["sampled_synthetic"] < 6000
+
+
+class PageImages(HTMLParser):
+    """The report page's inlined images (alt text -> base64 PNG) and section headings."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.headings, self._heading = {}, [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,"):
+            self.images[attrs["alt"]] = attrs["src"].removeprefix("data:image/png;base64,")
+        self._heading = tag == "h2"
+
+    def handle_data(self, data):
+        if self._heading:
+            self.headings.append(data)
+            self._heading = False
 
 
 def test_promotion_gate_moves_the_alias_only_when_quality_clears_it(adult_dataset, capsys):

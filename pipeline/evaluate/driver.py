@@ -34,12 +34,13 @@ from pipeline.config import Config, DataConfig
 from pipeline.codec import infer_kind
 from pipeline.errors import UserError
 from pipeline.evaluate.formats import format_validity
+from pipeline.evaluate.html import render
 from pipeline.evaluate.rules import rule_validity
 from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
                               utility)
 from pipeline.registry import default_model_uri, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
-from pipeline.generate.sink import MANIFEST, SPEC, SUCCESS, DatasetManifest, Sink
+from pipeline.generate.sink import MANIFEST, REPORT_PAGE, SPEC, SUCCESS, DatasetManifest, Sink
 from pipeline.rowhash import ROW_HASH, in_holdout
 from pipeline.source import check_table, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
@@ -238,13 +239,18 @@ def evaluate(config: Config) -> EvaluateOutcome:
                "differential_privacy": manifest.differential_privacy if manifest else None}
     run_id = _evaluation_run(client, config, manifest, synthetic_uri, experiment, evaluation_id)
     try:
-        log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
+        figures = log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
         promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
+        page = render(report, figures, gate_words(config, manifest, promoted)).encode()
+        client.log_text(run_id, page.decode(), "evaluation/report.html")
+        beside = _page_beside(synthetic_uri, synthetic_options, page) if manifest else None
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id)
     print_summary(report, run_id)
+    console.result(f"report to look at: {f'{beside} and ' if beside else ''}evaluation/report.html in MLflow run "
+                   f"{run_id}")
     return EvaluateOutcome(run_id, report["quality"]["overall"], report, promoted)
 
 
@@ -384,7 +390,8 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def log_report(client: Any, run_id: str, report: dict[str, Any], reference: Sample, synthetic: Sample,
-               kinds: dict[str, str], conditions: list[str]) -> None:
+               kinds: dict[str, str], conditions: list[str]) -> dict[str, bytes]:
+    """Metrics, report.json and the figures to the run; returns the figures as PNG bytes by artifact path."""
     from pipeline.evaluate.plots import report_figures
 
     log_metrics(client, run_id, headline_metrics(report), step=0)
@@ -393,8 +400,15 @@ def log_report(client: Any, run_id: str, report: dict[str, Any], reference: Samp
     if guarantee:  # beside the quality metrics, so runs compare on both
         client.set_tag(run_id, "privacy.epsilon", f"{guarantee['epsilon']:.6g}")
         client.set_tag(run_id, "privacy.delta", f"{guarantee['delta']:.6g}")
-    for path, figure in report_figures(reference, synthetic, kinds, conditions, report):
-        client.log_figure(run_id, figure, f"evaluation/{path}")
+    figures = {}
+    with tempfile.TemporaryDirectory() as folder:  # each PNG rendered once: for MLflow and for the HTML page
+        for path, figure in report_figures(reference, synthetic, kinds, conditions, report):
+            target = Path(folder) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(target, format="png")
+            figures[path] = target.read_bytes()
+        client.log_artifacts(run_id, folder, "evaluation")
+    return figures
 
 
 def promote(client: Any, config: Config, manifest: DatasetManifest | None, score: float, run_id: str) -> bool:
@@ -417,6 +431,27 @@ def promote(client: Any, config: Config, manifest: DatasetManifest | None, score
         console.result(f"not promoted: quality {score:.4f} < evaluate.min_quality {ev.min_quality}; @{ev.promote_alias} "
               "stays where it was")
     return promoted
+
+
+def _page_beside(synthetic_uri: str, options: dict[str, Any], page: bytes) -> str | None:
+    """The report page written beside a cvae dataset's parts (the sink knows its name); where that folder cannot
+    be written (a read-only share), a warning: the page is in MLflow either way."""
+    try:
+        Sink(synthetic_uri, options).write(REPORT_PAGE, page)
+    except Exception as exc:  # noqa: BLE001 - any filesystem's refusal; the evaluation itself stands
+        console.warn(f"the report page could not be written beside the dataset ({type(exc).__name__}: "
+                     f"{redact(str(exc))[:200]}); it is in MLflow")
+        return None
+    return f"{redact(synthetic_uri.rstrip('/'))}/{REPORT_PAGE}"
+
+
+def gate_words(config: Config, manifest: DatasetManifest | None, promoted: bool) -> str:
+    ev = config.evaluate
+    if not ev.promote_alias or not (manifest and manifest.model_version):
+        return "none (evaluate.promote_alias not set)"
+    if promoted:
+        return f"passed: quality >= {ev.min_quality}, @{ev.promote_alias} moved to version {manifest.model_version}"
+    return f"refused: quality < {ev.min_quality}, @{ev.promote_alias} stays where it was"
 
 
 def print_summary(report: dict[str, Any], run_id: str) -> None:

@@ -24,6 +24,7 @@ from pipeline.storage import filesystem, is_local, redact
 SPEC = "_generation.json"
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
+REPORT_PAGE = "_evaluation.html"  # cvae evaluate's page, written beside a dataset it scored
 JOURNAL = "_parts"
 
 
@@ -131,14 +132,14 @@ class Sink:
     def _foreign_files(self) -> list[str]:
         if not self.fs.exists(self.root):
             return []
-        ours = (SPEC, MANIFEST, SUCCESS, JOURNAL)
+        ours = (SPEC, MANIFEST, SUCCESS, JOURNAL, REPORT_PAGE)
         names = [posixpath.relpath(p, self.root) for p in self.fs.find(self.root)]
         return [n for n in names if not (n.startswith(ours) or (n.startswith("part-") and n.endswith(".parquet"))
                                          or n.startswith("."))]
 
     def clear(self) -> None:
         """Remove this dataset's files only (never anything else under the prefix)."""
-        for name in [SUCCESS, MANIFEST]:
+        for name in [SUCCESS, MANIFEST, REPORT_PAGE]:
             if self.exists(name):
                 self.fs.rm(self.path(name))
         if self.exists(JOURNAL):
