@@ -72,7 +72,7 @@ def main() -> None:
             overrides = [f"data.path={work / 'train.parquet'}", f"data.conditions={CONDITIONS[name]}",
                          "data.holdout_fraction=0.0", f"data.rules_found={mode}", f"train.epochs={args.epochs}",
                          f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db", f"train.storage_path={work}/runs",
-                         f"train.name={mode}", f"mlflow.model_name=rules-{mode}"]
+                         f"train.name=rules-{mode}", f"mlflow.model_name=rules-{mode}"]
             started = time.perf_counter()
             trained = train_and_sample(overrides, holdout.num_rows)
             rules = rule_validity(train, holdout, trained.synthetic)

@@ -185,6 +185,23 @@ def test_personal_columns_are_believable_agree_within_the_row_and_come_from_no_t
     assert decoded(encoder, peeps, 0).equals(synthetic) and not decoded(encoder, peeps, 1).equals(synthetic)
 
 
+def test_personal_columns_are_judged_by_their_format_not_as_categories_nobody_wrote():
+    """Faker's names never equal a training name by design: scoring them as categories would read 0 and drag
+    quality down (peeps: 0.23); the evaluator leaves them out of fidelity, as it does fresh ids, and the
+    manifest says which they are."""
+    from pipeline.config import DataConfig
+    from pipeline.evaluate.driver import scored_kinds
+    from pipeline.generate.sink import DatasetManifest
+
+    peeps, encoder, _ = peeps_round_trip()
+    manifest = DatasetManifest(personal_columns=encoder.personal_columns)
+    kinds = scored_kinds(peeps.schema, DataConfig(path="x", conditions=["country"]), manifest)
+    assert not set(encoder.personal_columns) & set(kinds) and {"dob", "country", "gender", "height_cm"} <= set(kinds)
+    declared = scored_kinds(peeps.schema, DataConfig(path="x", conditions=["country"],
+                                                     columns={"name_given": "first_name"}), None)
+    assert "name_given" not in declared and "name_family" in declared  # without a manifest: what the user said
+
+
 def test_a_name_column_is_not_a_person_unless_the_user_says_so():
     towny = {"name": ["Addington Highlands", "Laurentian Valley", "Perth", "Oakville"] * 30}
     assert fitted(towny).kinds()["name"] != "personal"

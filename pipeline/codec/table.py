@@ -69,6 +69,11 @@ class TableEncoder:
     def id_columns(self) -> list[str]:
         return [name for name, codec in self.codecs.items() if codec.kind == "id"]
 
+    @property
+    def personal_columns(self) -> list[str]:
+        """Columns drawn from Faker: believable values, never a training value, so never a training value's twin."""
+        return [name for name, codec in self.codecs.items() if codec.kind == "personal"]
+
     def kinds(self) -> dict[str, str]:
         """Each column's kind as fitted: id, categorical, integer, continuous or list."""
         return {name: codec.kind for name, codec in self.codecs.items()}

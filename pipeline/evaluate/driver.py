@@ -32,12 +32,13 @@ from pipeline import console
 from pipeline.cluster import ensure_ray
 from pipeline.config import Config, DataConfig
 from pipeline.codec import infer_kind
+from pipeline.codec.kinds import PERSONAL_ROLES
 from pipeline.errors import UserError
 from pipeline.evaluate.formats import format_validity
 from pipeline.evaluate.html import render
 from pipeline.evaluate.rules import rule_validity
-from pipeline.evaluate.metrics import (ColumnStats, Sample, invalid_counts, per_condition, prepare, privacy, quality,
-                              utility)
+from pipeline.evaluate.metrics import (MIN_GROUP_ROWS, ColumnStats, Sample, invalid_counts, per_condition, prepare,
+                                      privacy, quality, utility)
 from pipeline.registry import default_model_uri, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
 from pipeline.generate.sink import MANIFEST, REPORT_PAGE, SPEC, SUCCESS, DatasetManifest, Sink
@@ -77,9 +78,11 @@ def column_kinds(schema: pa.Schema, overrides: dict[str, str]) -> dict[str, str]
 
 
 def scored_kinds(schema: pa.Schema, data: DataConfig, manifest: DatasetManifest | None) -> dict[str, str]:
-    """The columns fidelity is judged on: not those left out (`data.exclude`), not identifiers (fresh values
-    by design: the manifest's `generated_ids`, or `data.columns.NAME: id`)."""
-    ids = set(manifest.generated_ids if manifest else []) | {name for name, kind in data.columns.items() if kind == "id"}
+    """The columns fidelity is judged on: not those left out (`data.exclude`), not identifiers nor personal data
+    (fresh values by design, judged by their format instead: the manifest's `generated_ids` and
+    `personal_columns`, or `data.columns.NAME: id` or a personal-data role)."""
+    ids = set(manifest.generated_ids + manifest.personal_columns if manifest else []) | {
+        name for name, kind in data.columns.items() if kind == "id" or kind in PERSONAL_ROLES}
     excluded = set(data.exclude) | set(manifest.excluded_columns if manifest else [])
     kept = pa.schema([field for field in schema if field.name not in excluded | ids])
     return column_kinds(kept, data.columns)
@@ -464,7 +467,8 @@ def print_summary(report: dict[str, Any], run_id: str) -> None:
     console.result("weakest columns: " + ", ".join(f"{name} {score:.3f}" for name, score in worst))
     for column, entries in report["conditions"].items():
         scored = [f"{e['value']} {e['overall']:.3f}" for e in entries if "overall" in e][:6]
-        console.result(f"per {column}: " + ", ".join(scored))
+        console.result(f"per {column}: " + (", ".join(scored) if scored else
+                                            f"no value holds {MIN_GROUP_ROWS} rows on both sides; not scored"))
     headline = "macro_f1" if utility_report["task"] == "classification" else "r2"
     tstr, trtr = utility_report.get("tstr", {}), utility_report.get("trtr", {})
     if headline in tstr and headline in trtr:

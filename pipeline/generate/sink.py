@@ -45,6 +45,7 @@ class DatasetManifest:
     schema: list[dict[str, str]] = field(default_factory=list)
     excluded_columns: list[str] = field(default_factory=list)  # left out of the model (data.exclude)
     generated_ids: list[str] = field(default_factory=list)     # fresh values, unique here, never a training value
+    personal_columns: list[str] = field(default_factory=list)  # names, e-mails, addresses... drawn from Faker
     column_formats: dict[str, str] = field(default_factory=dict)  # strings read as dates, times, numbers; Faker's
     rules: list[str] = field(default_factory=list)  # rules every row keeps (data.rules and those found)
     value_protection: dict[str, Any] = field(default_factory=dict)
