@@ -48,8 +48,10 @@ def detection(real: pa.Table, synthetic: pa.Table, seed: int = 0) -> float:
         if pd.api.types.is_datetime64_any_dtype(column):
             both[name] = column.astype("int64")
         elif not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-            both[name] = column.astype("string").astype("category").cat.codes.replace(-1, np.nan)
-            categorical.append(name)
+            codes = column.astype("string").astype("category")  # categories sorted: ISO dates in time order
+            both[name] = codes.cat.codes.replace(-1, np.nan)
+            if len(codes.cat.categories) <= 255:  # the booster's limit; beyond it the sorted code is a number
+                categorical.append(name)
     labels = np.r_[np.zeros(n), np.ones(n)]
     model = HistGradientBoostingClassifier(categorical_features=[both.columns.get_loc(c) for c in categorical] or None,
                                            random_state=seed)

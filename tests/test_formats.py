@@ -190,13 +190,15 @@ def test_personal_columns_are_judged_by_their_format_not_as_categories_nobody_wr
     quality down (peeps: 0.23); the evaluator leaves them out of fidelity, as it does fresh ids, and the
     manifest says which they are."""
     from pipeline.config import DataConfig
-    from pipeline.evaluate.driver import scored_kinds
+    from pipeline.evaluate.driver import personal_columns, scored_kinds
     from pipeline.generate.sink import DatasetManifest
 
     peeps, encoder, _ = peeps_round_trip()
     manifest = DatasetManifest(personal_columns=encoder.personal_columns)
     kinds = scored_kinds(peeps.schema, DataConfig(path="x", conditions=["country"]), manifest)
     assert not set(encoder.personal_columns) & set(kinds) and {"dob", "country", "gender", "height_cm"} <= set(kinds)
+    data = DataConfig(path="x", conditions=["country"])
+    assert personal_columns(peeps.schema, data, manifest) == encoder.personal_columns  # format validity reads them
     declared = scored_kinds(peeps.schema, DataConfig(path="x", conditions=["country"],
                                                      columns={"name_given": "first_name"}), None)
     assert "name_given" not in declared and "name_family" in declared  # without a manifest: what the user said

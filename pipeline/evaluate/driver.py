@@ -47,6 +47,8 @@ from pipeline.source import check_table, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
 
 EVALUATION_TAG = "cvae.evaluation_id"
+# 2: personal columns judged by format only, the HTML page; a finished evaluation of another format is not reused
+REPORT_FORMAT = "cvae-evaluation/2"
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")  # what MLflow refuses in a metric name, e.g. "Culmen Length (mm)"
 MIN_HOLDOUT_ROWS = 500
 SAMPLE_SEED_OFFSET = 0x5EED
@@ -81,11 +83,17 @@ def scored_kinds(schema: pa.Schema, data: DataConfig, manifest: DatasetManifest 
     """The columns fidelity is judged on: not those left out (`data.exclude`), not identifiers nor personal data
     (fresh values by design, judged by their format instead: the manifest's `generated_ids` and
     `personal_columns`, or `data.columns.NAME: id` or a personal-data role)."""
-    ids = set(manifest.generated_ids + manifest.personal_columns if manifest else []) | {
-        name for name, kind in data.columns.items() if kind == "id" or kind in PERSONAL_ROLES}
+    ids = set(manifest.generated_ids if manifest else []) | {name for name, kind in data.columns.items() if kind == "id"}
     excluded = set(data.exclude) | set(manifest.excluded_columns if manifest else [])
-    kept = pa.schema([field for field in schema if field.name not in excluded | ids])
-    return column_kinds(kept, data.columns)
+    fresh = excluded | ids | set(personal_columns(schema, data, manifest))
+    return column_kinds(pa.schema([field for field in schema if field.name not in fresh]), data.columns)
+
+
+def personal_columns(schema: pa.Schema, data: DataConfig, manifest: DatasetManifest | None) -> list[str]:
+    """The real table's columns a model draws from Faker (the manifest's, or the roles `data.columns` gives)."""
+    named = set(manifest.personal_columns if manifest else []) | {
+        name for name, kind in data.columns.items() if kind in PERSONAL_ROLES}
+    return [name for name in schema.names if name in named]
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,17 +231,20 @@ def evaluate(config: Config) -> EvaluateOutcome:
     fractions = {"train": _fraction(ev.sample_rows, real_rows - holdout_rows)}
     if holdout_rows:
         fractions["holdout"] = _fraction(ev.sample_rows, holdout_rows)
-    real_stats, _, real_samples = _stream(fs, files, kinds, fractions, split, ev.seed, None)
+    # personal-data columns ride along for format validity only: their values are fresh by design
+    streamed = kinds | {name: "categorical" for name in personal_columns(real_schema, data, manifest)}
+    real_stats, _, real_samples = _stream(fs, files, streamed, fractions, split, ev.seed, None)
     synthetic_stats, invalid, synthetic_samples = _stream(
-        synthetic_fs, synthetic_files, kinds, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)},
+        synthetic_fs, synthetic_files, streamed, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)},
         Split(0, 0.0, "none: every synthetic row"), ev.seed, real_stats)
+    invalid = {name: count for name, count in invalid.items() if name in kinds}
     report, reference, synthetic = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions,
                                                 target, ev.privacy_rows, ev.seed)
     report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
     report["formats"] = format_validity(real_samples["train"], real_samples.get("holdout"),
                                         synthetic_samples["synthetic"])
     report["rules"] = rule_validity(real_samples["train"], real_samples.get("holdout"), synthetic_samples["synthetic"])
-    report |= {"format": "cvae-evaluation/1", "synthetic": redact(synthetic_uri), "real": redact(data.path),
+    report |= {"format": REPORT_FORMAT, "synthetic": redact(synthetic_uri), "real": redact(data.path),
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
                                                                           in {**real_samples, **synthetic_samples}.items()}},
                "split": {"holdout_fraction": split.holdout_fraction, "seed": split.seed, "from": split.source},
@@ -337,7 +348,7 @@ def _evaluation_identity(client: Any, config: Config, manifest: DatasetManifest 
     else:
         experiment = experiment_id(client, config)
     identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files),
-                _evaluation_params(config)]
+                _evaluation_params(config), REPORT_FORMAT]
     return experiment, hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
