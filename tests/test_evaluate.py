@@ -88,6 +88,8 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     assert again.run_id == first.run_id  # the same evaluation: no second run, and no second pass over the rows
     assert "evaluated before with these settings" in capsys.readouterr().err
     assert json.dumps(again.report, sort_keys=True) == json.dumps(report, sort_keys=True)
+    named = evaluate(load_config(None, [*overrides, f"evaluate.synthetic={generated.output}"]))
+    assert named.run_id == first.run_id  # the same table named outright (as `cvae run` does): the same evaluation
     other = evaluate(load_config(None, [*overrides, "evaluate.sample_rows=3000"]))  # other settings: scored again
     assert other.run_id != first.run_id and other.report["rows"]["sampled_synthetic"] < 6000
 

@@ -347,8 +347,10 @@ def _evaluation_identity(client: Any, config: Config, manifest: DatasetManifest 
         experiment = client.get_run(manifest.run_id).info.experiment_id
     else:
         experiment = experiment_id(client, config)
-    identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files),
-                _evaluation_params(config), REPORT_FORMAT]
+    settings = {key: value for key, value in _evaluation_params(config).items()
+                if key != "evaluate.synthetic"}  # named or by default, the same table: synthetic_uri says which
+    identity = [synthetic_uri, digest(synthetic_fs, synthetic_files), digest(real_fs, real_files), settings,
+                REPORT_FORMAT]
     return experiment, hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -16,6 +16,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-botto
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:.5em}.grid figure{margin:0;width:340px}.grid img{width:100%}
+.wide figure{width:100%}
 figcaption{font-size:.85em;color:#555}.verdict{font-size:1.1em;padding:.6em;background:#f6f8fa}"""
 PAIRS_SHOWN = 10
 
@@ -45,7 +46,7 @@ def render(report: dict[str, Any], figures: dict[str, bytes], gate: str) -> str:
                   f"{f'; the weakest and the best {PAIRS_SHOWN}' if len(shown) < len(related) else ''}:</p>",
                   _table(["pair", "score"], [(" & ".join(pair["columns"]), pair["score"]) for pair in shown])]
     parts.append(_grid({path: path.removesuffix(".png").replace("_", " ") for path in figures
-                        if not path.startswith("histograms/")}, figures))
+                        if not path.startswith("histograms/")}, figures, wide=True))  # heatmaps: full width
     for column, entries in report.get("conditions", {}).items():
         parts += [f"<h2>Per {_e(column)}</h2>",
                   _table(["value", "quality", "synthetic rows", "real rows"],
@@ -103,11 +104,11 @@ def _cell(value: Any) -> str:
     return f"<td>{_e('' if value is None else value)}</td>"
 
 
-def _grid(captions: dict[str, str], figures: dict[str, bytes]) -> str:
+def _grid(captions: dict[str, str], figures: dict[str, bytes], wide: bool = False) -> str:
     shown = [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,"
              f"{base64.b64encode(figures[path]).decode()}'><figcaption>{_e(caption)}</figcaption></figure>"
              for path, caption in captions.items() if path in figures]
-    return f"<div class=grid>{''.join(shown)}</div>" if shown else ""
+    return f"<div class='grid{' wide' if wide else ''}'>{''.join(shown)}</div>" if shown else ""
 
 
 def _e(value: Any) -> str:
