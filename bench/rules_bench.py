@@ -6,7 +6,9 @@ held-out real rows from as many synthetic ones, 3-fold ROC AUC, score 2 x (1 - A
 
     python bench/rules_bench.py [--tables adult strings/sp500 nuclides] [--epochs 8]
 
-Writes bench/results/rules.jsonl and prints one line per table and variant, and ten real and ten generated rows.
+Also our evaluator's fidelity (SDMetrics QualityReport's definitions) against the holdout, beside the real
+training rows' own. Writes bench/results/rules.jsonl and prints one line per table and variant, and ten real and
+ten generated rows.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from in_process import train_and_sample  # noqa: E402
 from judging import split  # noqa: E402
 
 from pipeline.config import BUNDLED_DATA  # noqa: E402
+from pipeline.evaluate.driver import column_kinds  # noqa: E402
+from pipeline.evaluate.metrics import prepare, quality  # noqa: E402
 from pipeline.evaluate.rules import rule_validity  # noqa: E402
 
 CONDITIONS = {"adult": ["income"], "strings/sp500": ["volume"], "nuclides": ["is_stable"],
@@ -59,6 +63,14 @@ def detection(real: pa.Table, synthetic: pa.Table, seed: int = 0) -> float:
     return float(max(0.0, 2 * (1 - auc)))
 
 
+def fidelity(train: pa.Table, holdout: pa.Table, synthetic: pa.Table) -> dict[str, float]:
+    """Our evaluator's fidelity (SDMetrics QualityReport's definitions) of the generated rows against the holdout,
+    beside the real training rows' own score against it (the ceiling)."""
+    kinds = {name: kind for name, kind in column_kinds(train.schema, {}).items() if kind != "id"}
+    real, unseen, generated = prepare([train, holdout, synthetic], kinds)
+    return {"synthetic": quality(unseen, generated)["overall"], "training_rows": quality(unseen, real)["overall"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tables", nargs="+", default=list(CONDITIONS))
@@ -82,6 +94,7 @@ def main() -> None:
                       "rule_validity": rules["synthetic"], "rule_validity_holdout": rules["holdout"],
                       "rules_judged": len(rules["rules"]),
                       "detection": detection(holdout, trained.synthetic),
+                      "quality": fidelity(train, holdout, trained.synthetic),
                       "detection_train_rows": detection(holdout, train),
                       "worst_rules": sorted(((r, s["synthetic"]) for r, s in rules["rules"].items()),
                                             key=lambda item: item[1])[:3],

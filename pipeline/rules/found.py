@@ -14,6 +14,7 @@ Also each float column's grain (decimals, up to 6) so that rebuilt values are wr
 from __future__ import annotations
 
 import math
+from typing import Any
 from itertools import combinations, permutations
 
 import numpy as np
@@ -25,6 +26,9 @@ from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf,
 TIGHT = 0.01          # shifted rows breaking an inequality: below this share it is a matter of scale
 LOW_CARDINALITY = 200  # distinct values a column may have to take part in fixed combinations
 MAX_PAIR_COMBINATIONS = 4_000
+TIED_SHARE = 0.01        # a combination independence would give this share of the rows (and >= TIED_ROWS)...
+TIED_ROWS = 100          # ...held by fewer than k rows ties the pair (never married and husband)
+MAX_TIED_VALUES = 200    # tied columns merge while the product of their distinct values stays this small
 MAX_FORMULA_COLUMNS = 16  # numeric columns searched for a = b + c, a = b * c (pairs x targets per block)
 MAX_DECIMALS = 6
 
@@ -211,6 +215,7 @@ class RuleSketch:
                 found.append(Formula(a, (op, b, c)))
         derived = {rule.target for rule in found}
         found += self._fixed(k, derived)
+        found += self._tied(k, derived, {name for rule in found if isinstance(rule, Fixed) for name in rule.group})
         fixed = {name for rule in found if isinstance(rule, Fixed) for name in rule.group}
         for (a, b), counts in sorted(self.pairs.items()):
             both, over, at_or_over, differ, shifted = counts
@@ -246,6 +251,38 @@ class RuleSketch:
                 groups.append(Fixed(tuple(sorted(group, key=self.schema.names.index))))
                 used.update(group)
         return groups
+
+    def _tied(self, k: int, derived: set[str], used: set[str]) -> list[Fixed]:
+        """Columns whose combinations are not free: a pair with a combination that independence expects in >= 1%
+        of rows that fewer than k training rows hold (Adult: never married and husband; husband and female) is
+        tied, and tied pairs join into groups while the product of their distinct values stays small. Held as
+        fixed combinations, the model learns the group's values jointly: a row never pairs values no k rows
+        pair."""
+        floor = max(TIED_ROWS, TIED_SHARE * self.rows)
+        strength: dict[tuple[str, str], float] = {}
+        for (a, b), combos in self.combos.items():
+            if combos is None or {a, b} & (derived | used):
+                continue
+            left: dict[Any, int] = {}
+            right: dict[Any, int] = {}
+            for (x, y), count in combos.items():
+                left[x] = left.get(x, 0) + count
+                right[y] = right.get(y, 0) + count
+            if len(left) < 2 or len(right) < 2:
+                continue
+            expected = max((left[x] * right[y] / self.rows for x in left for y in right
+                            if combos.get((x, y), 0) < k), default=0.0)
+            if expected >= floor:
+                strength[(a, b)] = expected
+        groups: list[set[str]] = []
+        values = lambda group: math.prod(len(self.distinct[name]) for name in group)  # noqa: E731
+        for a, b in sorted(strength, key=lambda pair: (-strength[pair], pair)):  # the strongest ties first
+            joined = [group for group in groups if a in group or b in group]
+            merged = set().union({a, b}, *joined)
+            if len(joined) == 1 and {a, b} <= joined[0] or values(merged) > MAX_TIED_VALUES:
+                continue
+            groups = [group for group in groups if group not in joined] + [merged]
+        return [Fixed(tuple(sorted(group, key=self.schema.names.index))) for group in groups]
 
     def _null_together(self, k: int, derived: set[str]) -> list[NullTogether]:
         together: dict[str, set[str]] = {}
