@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from in_process import fastest  # noqa: E402
 from pipeline.model import latent_prior  # noqa: E402
 from pipeline.model.latent_prior import LatentMixture, draw  # noqa: E402
 
@@ -24,15 +25,6 @@ from pipeline.model.latent_prior import LatentMixture, draw  # noqa: E402
 def gathered(noise: torch.Tensor, component: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
     """The replaced way: one factor per row, (n, latent, latent), then a batched matrix-vector product."""
     return torch.bmm(scale_tril[component], noise.unsqueeze(-1)).squeeze(-1)
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:
@@ -63,9 +55,9 @@ def main() -> None:
             for name, scaling in figures.items():
                 latent_prior._scaled = scaling
                 seconds[name] = min(seconds.get(name, float("inf")),
-                                    best_of(lambda: draw(mixture, combination, generator), args.repeats))
+                                    fastest(lambda: draw(mixture, combination, generator), args.repeats))
         latent_prior._scaled = grouped
-        seconds["decoder forward (Adult widths)"] = best_of(lambda: decoder(decoder_input), args.repeats)
+        seconds["decoder forward (Adult widths)"] = fastest(lambda: decoder(decoder_input), args.repeats)
     forward = seconds["decoder forward (Adult widths)"]
     print(f"{args.rows:,} rows, latent {args.latent}, {total} components over {args.combinations} combinations, "
           f"{torch.get_num_threads()} torch threads")

@@ -12,7 +12,6 @@ a test.
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pipeline.codec import id_formats
 from pipeline.config import EncoderConfig
 from pipeline.codec import fit_table
 
+from in_process import fastest  # noqa: E402 (bench/)
 from judging import CONDITIONS  # noqa: E402 (bench/): each table's natural condition column
 
 DATA = Path(__file__).resolve().parents[1] / "pipeline" / "data"
@@ -64,15 +64,6 @@ def flat(column: pa.Array) -> pa.Array:
     """A list column's elements (digits' 64 pixels), what its sketch counts; any other column as it is."""
     return pc.list_flatten(column) if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type) \
         else column
-
-
-def fastest(fit, repeats: int) -> float:
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fit()
-        seconds.append(time.perf_counter() - started)
-    return min(seconds)
 
 
 def main() -> None:
