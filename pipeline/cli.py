@@ -98,7 +98,7 @@ EPILOG = """common keys (--set KEY=VALUE, or the same keys in a --config YAML fi
   generate.num_rows=100000  generate.output=./out/peeps   (default ./runs/synthetic/NAME-vVERSION)
 
 example:
-  cvae inspect --set data.path=/data/peeps.parquet --set 'data.conditions=[country]'
+  cvae inspect --set data.path=/data/peeps.parquet
   cvae run --set data.path=/data/peeps.parquet --set 'data.conditions=[country]'
 
 every key, its default and meaning: docs/configuration.md (configs/adult.yaml writes out all defaults)"""
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     console.configure(args.verbose)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, conditions_optional=args.command == "inspect")
         return HANDLERS[args.command](config, args)
     except UserError as exc:
         console.error(f"cvae {args.command}: error: {exc}")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from pipeline.errors import UserError
 
@@ -57,13 +58,15 @@ class DataConfig(Section):
         return rules
 
     @model_validator(mode="after")
-    def _conditions_required(self) -> "DataConfig":
-        if self.conditions is None:
+    def _conditions_required(self, info: ValidationInfo) -> "DataConfig":
+        if self.conditions is None and (info.context or {}).get("conditions_optional"):
+            object.__setattr__(self, "conditions", [])  # `cvae inspect`: a first look, before choosing them
+        elif self.conditions is None:
             if self.path != DEFAULT_DATA_PATH:
                 raise ValueError("conditions: required for a table other than the bundled default; "
                                  "set data.conditions to a list of column names")
             object.__setattr__(self, "conditions", list(DEFAULT_CONDITIONS))
-        if not self.conditions:
+        elif not self.conditions:
             raise ValueError("conditions: must name at least one column")
         if len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"conditions: repeated column in {self.conditions}")
@@ -250,8 +253,9 @@ class Config(Section):
         return _flatten(self.model_dump())
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Read FILE (or the embedded default), apply `--set` overrides, validate once."""
+def load_config(path: str | None = None, overrides: list[str] = (), conditions_optional: bool = False) -> Config:
+    """Read FILE (or the embedded default), apply `--set` overrides, validate once. `conditions_optional`: a
+    table other than the bundled one may leave `data.conditions` unset (`cvae inspect` needs none)."""
     raw = _read_yaml(path) if path else {}
     set_keys = []
     for item in overrides:
@@ -259,7 +263,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         _assign(raw, key, value)
         set_keys.append(key)
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"conditions_optional": conditions_optional})
     except ValidationError as exc:
         raise UserError(_one_line(exc, path, set_keys)) from None
 

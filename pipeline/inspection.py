@@ -44,7 +44,9 @@ def inspect_table(config: Config) -> Inspection:
 def report(config: Config, inspection: Inspection) -> None:
     """Prints the columns, then the rules as YAML (found ones applied by default, others with why not)."""
     encoder, rules = inspection.encoder, inspection.encoder.rules
-    console.result(f"{redact(config.data.path)}: {inspection.rows:,} rows, conditions {config.data.conditions}")
+    conditions = config.data.conditions or "none yet (cvae train needs data.conditions: columns whose values you "\
+        "will ask for)"
+    console.result(f"{redact(config.data.path)}: {inspection.rows:,} rows, conditions {conditions}")
     kinds, formats = encoder.kinds(), encoder.formats()
     for field in encoder.schema:
         if field.name in kinds:

@@ -117,3 +117,25 @@ def test_printed_next_commands_run_as_printed(trained_digits, workdir, capsys):
     assert words[:2] == ["cvae", "evaluate"] and main(words[1:]) == 0
     assert "quality " in capsys.readouterr().out
     assert pq.read_table(workdir / "digits out").num_rows == 400
+
+
+@pytest.mark.slow
+def test_inspect_shows_kinds_and_rules_before_any_condition_is_chosen(ray_cluster, capsys):
+    """`cvae inspect` is a first look: no data.conditions needed; each column's kind and the rules as YAML that
+    pastes into data.rules."""
+    import itertools
+
+    import yaml
+
+    from pipeline.cli import main
+
+    table = BUNDLED_DATA / "strings" / "peeps.parquet"
+    assert main(["inspect", "--set", f"data.path={table}",
+                 "--set", f"ray.address={ray_cluster.get_runtime_context().gcs_address}"]) == 0
+    out = capsys.readouterr().out
+    assert "100 rows, conditions none yet" in out
+    assert "email_addr (string): personal: email from Faker" in out and "dob (string): formatted: date as %Y-%m-%d" in out
+    lines = out.splitlines()
+    start = lines.index("data:")
+    block = [lines[start]] + [line for line in itertools.takewhile(lambda l: l.startswith((" ", "-")), lines[start + 1:])]
+    assert {"fixed": ["country", "country_code"]} in yaml.safe_load("\n".join(block))["data"]["rules"]
