@@ -170,6 +170,11 @@ class MLflowConfig(Section):
 DEFAULT_OUTPUT_ROOT = "./runs/synthetic"
 
 
+def folder_name(text: str) -> str:
+    """`text` as one safe path segment: each run of characters other than letters, digits, `.`, `_`, `-` -> `-`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+
+
 class GenerateConfig(Section):
     model_uri: str | None = Field(None, min_length=1)
     num_rows: int = Field(10_000, ge=1)
@@ -206,7 +211,7 @@ class GenerateConfig(Section):
             return self.output
         name = model_version_uri.removeprefix("models:/").replace("/", "-v", 1) \
             if model_version_uri.startswith("models:/") else model_version_uri
-        return f"{DEFAULT_OUTPUT_ROOT}/{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-')}"
+        return f"{DEFAULT_OUTPUT_ROOT}/{folder_name(name).strip('-')}"
 
 
 class EvaluateConfig(Section):
@@ -245,7 +250,7 @@ class Config(Section):
             stem = Path(self.data.path.rstrip("/")).name.split(".")[0] or "table"
             object.__setattr__(self.mlflow, "model_name", f"{stem}-cvae")
         if self.train.name is None:  # a job folder per model: a second table never meets the first one's checkpoints
-            object.__setattr__(self.train, "name", re.sub(r"[^A-Za-z0-9_.-]+", "-", self.mlflow.model_name))
+            object.__setattr__(self.train, "name", folder_name(self.mlflow.model_name))
         return self
 
     def flat(self) -> dict[str, Any]:

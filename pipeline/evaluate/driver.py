@@ -255,8 +255,8 @@ def evaluate(config: Config) -> EvaluateOutcome:
     try:
         figures = log_report(client, run_id, report, reference, synthetic, kinds, data.conditions)
         promoted = promote(client, config, manifest, report["quality"]["overall"], run_id)
-        page = render(report, figures, gate_words(config, manifest, promoted)).encode()
-        client.log_text(run_id, page.decode(), "evaluation/report.html")
+        page = render(report, figures, gate_words(config, manifest, promoted))
+        client.log_text(run_id, page, "evaluation/report.html")
         beside = _page_beside(synthetic_uri, synthetic_options, page) if manifest else None
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
@@ -449,11 +449,11 @@ def promote(client: Any, config: Config, manifest: DatasetManifest | None, score
     return promoted
 
 
-def _page_beside(synthetic_uri: str, options: dict[str, Any], page: bytes) -> str | None:
+def _page_beside(synthetic_uri: str, options: dict[str, Any], page: str) -> str | None:
     """The report page written beside a cvae dataset's parts (the sink knows its name); where that folder cannot
     be written (a read-only share), a warning: the page is in MLflow either way."""
     try:
-        Sink(synthetic_uri, options).write(REPORT_PAGE, page)
+        Sink(synthetic_uri, options).write(REPORT_PAGE, page.encode())
     except Exception as exc:  # noqa: BLE001 - any filesystem's refusal; the evaluation itself stands
         console.warn(f"the report page could not be written beside the dataset ({type(exc).__name__}: "
                      f"{redact(str(exc))[:200]}); it is in MLflow")
