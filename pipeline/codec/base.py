@@ -110,6 +110,11 @@ class Codec(ABC):
         or numbers, the values they write (what the audit compares with the protected bounds)."""
         return arr
 
+    @property
+    def modelled_type(self) -> pa.DataType:
+        """The Arrow type of `modelled_values`: a date for a string that holds dates."""
+        return self.arrow_type
+
     def written_as(self) -> str | None:
         """How the column's values are written when not as a model's plain categories or numbers (dates held in
         strings, names from Faker), for the console and the manifest; None otherwise."""

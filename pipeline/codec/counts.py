@@ -2,6 +2,7 @@
 frequent values so a column of a million distinct values costs a bounded dictionary."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterable
 
 import numpy as np
@@ -23,6 +24,12 @@ def summed(keys: pa.Array, counts: pa.Array, bound: int | None = None) -> list[t
 def by_count(item: tuple[Any, int]) -> tuple[int, str]:
     """Most frequent first; ties by value, so the order does not depend on the order rows were counted in."""
     return -item[1], str(item[0])
+
+
+def by_count_spread(item: tuple[Any, int]) -> tuple[int, bytes]:
+    """Most frequent first; ties in an order that is fixed but unrelated to the values, so cutting a tail of
+    values seen once (dates, timestamps) keeps a spread of them rather than the earliest."""
+    return -item[1], hashlib.blake2b(str(item[0]).encode(), digest_size=8).digest()
 
 
 def add_counts(counts: dict[Any, int], pairs: Iterable[tuple[Any, int]], bound: int) -> bool:

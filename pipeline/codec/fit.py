@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.codec.arrow import is_string_like, numeric_storage, plain, storage_type
 from pipeline.codec.base import FitSettings
-from pipeline.codec.counts import by_count
+from pipeline.codec.counts import by_count, by_count_spread
 from pipeline.codec.kinds import PERSONAL_ROLES, infer_kind, named_like_id
 from pipeline.codec.personal import COUNTRY_WORDS, GENDER_WORDS, GENDERS, locale_of, name_words, role_of
 from pipeline.codec.private import FineHistograms, private_codec, private_combinations
@@ -63,8 +63,9 @@ class EncoderSketch:
             if kind in ("categorical", "personal") or (kind == "id" and is_string_like(field.type)):
                 may_be_id = (is_string_like(field.type) and field.name not in conditions
                              and self.overrides.get(field.name) in (None, "id"))  # the cases final_kind decides
-                may_be_formatted = (is_string_like(field.type) and field.name not in conditions
-                                    and field.name not in self.overrides and not private and config.typed_strings)
+                # a condition too: a date held in a string conditions by value, as a Parquet date does
+                may_be_formatted = (is_string_like(field.type) and field.name not in self.overrides
+                                    and not private and config.typed_strings)
                 formats = TextFormatSketch(config.sample_size, seed * 1_000_003 + i, config.min_value_count) \
                     if may_be_formatted else None
                 self.sketches[field.name] = CategorySketch(max(10 * config.max_categories, 10 * TAIL_VALUES_KEPT),
@@ -104,19 +105,19 @@ class EncoderSketch:
             self.combinations[combo] = self.combinations.get(combo, 0) + count
         limit = self.config.max_condition_combinations
         if len(self.combinations) > 2 * limit:
-            self.combinations = dict(sorted(self.combinations.items(), key=by_count)[:limit])
+            self.combinations = dict(sorted(self.combinations.items(), key=by_count_spread)[:limit])
             self.pruned = True
 
     def final_kind(self, field: pa.Field) -> str:
         """The inferred kind, with identifiers recognised where the user gave no kind."""
         name, kind, sketch = field.name, self.kinds[field.name], self.sketches[field.name]
-        if name in self.conditions or name in self.overrides:
+        if name in self.overrides or self.private:  # private: uniqueness is decided on noisy counts at the end
             return kind
-        if self.private:  # how unique a column is, is a statistic of its rows: decided on noisy counts at the end
-            return kind
-        k = self.config.min_value_count
+        k = 1 if name in self.conditions else self.config.min_value_count  # conditions keep every value
         if kind == "categorical" and sketch.formats is not None and sketch.formats.choice(k) is not None:
             return "formatted"  # before ids: a column of unique timestamps is timestamps
+        if name in self.conditions:
+            return kind
         if kind == "categorical" and sketch.formats is not None and \
                 role_of(name, sketch, sketch.looks_like_id(name, k)) is not None:
             return "personal"  # before ids: unique e-mails are e-mails
@@ -196,7 +197,8 @@ class EncoderSketch:
         combinations = self.combinations
         if noise is not None and not all(name in noise.public for name in self.conditions):
             combinations = private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
-        top = sorted(combinations.items(), key=by_count)[: config.max_condition_combinations]
+        top = sorted(sorted(combinations.items(), key=by_count_spread)[: config.max_condition_combinations],
+                     key=by_count)
         distribution = [{"values": list(combo), "count": count} for combo, count in top]
         encoder = TableEncoder(self.source_schema, self.conditions, codecs, distribution, list(excluded),
                                config.min_value_count, noise.describe() if noise is not None else None,
@@ -208,15 +210,15 @@ class EncoderSketch:
     def _check_condition_combinations(self, rows: int) -> None:
         """Conditions that cannot work fail here, before training: more combinations than
         `encoder.max_condition_combinations`, or text conditions whose values nearly never repeat (a date held in a
-        string: one condition dimension per row, nothing learned per value). Numbers, dates and times condition
-        as values (a quantile code and calendar phases), however many there are."""
+        string no format reads: one condition dimension per row, nothing learned per value). Numbers, dates and
+        times, native or held in strings, condition as values (a quantile code and calendar phases), however many."""
         limit, combinations = self.config.max_condition_combinations, len(self.combinations)
-        text = [name for name in self.conditions if self.kinds[name] == "categorical"]
+        text = [name for name in self.conditions if self.final_kind(self.schema.field(name)) == "categorical"]
         if text and combinations >= max(MIN_UNIQUE_CONDITIONS, UNIQUE_CONDITION_SHARE * rows):
             shown = f"over {limit:,}" if self.pruned else f"{combinations:,}"
             raise UserError(f"data.conditions: {', '.join(text)} take {shown} distinct values in {rows:,} "
                             "training rows, nearly one per row: a condition needs values that repeat; choose a coarser "
-                            "column, fewer conditions, or a typed column (dates as Parquet dates condition by value)")
+                            "column, fewer conditions, or a typed column (dates condition by value)")
         if text and (self.pruned or combinations > limit):
             raise UserError(f"data.conditions {self.conditions}: over {limit:,} combinations of values in the training "
                             "split (encoder.max_condition_combinations); condition on fewer or coarser columns, or "

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.codec.arrow import from_storage, numeric_storage
+from pipeline.codec.arrow import numeric_storage
 from pipeline.codec.base import Codec, DecodeContext, FitSettings
 from pipeline.codec.kinds import Span
 from pipeline.codec.numeric import NumericCodec
 from pipeline.codec.sketches import CategorySketch
-from pipeline.codec.text_formats import FAMILIES, TextFormat
+from pipeline.codec.text_formats import FAMILIES, TextFormat, read_as
 
 
 class FormattedCodec(Codec):
@@ -48,21 +48,16 @@ class FormattedCodec(Codec):
                     fine: Any) -> "FormattedCodec":
         raise ValueError("formats are found from exact counts; a private fit keeps string columns categorical")
 
+    @property
+    def modelled_type(self) -> pa.DataType:
+        return self.inner.arrow_type
+
     def spans(self, start: int) -> list[Span]:
         return self.inner.spans(start)
 
     def modelled_values(self, arr: pa.Array) -> pa.Array:
-        """The values as the family's Arrow type: each read by the first of the column's formats that writes it
-        back the same; null where none does."""
-        values = arr.cast(pa.string())
-        numbers, read = np.zeros(len(arr)), np.zeros(len(arr), dtype=bool)
-        for fmt in self.formats:
-            parsed, ok = fmt.parse(values)
-            ok &= ~read
-            numbers[ok], read = parsed[ok], read | ok
-        inner_type = self.inner.arrow_type
-        storage = pa.array(numbers, mask=~read).cast(numeric_storage(pa.nulls(0, inner_type)).type, safe=False)
-        return from_storage(storage, inner_type)
+        """The values as the family's Arrow type; null where no format of the column reads them."""
+        return read_as(arr, self.formats)
 
     def encode(self, arr: pa.Array) -> np.ndarray:
         """Values no format reads are encoded as nulls."""
@@ -88,6 +83,10 @@ class FormattedCodec(Codec):
                           for fmt, share in zip(self.formats, self.shares))
         unread = f"; {1 - self.coverage:.1%} of values in no format, modelled as nulls" if self.coverage < 1 else ""
         return f"{self.family} as {shown}{unread}"
+
+    def bounds(self) -> tuple[float, float]:
+        """The range a condition may request, in the family's storage (days for dates)."""
+        return self.inner.bounds()
 
     def stored_values(self) -> list[Any]:
         """The parsed values' knots, bounds and point masses, as numbers of the family's storage."""

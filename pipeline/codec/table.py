@@ -45,8 +45,8 @@ class TableEncoder:
         self.feature_spans = self._spans(self.features)
         self.condition_spans = self._spans(self.conditions)
         # condition column -> the calendar cycles appended to c (None: a new fit, every date/timestamp condition)
-        self.calendar = ({name: calendar_cycles(schema.field(name).type) for name in self.conditions
-                          if calendar_cycles(schema.field(name).type)} if calendar is None else calendar)
+        self.calendar = ({name: calendar_cycles(codecs[name].modelled_type) for name in self.conditions
+                          if calendar_cycles(codecs[name].modelled_type)} if calendar is None else calendar)
 
     def _spans(self, names: list[str]) -> list[Span]:
         spans, start = [], 0
@@ -121,7 +121,8 @@ class TableEncoder:
 
     def encode_conditions(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         """Each condition column's codec block, then the calendar phases of its date and timestamp columns."""
-        phases = [calendar_phases(plain(table.column(name)), cycles) for name, cycles in self.calendar.items()]
+        phases = [calendar_phases(self.codecs[name].modelled_values(plain(table.column(name))), cycles)
+                  for name, cycles in self.calendar.items()]
         # a condition is network input, not a target: a null numeric condition feeds 0, not NaN
         return np.nan_to_num(np.concatenate([self._encode(table, self.conditions), *phases], axis=1), nan=0.0)
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.codec.arrow import from_storage, numeric_storage
 from pipeline.codec.sketches import NumericSketch
 
 COVERAGE = 0.99          # a column is formatted when one group's formats read this share of its non-null values
@@ -113,6 +114,20 @@ class TextFormat:
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "TextFormat":
         return cls(**spec)
+
+
+def read_as(values: pa.Array, formats: list[TextFormat]) -> pa.Array:
+    """Strings as the values they write, in the formats' Arrow type (a date32 for dates): each read by the first
+    format that writes it back the same; null where none does."""
+    values = values.cast(pa.string())
+    numbers, read = np.zeros(len(values)), np.zeros(len(values), dtype=bool)
+    for fmt in formats:
+        parsed, ok = fmt.parse(values)
+        ok &= ~read
+        numbers[ok], read = parsed[ok], read | ok
+    arrow_type = formats[0].arrow_type
+    storage = pa.array(numbers, mask=~read).cast(numeric_storage(pa.nulls(0, arrow_type)).type, safe=False)
+    return from_storage(storage, arrow_type)
 
 
 def _from_seconds(seconds: np.ndarray, family: str) -> np.ndarray:

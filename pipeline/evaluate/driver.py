@@ -34,7 +34,7 @@ from pipeline.config import Config, DataConfig
 from pipeline.codec import infer_kind
 from pipeline.codec.kinds import PERSONAL_ROLES
 from pipeline.errors import UserError
-from pipeline.evaluate.formats import format_validity
+from pipeline.evaluate.formats import as_typed, format_validity, typed_columns
 from pipeline.evaluate.html import render
 from pipeline.evaluate.rules import rule_validity
 from pipeline.evaluate.metrics import (MIN_GROUP_ROWS, ColumnStats, Sample, invalid_counts, per_condition, prepare,
@@ -47,8 +47,9 @@ from pipeline.source import check_table, parquet_footer, read_table
 from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_files, redact
 
 EVALUATION_TAG = "cvae.evaluation_id"
-# 2: personal columns judged by format only, the HTML page; a finished evaluation of another format is not reused
-REPORT_FORMAT = "cvae-evaluation/2"
+# 2: personal columns judged by format only, the HTML page; 3: dates, times and numbers held in strings scored as
+# what they hold. A finished evaluation of another format is not reused.
+REPORT_FORMAT = "cvae-evaluation/3"
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")  # what MLflow refuses in a metric name, e.g. "Culmen Length (mm)"
 MIN_HOLDOUT_ROWS = 500
 SAMPLE_SEED_OFFSET = 0x5EED
@@ -237,13 +238,18 @@ def evaluate(config: Config) -> EvaluateOutcome:
     synthetic_stats, invalid, synthetic_samples = _stream(
         synthetic_fs, synthetic_files, streamed, {"synthetic": _fraction(ev.sample_rows, synthetic_rows)},
         Split(0, 0.0, "none: every synthetic row"), ev.seed, real_stats)
-    invalid = {name: count for name, count in invalid.items() if name in kinds}
-    report, reference, synthetic = build_report(real_samples, synthetic_samples["synthetic"], kinds, data.conditions,
-                                                target, ev.privacy_rows, ev.seed)
+    formats = format_validity(real_samples["train"], real_samples.get("holdout"), synthetic_samples["synthetic"])
+    rules = rule_validity(real_samples["train"], real_samples.get("holdout"), synthetic_samples["synthetic"])
+    # dates, times and numbers held in strings are scored as what they hold, not as categories
+    typed = typed_columns(real_samples["train"], kinds)
+    invalid = {name: count for name, count in invalid.items() if name in kinds and name not in typed}
+    kinds = kinds | {name: "numeric" for name in typed}
+    real_samples = {side: as_typed(table, typed) for side, table in real_samples.items()}
+    report, reference, synthetic = build_report(real_samples, as_typed(synthetic_samples["synthetic"], typed), kinds,
+                                                data.conditions, target, ev.privacy_rows, ev.seed)
     report["validity"] = validity(real_stats, synthetic_stats, invalid, kinds)
-    report["formats"] = format_validity(real_samples["train"], real_samples.get("holdout"),
-                                        synthetic_samples["synthetic"])
-    report["rules"] = rule_validity(real_samples["train"], real_samples.get("holdout"), synthetic_samples["synthetic"])
+    report |= {"formats": formats, "rules": rules, "typed_columns": {
+        name: ", ".join(fmt.describe() for fmt in fmts) for name, fmts in typed.items()}}
     report |= {"format": REPORT_FORMAT, "synthetic": redact(synthetic_uri), "real": redact(data.path),
                "rows": {"real": real_rows, "synthetic": synthetic_rows, **{f"sampled_{side}": table.num_rows for side, table
                                                                           in {**real_samples, **synthetic_samples}.items()}},

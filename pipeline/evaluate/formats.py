@@ -5,7 +5,8 @@ A string column whose training values are dates, times or numbers in found forma
 is checked by parsing: a value is valid when one of those formats reads it and writes it back the same. Any other
 string column (codes, names, free text) is checked by shape: each digit a 9, each run of letters one letter class,
 other characters kept; a value is valid when real training values have its shape. `03:00000:17` fails both ways.
-Any tool's output can be scored: nothing here reads the model.
+Any tool's output can be scored: nothing here reads the model. The same formats let fidelity score such columns
+as the dates, times and numbers they hold (`typed_columns`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.codec.arrow import is_string_like, plain
-from pipeline.codec.text_formats import TextFormat, TextFormatSketch
+from pipeline.codec.text_formats import TextFormat, TextFormatSketch, read_as
 
 
 def shapes(values: pa.Array) -> pa.Array:
@@ -34,6 +35,25 @@ def _formats_of(train: pa.Array) -> list[TextFormat] | None:
     sketch.update(train, counted.field("values"), np.asarray(counted.field("counts")), None)
     choice = sketch.choice(1)
     return choice.formats if choice is not None else None
+
+
+def typed_columns(train: pa.Table, kinds: dict[str, str]) -> dict[str, list[TextFormat]]:
+    """The scored text columns whose real values are dates, times or numbers written in found formats: fidelity
+    compares what they write (a date 3 days off is close; as categories every unseen date is a miss)."""
+    found = {}
+    for name, kind in kinds.items():
+        if kind == "categorical" and is_string_like(train.schema.field(name).type):
+            formats = _formats_of(pc.drop_null(plain(train.column(name))).cast(pa.string()))
+            if formats is not None:
+                found[name] = formats
+    return found
+
+
+def as_typed(table: pa.Table, typed: dict[str, list[TextFormat]]) -> pa.Table:
+    """The table with each typed column as the values it writes (null where no format reads one)."""
+    for name, formats in typed.items():
+        table = table.set_column(table.schema.get_field_index(name), name, read_as(plain(table.column(name)), formats))
+    return table
 
 
 def _valid_share(values: pa.Array, formats: list[TextFormat] | None, known_shapes: pa.Array) -> float | None:

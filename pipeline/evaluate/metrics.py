@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ MIN_GROUP_ROWS = 20
 CORRELATION_THRESHOLD = 0.5  # SDMetrics' QualityReport defaults: only pairs related in the real data count
 ASSOCIATION_THRESHOLD = 0.3
 PRIVACY_MAX_CATEGORIES = 100
+MAX_TARGET_CLASSES = 100  # a utility target of more values is skipped with its reason
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Sample:
     kinds: dict[str, str]  # "numeric" | "categorical"
     parent: dict[str, str]
     labels: dict[str, list[str]]  # category labels by code, for categorical columns
+    temporal: dict[str, pa.DataType] = field(default_factory=dict)  # numeric columns that are dates or times
 
     @property
     def rows(self) -> int:
@@ -49,7 +51,7 @@ class Sample:
 
     def subset(self, mask: np.ndarray) -> "Sample":
         return Sample({name: values[mask] for name, values in self.columns.items()}, self.kinds, self.parent,
-                      self.labels)
+                      self.labels, self.temporal)
 
     def of(self, parents: set[str]) -> list[str]:
         """Flattened column names that belong to the given original columns."""
@@ -76,6 +78,8 @@ def prepare(tables: list[pa.Table], kinds: dict[str, str]) -> list[Sample]:
         else:
             for sample, arr in zip(samples, arrays):
                 sample.columns[name], sample.kinds[name], sample.parent[name] = _numeric(arr), "numeric", name
+                if pa.types.is_temporal(arr.type):
+                    sample.temporal[name] = arr.type
     return samples
 
 
@@ -207,9 +211,18 @@ def condition_groups(real: Sample, synthetic: Sample, column: str) -> list[tuple
     present = values[~np.isnan(values)]
     edges = np.histogram_bin_edges(present, bins=NUMERIC_BINS)
     real_bins, synthetic_bins = np.digitize(values, edges[1:-1]), np.digitize(other, edges[1:-1])
-    return [(f"[{edges[k]:g}, {edges[k + 1]:g}{']' if k == NUMERIC_BINS - 1 else ')'}",
+    shown = _written(edges, real.temporal.get(column))
+    return [(f"[{shown[k]}, {shown[k + 1]}{']' if k == NUMERIC_BINS - 1 else ')'}",
              (real_bins == k) & ~np.isnan(values), (synthetic_bins == k) & ~np.isnan(other))
             for k in range(NUMERIC_BINS)]
+
+
+def _written(numbers: np.ndarray, temporal: pa.DataType | None) -> list[str]:
+    """Bin edges as the column's values read: `1987-10-19` for a date, not 6500."""
+    if temporal is None:
+        return [f"{number:g}" for number in numbers]
+    storage = pa.array(np.floor(numbers)).cast(pa.int32() if temporal.bit_width == 32 else pa.int64())
+    return [str(value) for value in storage.cast(temporal).to_pylist()]
 
 
 def per_condition(real: Sample, synthetic: Sample, conditions: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -340,6 +353,11 @@ def utility(train_real: Sample, train_synthetic: Sample, test: Sample, target: s
     classify = train_real.kinds.get(target) == "categorical"
     results: dict[str, Any] = {"target": target, "task": "classification" if classify else "regression",
                                "model": "HistGradientBoosting", "test_rows": test.rows}
+    classes = len(np.unique(train_real.columns[target])) if classify else 0
+    if classes > MAX_TARGET_CLASSES:  # one tree per class and round: minutes, and nothing a reader can use
+        reason = (f"{target} takes {classes:,} values in the training sample (over {MAX_TARGET_CLASSES}); set "
+                  "evaluate.target to a column of fewer values")
+        return results | {"trtr": {"error": reason}, "tstr": {"error": reason}}
     for name, train in (("trtr", train_real), ("tstr", train_synthetic)):
         y, x = train.columns[target], np.stack([train.columns[f] for f in features], axis=1).astype(float)
         keep = ~np.isnan(y) if not classify else np.ones(len(y), dtype=bool)

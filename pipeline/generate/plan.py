@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import GenerateConfig
 from pipeline.codec import TableEncoder
+from pipeline.codec.arrow import from_storage, numeric_storage, plain
 from pipeline.errors import UserError
 from pipeline.storage import digest, parquet_files, redact
 
@@ -211,12 +213,40 @@ def _check_seen(encoder: TableEncoder, name: str, value: Any, allow_unseen_conti
             shown = ", ".join(map(str, levels[:8])) + (" ..." if len(levels) > 8 else "")
             raise UserError(f"generate.conditions: {name}={value!r} was never seen in training (seen: {shown})")
         return
+    column = pa.array([value], encoder.condition_schema().field(name).type)
+    _check_range(encoder, name, column, allow_unseen_continuous)
+
+
+def _check_range(encoder: TableEncoder, name: str, column: pa.Array, allow_unseen_continuous: bool) -> None:
+    """Numbers, dates and times (native, or held in strings in the column's formats) within the training range."""
+    codec = encoder.codecs[name]
+    modelled = codec.modelled_values(column)
+    if modelled.null_count > column.null_count:  # a string no format of the column reads
+        unread = pc.filter(column, pc.and_(pc.is_valid(column), pc.is_null(modelled)))[0].as_py()
+        raise UserError(f"generate.conditions: {name}={unread!r} is not written as the training values are "
+                        f"({codec.written_as()}); write it that way")
+    numbers = numeric_storage(pc.drop_null(modelled)).to_numpy(zero_copy_only=False).astype(np.float64)
+    if not len(numbers):
+        return
     low, high = codec.bounds()
-    if not low <= float(value) <= high:
-        message = f"generate.conditions: {name}={value!r} is outside the training range [{low:g}, {high:g}]"
-        if not allow_unseen_continuous:
-            raise UserError(message + "; set generate.allow_unseen_continuous=true to extrapolate")
-        warnings.warn(message + "; extrapolating", stacklevel=2)
+    for number in (numbers.min(), numbers.max()):
+        if not low <= number <= high:
+            shown = _written(codec, [number, low, high])
+            message = (f"generate.conditions: {name}={shown[0]} is outside the training range "
+                       f"[{shown[1]}, {shown[2]}]")
+            if not allow_unseen_continuous:
+                raise UserError(message + "; set generate.allow_unseen_continuous=true to extrapolate")
+            warnings.warn(message + "; extrapolating", stacklevel=2)
+            return
+
+
+def _written(codec: Any, numbers: list[float]) -> list[str]:
+    """Numbers of a column's storage as its values read (`2013-08-14`, not 15931)."""
+    value_type = codec.modelled_type
+    if pa.types.is_floating(value_type) or pa.types.is_integer(value_type):
+        return [f"{number:g}" for number in numbers]
+    storage = numeric_storage(pa.nulls(0, value_type)).type
+    return [str(value) for value in from_storage(pa.array(numbers).cast(storage, safe=False), value_type).to_pylist()]
 
 
 def _parquet_plan(uri: str, storage_options: dict[str, Any], schema: pa.Schema, encoder: TableEncoder,
@@ -244,11 +274,12 @@ def _parquet_plan(uri: str, storage_options: dict[str, Any], schema: pa.Schema, 
 
 
 def _check_batch(encoder: TableEncoder, table: pa.Table, allow_unseen_continuous: bool) -> None:
-    import pyarrow.compute as pc
-
     for name in table.column_names:
-        column = table.column(name)
-        for value in pc.unique(column).to_pylist() if encoder.codecs[name].levels() is not None else [
-                pc.min(column).as_py(), pc.max(column).as_py()]:
-            if value is not None or column.null_count:
+        column = plain(table.column(name))
+        if encoder.codecs[name].levels() is not None:
+            for value in pc.unique(column).to_pylist():
                 _check_seen(encoder, name, value, allow_unseen_continuous)
+            continue
+        if column.null_count:
+            _check_seen(encoder, name, None, allow_unseen_continuous)
+        _check_range(encoder, name, column, allow_unseen_continuous)
