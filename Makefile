@@ -19,8 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e .
 	touch $@
 
+# The report page's render test uses Debian's chromium: installed here where apt-get runs as root, else skipped.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -e ".[test]"
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		 chromium fonts-liberation >/dev/null) || echo "chromium not installed: the report's render test skips"
 	touch $@
 
 demo: $(VENV)/.installed

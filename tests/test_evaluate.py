@@ -1,10 +1,13 @@
 """`cvae evaluate` and `cvae run` on a real local Ray cluster with MLflow: the report, plots, gate and bad input."""
 import base64
 import json
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
@@ -92,6 +95,27 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     assert named.run_id == first.run_id  # the same table named outright (as `cvae run` does): the same evaluation
     other = evaluate(load_config(None, [*overrides, "evaluate.sample_rows=3000"]))  # other settings: scored again
     assert other.run_id != first.run_id and other.report["rows"]["sampled_synthetic"] < 6000
+
+
+def test_the_report_page_renders_in_headless_chromium(adult_dataset, tmp_path):
+    """The page as a person's browser shows it: Debian's Chromium, headless, draws the verdict, tables and every
+    inlined figure (a page of broken images or a blank one has a few colours; this one thousands)."""
+    from PIL import Image
+
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("Debian's chromium package is not installed (make test installs it where apt-get runs as root)")
+    overrides, generated = adult_dataset
+    evaluate(load_config(None, overrides))  # the stored evaluation, or a first one: either writes the page beside
+    page, shot = Path(generated.output) / "_evaluation.html", tmp_path / "page.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    pixels = np.asarray(image).reshape(-1, 3)
+    assert image.size == (1200, 2400)
+    assert (pixels.min(axis=1) < 200).mean() > 0.05  # ink: text, tables, bars (a blank page is white)
+    assert len(np.unique(pixels, axis=0)) > 1000  # the histograms' blended colours, not icons of broken images
 
 
 class PageImages(HTMLParser):

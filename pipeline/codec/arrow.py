@@ -47,6 +47,14 @@ def from_storage(arr: pa.Array, arrow_type: pa.DataType) -> pa.Array:
     return arr.cast(arrow_type)
 
 
+def written(numbers: Any, arrow_type: pa.DataType | None) -> list[str]:
+    """Numbers of a column's storage as its values read: `1987-10-19` for a date, not 6500."""
+    if arrow_type is None or not is_numeric_temporal(arrow_type):
+        return [f"{number:g}" for number in numbers]
+    storage = pa.array(np.floor(np.asarray(numbers, dtype=np.float64))).cast(storage_type(arrow_type), safe=False)
+    return [str(value) for value in from_storage(storage, arrow_type).to_pylist()]
+
+
 def plain(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()

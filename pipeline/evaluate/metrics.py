@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.codec.arrow import plain
+from pipeline.codec.arrow import is_numeric_temporal, numeric_storage, plain, written
 
 NUMERIC_BINS = 10
 MAX_CONDITION_VALUES = 25
@@ -43,7 +43,7 @@ class Sample:
     kinds: dict[str, str]  # "numeric" | "categorical"
     parent: dict[str, str]
     labels: dict[str, list[str]]  # category labels by code, for categorical columns
-    temporal: dict[str, pa.DataType] = field(default_factory=dict)  # numeric columns that are dates or times
+    temporal: dict[str, pa.DataType] = field(default_factory=dict)  # numeric columns of dates or times: their type
 
     @property
     def rows(self) -> int:
@@ -78,15 +78,14 @@ def prepare(tables: list[pa.Table], kinds: dict[str, str]) -> list[Sample]:
         else:
             for sample, arr in zip(samples, arrays):
                 sample.columns[name], sample.kinds[name], sample.parent[name] = _numeric(arr), "numeric", name
-                if pa.types.is_temporal(arr.type):
+                if is_numeric_temporal(arr.type):
                     sample.temporal[name] = arr.type
     return samples
 
 
 def _numeric(arr: pa.Array) -> np.ndarray:
-    if pa.types.is_temporal(arr.type):
-        arr = arr.cast(pa.int64() if arr.type.bit_width == 64 else pa.int32())
-    return arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # ns timestamps exceed 2^53: rounded
+    """Numbers, dates and times as float64 of their storage (days for dates; ns timestamps past 2^53 rounded)."""
+    return numeric_storage(arr).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def _list_values(arr: pa.Array, size: int) -> np.ndarray:
@@ -211,18 +210,10 @@ def condition_groups(real: Sample, synthetic: Sample, column: str) -> list[tuple
     present = values[~np.isnan(values)]
     edges = np.histogram_bin_edges(present, bins=NUMERIC_BINS)
     real_bins, synthetic_bins = np.digitize(values, edges[1:-1]), np.digitize(other, edges[1:-1])
-    shown = _written(edges, real.temporal.get(column))
+    shown = written(edges, real.temporal.get(column))
     return [(f"[{shown[k]}, {shown[k + 1]}{']' if k == NUMERIC_BINS - 1 else ')'}",
              (real_bins == k) & ~np.isnan(values), (synthetic_bins == k) & ~np.isnan(other))
             for k in range(NUMERIC_BINS)]
-
-
-def _written(numbers: np.ndarray, temporal: pa.DataType | None) -> list[str]:
-    """Bin edges as the column's values read: `1987-10-19` for a date, not 6500."""
-    if temporal is None:
-        return [f"{number:g}" for number in numbers]
-    storage = pa.array(np.floor(numbers)).cast(pa.int32() if temporal.bit_width == 32 else pa.int64())
-    return [str(value) for value in storage.cast(temporal).to_pylist()]
 
 
 def per_condition(real: Sample, synthetic: Sample, conditions: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.codec.arrow import written
 from pipeline.evaluate.metrics import NUMERIC_BINS, Sample, association_matrix, condition_groups
 from pipeline.pyplot import pyplot
 
@@ -61,6 +62,9 @@ def _histogram(plt: Any, real: Any, synthetic: Any, name: str, kind: str, score:
         axis.hist(real_values, bins=edges, density=True, alpha=0.55, label="real")
         axis.hist(synthetic_values, bins=edges, density=True, alpha=0.55, label="synthetic")
         axis.set_ylabel("density")
+        if name in real.temporal:  # dates and times read as such on the axis, not as their day or second counts
+            axis.xaxis.set_major_formatter(lambda value, _: written([value], real.temporal[name])[0])
+            axis.tick_params(axis="x", labelrotation=30, labelsize=7)
     axis.set_title(f"{name}" + (f"  (shape score {score:.3f})" if score is not None else ""))
     axis.legend()
     figure.tight_layout()

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import GenerateConfig
 from pipeline.codec import TableEncoder
-from pipeline.codec.arrow import from_storage, numeric_storage, plain
+from pipeline.codec.arrow import numeric_storage, plain, written
 from pipeline.errors import UserError
 from pipeline.storage import digest, parquet_files, redact
 
@@ -231,22 +231,13 @@ def _check_range(encoder: TableEncoder, name: str, column: pa.Array, allow_unsee
     low, high = codec.bounds()
     for number in (numbers.min(), numbers.max()):
         if not low <= number <= high:
-            shown = _written(codec, [number, low, high])
+            shown = written([number, low, high], codec.modelled_type)
             message = (f"generate.conditions: {name}={shown[0]} is outside the training range "
                        f"[{shown[1]}, {shown[2]}]")
             if not allow_unseen_continuous:
                 raise UserError(message + "; set generate.allow_unseen_continuous=true to extrapolate")
             warnings.warn(message + "; extrapolating", stacklevel=2)
             return
-
-
-def _written(codec: Any, numbers: list[float]) -> list[str]:
-    """Numbers of a column's storage as its values read (`2013-08-14`, not 15931)."""
-    value_type = codec.modelled_type
-    if pa.types.is_floating(value_type) or pa.types.is_integer(value_type):
-        return [f"{number:g}" for number in numbers]
-    storage = numeric_storage(pa.nulls(0, value_type)).type
-    return [str(value) for value in from_storage(pa.array(numbers).cast(storage, safe=False), value_type).to_pylist()]
 
 
 def _parquet_plan(uri: str, storage_options: dict[str, Any], schema: pa.Schema, encoder: TableEncoder,
