@@ -40,6 +40,8 @@ class DataConfig(Section):
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     rules: list[str | dict[str, Any]] = []  # rules every generated row keeps (pipeline/rules/rule.py)
     rules_found: Literal["apply", "suggest", "off"] = "apply"  # rules the training rows keep in every row
+    # training rows that break a declared rule: an error naming one, or left out of training (and counted)
+    rules_breaking: Literal["error", "leave_out"] = "error"
 
     @field_validator("rules_found", mode="before")
     @classmethod

@@ -151,7 +151,7 @@ def fine_block(batch: pa.Table, schema: pa.Schema, grids: dict[str, list[FineGri
     histograms = FineHistograms(grids)
     rows, _ = training_rows(batch, schema, seed, fraction)
     if rows.num_rows:
-        histograms.update(rules.forward(rows))
+        histograms.update(rules.forward(rules.screen(rows)))
     return _pickled(histograms)
 
 
@@ -212,4 +212,5 @@ def plan_rules(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config
     if not private and (data.rules_found != "off" or declared):
         sketch = _merged(ds, rules_block, {"schema": schema, "seed": seed, "fraction": data.holdout_fraction,
                                            "declared": tuple(declared)}, RuleSketch(schema, tuple(declared)))
-    return table_rules(schema, data.conditions, declared, data.rules_found, config.min_value_count, sketch)
+    return table_rules(schema, data.conditions, declared, data.rules_found, config.min_value_count, sketch,
+                       data.rules_breaking == "leave_out")

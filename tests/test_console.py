@@ -1,4 +1,5 @@
 """What a person reads: results on stdout, a few progress lines on stderr, Ray's internals only with --verbose."""
+import json
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import console
 from pipeline.config import BUNDLED_DATA
 from pipeline.evaluate.audit import training_split
+from pipeline.rules import parse_rules
 from test_real_tables import assert_believable_and_safe
 
 # Ray's and MLflow's own chatter: worker reports, Ray Data plans, log records, colour codes, tracebacks.
@@ -20,7 +22,7 @@ NOISE = re.compile(r"TrainingReport|Execution plan|Starting execution|execution 
                    r"\x1b\[|Traceback|Successfully registered|Created version|Progress bars|Deprecat")
 PROGRESS = re.compile(r"^(encoder fitted in |\d+ rule\(s\) every generated row keeps |latent mixture fitted in |"
                       r"identifier column|column '|mlflow run |epoch \d+/\d+ |generating |\d+/\d+ parts |"
-                      r"holdout: |warning: )")
+                      r"holdout: |warning: |[\d,]+ training rows break data.rules)")
 
 
 @pytest.mark.slow
@@ -28,9 +30,11 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     """The main job as a person runs it (`cvae run`, a process of its own) on a real table nobody tuned for
     (nuclides: ids, 12-98% nulls, 29 columns) with one condition: train, generate, evaluate and a promotion gate;
     results on stdout and progress on stderr; the output has the input's schema, the requested rows and conditions,
-    fresh ids and no protected value in the model or the rows."""
+    fresh ids and no protected value in the model or the rows. A declared rule 43 rows break
+    (`half_life_uncert <= half_life`) is kept in every generated row, those rows left out of training and counted."""
     table = BUNDLED_DATA / "nuclides.parquet"
     overrides = [f"data.path={table}", "data.conditions=[is_stable]", "train.epochs=2", "train.num_workers=1",
+                 "data.rules=['half_life_uncert <= half_life']", "data.rules_breaking=leave_out",
                  "model.hidden=[64, 64]", "model.latent_dim=8", "generate.num_rows=3000",
                  "generate.rows_per_part=1000", "mlflow.model_name=console", "evaluate.promote_alias=champion",
                  "evaluate.min_quality=0.1", f"ray.address={ray_cluster.get_runtime_context().gcs_address}"]
@@ -52,8 +56,8 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     assert [line for line in err if line.startswith("epoch ")] == [
         line for line in err if re.match(r"^epoch [12]/2  loss -?\d", line)] and len(
         [line for line in err if line.startswith("epoch ")]) == 2  # one line per epoch, relayed from the controller
-    assert any(line.startswith("3 rule(s) every generated row keeps") and "{fixed: [z, element]}" in line
-               for line in err), err
+    assert any(line.startswith("4 rule(s) every generated row keeps (3 found") and "{fixed: [z, element]}" in line
+               and "half_life_uncert <= half_life" in line for line in err), err
     # Anything else on stderr is Ray's own diagnostics: the raylet's warnings (routed from stdout to stderr; e.g.
     # how many worker processes the shared test cluster started) and one known line of its C++ core worker.
     others = [line for line in err if not PROGRESS.match(line) and not line.startswith("(raylet) ")]
@@ -62,7 +66,15 @@ def test_cvae_run_on_a_real_table_prints_results_on_stdout_and_leaks_nothing(ray
     real = pq.read_table(table)
     synthetic = pq.read_table(workdir / "runs" / "synthetic" / "console-v1")
     train = training_split(str(table), real.column_names, seed=0, fraction=0.1)
-    assert f"on the training split of {train.num_rows:,} rows" in done.stderr and train.num_rows < real.num_rows
+    rule = parse_rules(["half_life_uncert <= half_life"])[0]
+    left_out = int(rule.broken(train).sum())
+    assert 0 < left_out and f"{left_out:,} training rows break data.rules and were left out" in done.stderr
+    assert f"on the training split of {train.num_rows - left_out:,} rows" in done.stderr
+    assert train.num_rows < real.num_rows and not rule.broken(synthetic).any()
+    manifest = json.loads((workdir / "runs" / "synthetic" / "console-v1" / "_manifest.json").read_text())
+    assert manifest["training_rows_left_out"] == left_out and "half_life_uncert <= half_life" in manifest["rules"]
+    run_id = client.get_model_version("console", "1").run_id
+    assert client.get_run(run_id).data.metrics["training_rows_left_out"] == left_out
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
     mlflow.artifacts.download_artifacts("models:/console@candidate", dst_path=str(workdir / "model"))
     assert_believable_and_safe(real, train, synthetic, "is_stable", workdir / "model")

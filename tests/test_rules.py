@@ -202,10 +202,36 @@ def test_a_declared_rule_the_training_rows_break_is_a_one_line_error():
     assert 0 < breaking < table.num_rows
     with pytest.raises(UserError) as error:
         table_rules(table.schema, conditions, declared, "off", 5, sketch)
-    assert str(error.value) == (f"data.rules: open <= close is broken by {breaking:,} of {table.num_rows:,} training "
-                                "rows; fix those rows, or drop the rule")
+    first = table.filter(pc.greater(table.column("open"), table.column("close"))).slice(0, 1).to_pylist()[0]
+    assert str(error.value) == (
+        f"data.rules: open <= close is broken by {breaking:,} of {table.num_rows:,} training rows (one: "
+        f"open={first['open']}, close={first['close']}); fix those rows, drop the rule, or leave them out of training "
+        "with data.rules_breaking=leave_out")
     kept = parse_rules(["low <= open"])
     assert table_rules(table.schema, conditions, kept, "off", 5, found_rules(table, declared=tuple(kept))).applied
+
+
+def test_rows_breaking_a_declared_rule_can_be_left_out_of_training():
+    """`data.rules_breaking=leave_out`: sp500's days with open above close are counted and not learned from (not
+    in the encoder's statistics, nor in the rows the model trains on, nor in the rules found), and every generated
+    row keeps the rule; the count travels with the encoder."""
+    table, conditions = load("sp500")
+    declared = parse_rules(["open <= close"])
+    breaking = int(pc.sum(pc.greater(table.column("open"), table.column("close"))).as_py())
+    rules = table_rules(table.schema, conditions, declared, "apply", 5, found_rules(table, declared=tuple(declared)),
+                        leave_out=True)
+    assert rules.left_out == breaking and rules.screened == declared
+    encoder, requested, synthetic = generated(table, conditions, rules)
+    assert encoder.rules.left_out == breaking  # read back from the encoder's JSON, as generation reads it
+    assert not Inequality("open", "close").broken(synthetic).any()
+    assert Inequality("low", "open") in rules.applied  # found on the rows kept, and kept in every generated row
+    fitted = fit_table(table.to_batches(max_chunksize=5000), conditions, EncoderConfig(), rules=rules)
+    assert fitted.fitted_rows == table.num_rows - breaking
+    x, c = fitted.transform(table)
+    assert len(x) == len(c) == table.num_rows - breaking
+    with pytest.raises(UserError, match="every one of the"):
+        table_rules(table.schema, conditions, parse_rules(["open > high"]), "off", 5,
+                    found_rules(table, declared=tuple(parse_rules(["open > high"]))), leave_out=True)
 
 
 def test_a_rule_may_not_change_a_condition():

@@ -84,7 +84,11 @@ class EncoderSketch:
                             "every Parquet file under data.path must share one schema")
         if row_hash is not None and len(row_hash) != batch.num_rows:
             raise ValueError(f"{len(row_hash)} row hashes for {batch.num_rows} rows")
-        batch = self.rules.forward(pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch)
+        batch = pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch
+        keep = self.rules.kept(batch)  # rows breaking a declared rule, under data.rules_breaking=leave_out
+        if keep is not None and not keep.all():
+            batch, row_hash = batch.filter(pa.array(keep)), row_hash[keep] if row_hash is not None else None
+        batch = self.rules.forward(batch)
         for name, sketch in self.sketches.items():
             sketch.update(plain(batch.column(name)), name, row_hash)
         keys = pa.table({name: numeric_storage(plain(batch.column(name))) for name in self.conditions})
@@ -264,5 +268,5 @@ def fit_table(batches: Iterable[pa.RecordBatch | pa.Table], conditions: list[str
     noise = sketch.statistics_noise(private)
     fine = FineHistograms(sketch.private_grids(noise))
     for batch in batches:
-        fine.update(sketch.rules.forward(pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch))
+        fine.update(sketch.rules.forward(sketch.rules.screen(pa.table(batch))))
     return sketch.finalize(excluded, noise, fine)

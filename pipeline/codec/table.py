@@ -112,11 +112,13 @@ class TableEncoder:
                                 f"({self.modelled.field(name).type}) can hold ({capacity:,}); generate fewer rows")
 
     def transform(self, table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-        """(x, c) float32 matrices for the feature and condition columns."""
+        """(x, c) float32 matrices for the feature and condition columns of the rows the model learns from (not
+        those breaking a declared rule, under `data.rules_breaking=leave_out`)."""
         missing = [name for name in self.schema.names if name not in table.schema.names]
         if missing:
             raise UserError(f"table lacks column(s) {', '.join(missing)} that the encoder was fitted on; "
                             "use data with the training schema")
+        table = self.rules.screen(pa.table(table) if isinstance(table, pa.RecordBatch) else table)
         return self._encode(self.rules.forward(table), self.features), self.encode_conditions(table)
 
     def encode_conditions(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:

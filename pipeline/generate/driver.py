@@ -160,7 +160,7 @@ def _manifest(requested: str, model_uri: str, version: str, run_id: str, config:
         schema=[{"name": f.name, "type": str(f.type)} for f in encoder.schema],
         excluded_columns=encoder.excluded, generated_ids=encoder.id_columns,
         personal_columns=encoder.personal_columns, column_formats=encoder.formats(),
-        rules=encoder.rules.describe(),
+        rules=encoder.rules.describe(), training_rows_left_out=encoder.rules.left_out,
         value_protection=encoder.protection(), differential_privacy=privacy,
         arrow_schema=base64.b64encode(encoder.schema.serialize().to_pybytes()).decode("ascii"),
         created_at=datetime.now(timezone.utc).isoformat(), code_version=_code_version())

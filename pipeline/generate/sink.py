@@ -48,6 +48,7 @@ class DatasetManifest:
     personal_columns: list[str] = field(default_factory=list)  # names, e-mails, addresses... drawn from Faker
     column_formats: dict[str, str] = field(default_factory=dict)  # strings read as dates, times, numbers; Faker's
     rules: list[str] = field(default_factory=list)  # rules every row keeps (data.rules and those found)
+    training_rows_left_out: int = 0  # training rows breaking data.rules, not learned from (data.rules_breaking)
     value_protection: dict[str, Any] = field(default_factory=dict)
     differential_privacy: dict[str, Any] | None = None  # the model's (epsilon, delta); None: not trained privately
     arrow_schema: str = ""

@@ -54,10 +54,14 @@ class RuleSet:
     """The applied rules of one table, and the reparametrisation that holds them."""
 
     def __init__(self, schema: pa.Schema, conditions: list[str], applied: list[Rule], grains: dict[str, int],
-                 skipped: list[tuple[Rule, str]] | None = None, found: list[Rule] | None = None):
+                 skipped: list[tuple[Rule, str]] | None = None, found: list[Rule] | None = None,
+                 screened: list[Rule] | None = None, left_out: int = 0):
         self.schema, self.conditions, self.applied, self.grains = schema, list(conditions), applied, grains
         self.skipped = skipped or []  # found rules left out, and why
         self.found = found or []      # every found rule (applied or not): what `data.rules_found=suggest` lists
+        # `data.rules_breaking=leave_out`: training rows breaking these declared rules are not learned from
+        self.screened = screened or []
+        self.left_out = left_out      # the training rows so left out (the rules pass's count)
         self.formulas = [rule for rule in applied if isinstance(rule, Formula)]
         self.fixed = [rule for rule in applied if isinstance(rule, Fixed)]
         self.one_of = [rule for rule in applied if isinstance(rule, OneOf)]
@@ -115,6 +119,20 @@ class RuleSet:
                 fields.append(f)
         fields += [pa.field(name, pa.string()) for name in self.which]
         return pa.schema(fields)
+
+    def kept(self, table: pa.Table) -> np.ndarray | None:
+        """Which rows keep every screened rule (None: all rows are kept, none screened)."""
+        if not self.screened:
+            return None
+        breaks = np.zeros(table.num_rows, dtype=bool)
+        for rule in self.screened:
+            breaks |= rule.broken(table)
+        return ~breaks
+
+    def screen(self, table: pa.Table) -> pa.Table:
+        """The rows keeping every screened rule."""
+        keep = self.kept(table)
+        return table if keep is None or keep.all() else table.filter(pa.array(keep))
 
     def describe(self) -> list[str]:
         """One line per applied rule, as `data.rules` writes it."""
@@ -250,29 +268,41 @@ class RuleSet:
     def to_dict(self) -> dict[str, Any]:
         return {"rules": [rule.config() for rule in self.applied], "grains": self.grains,
                 "skipped": [[shown(rule), reason] for rule, reason in self.skipped],
-                "found": [rule.config() for rule in self.found]}
+                "found": [rule.config() for rule in self.found],
+                "screened": [rule.config() for rule in self.screened], "left_out": self.left_out}
 
     @classmethod
     def from_dict(cls, schema: pa.Schema, conditions: list[str], spec: dict[str, Any] | None) -> "RuleSet":
         if not spec:
             return cls(schema, conditions, [], {})
         return cls(schema, conditions, parse_rules(spec["rules"]), dict(spec.get("grains", {})),
-                   found=parse_rules(spec.get("found", [])))
+                   found=parse_rules(spec.get("found", [])), screened=parse_rules(spec.get("screened", [])),
+                   left_out=spec.get("left_out", 0))
 
 
 def table_rules(schema: pa.Schema, conditions: list[str], declared: list[Rule], found_mode: str, k: int,
-                sketch: RuleSketch | None) -> RuleSet:
+                sketch: RuleSketch | None, leave_out: bool = False) -> RuleSet:
     """The rules a table's rows keep: the declared ones, and those the sketched training rows keep in every row
-    (applied under `found_mode="apply"`, only listed under "suggest"); no sketch: nothing found."""
-    if sketch is not None:
-        for rule, breaking in zip(sketch.declared, sketch.breaking):
+    (applied under `found_mode="apply"`, only listed under "suggest"); no sketch: nothing found. Training rows
+    breaking a declared rule are an error, or with `leave_out` (`data.rules_breaking=leave_out`) not learned
+    from: the rules found are read off the rows kept."""
+    if sketch is not None and not leave_out:
+        total = sketch.rows + sketch.left_out
+        for rule, breaking, example in zip(sketch.declared, sketch.breaking, sketch.examples):
             if breaking:
-                raise UserError(f"data.rules: {shown(rule)} is broken by {breaking:,} of {sketch.rows:,} training "
-                                "rows; fix those rows, or drop the rule")
+                raise UserError(f"data.rules: {shown(rule)} is broken by {breaking:,} of {total:,} training rows "
+                                f"(one: {example}); fix those rows, drop the rule, or leave them out of training "
+                                "with data.rules_breaking=leave_out")
+    if sketch is not None and sketch.rows == 0:
+        raise UserError(f"data.rules: every one of the {sketch.left_out:,} training rows breaks a declared rule; "
+                        "check the rules against the data")
     found = sketch.rules(k) if sketch is not None and found_mode != "off" else []
     planned = RuleSet.plan(schema, conditions, declared, found if found_mode == "apply" else [],
                            sketch.grains() if sketch is not None else {})
     planned.found = found
+    if leave_out and sketch is not None and sketch.left_out:
+        planned.screened = [rule for rule in sketch.declared]
+        planned.left_out = sketch.left_out
     return planned
 
 

@@ -62,6 +62,8 @@ class RuleSketch:
         # the combinations the rows hold)
         self.declared = [rule for rule in declared if not isinstance(rule, Fixed)]
         self.breaking = [0] * len(self.declared)
+        self.examples: list[str | None] = [None] * len(self.declared)  # a breaking row's values, for the error
+        self.left_out = 0  # rows breaking any declared rule: not read for the rules found below
         self.ordered = [f.name for f in schema if family(f.type)]
         self.numbers = [f.name for f in schema if family(f.type) == "number"]
         self.families = {f.name: family(f.type) for f in schema}
@@ -83,14 +85,12 @@ class RuleSketch:
         self.set_rows: dict[str, int] = {}
 
     def update(self, batch: pa.Table | pa.RecordBatch) -> None:
+        if self.declared:
+            batch = self._kept(pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch)
         n = batch.num_rows
         if not n:
             return
         self.rows += n
-        if self.declared:
-            table = pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch
-            for i, rule in enumerate(self.declared):
-                self.breaking[i] += int(rule.broken(table).sum())
         values = {name: float_values(batch.column(name)) for name in self.ordered}
         for name in self.schema.names:
             nulls = plain(batch.column(name)).null_count
@@ -126,6 +126,19 @@ class RuleSketch:
         for a, b in combinations(self.numbers, 2):
             both = ~np.isnan(values[a]) & (values[a] != 0) & ~np.isnan(values[b]) & (values[b] != 0)
             self.both_set[(a, b)] = self.both_set.get((a, b), 0) + int(both.sum())
+
+    def _kept(self, table: pa.Table) -> pa.Table:
+        """The rows keeping every declared rule; the others are counted, per rule and in all."""
+        breaks = np.zeros(table.num_rows, dtype=bool)
+        for i, rule in enumerate(self.declared):
+            broken = rule.broken(table)
+            self.breaking[i] += int(broken.sum())
+            if broken.any() and self.examples[i] is None:
+                row = table.select(rule.columns()).slice(int(np.argmax(broken)), 1).to_pylist()[0]
+                self.examples[i] = ", ".join(f"{name}={value}" for name, value in row.items())
+            breaks |= broken
+        self.left_out += int(breaks.sum())
+        return table.filter(pa.array(~breaks)) if breaks.any() else table
 
     def _update_formulas(self, values: dict[str, np.ndarray]) -> None:
         numbers = self.numbers[:MAX_FORMULA_COLUMNS]
@@ -164,6 +177,8 @@ class RuleSketch:
     def merge(self, other: "RuleSketch") -> "RuleSketch":
         self.rows += other.rows
         self.breaking = [mine + theirs for mine, theirs in zip(self.breaking, other.breaking)]
+        self.examples = [mine or theirs for mine, theirs in zip(self.examples, other.examples)]
+        self.left_out += other.left_out
         for mine, theirs in ((self.valid, other.valid), (self.nulls, other.nulls), (self.set_rows, other.set_rows),
                              (self.null_apart, other.null_apart), (self.both_set, other.both_set),
                              (self.triples, other.triples)):

@@ -371,6 +371,9 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
                          + (f"; ... ({len(shown) - 8} more in the encoder's JSON)" if len(shown) > 8 else "")
                          + (" (data.rules_found=suggest lists found rules without applying them)"
                             if data.rules_found == "apply" else ""))
+    if rules.screened:
+        console.progress(f"{rules.left_out:,} training rows break data.rules and were left out of training "
+                         "(data.rules_breaking=leave_out)")
     unapplied = [rule for rule in rules.found if rule not in rules.applied]
     if unapplied:
         console.progress(f"{len(unapplied)} rule(s) found but not applied (cvae inspect lists them as data.rules)")
@@ -455,6 +458,8 @@ def publish(config: Config, job: Prepared, result: ray.train.Result, clock: Stag
         client.log_figure(run_id, figure, path)
     clock.lap("register")
     log_metrics(client, run_id, {f"seconds_{stage}": value for stage, value in clock.seconds.items()}, step=0)
+    if job.encoder.rules.screened:
+        log_metrics(client, run_id, {"training_rows_left_out": job.encoder.rules.left_out}, step=0)
     client.set_terminated(run_id)
     model_uri = f"models:/{config.mlflow.model_name}/{version}"
     alias = f" (alias @{config.mlflow.alias})" if config.mlflow.alias else ""
