@@ -98,7 +98,7 @@ class NumericCodec(Codec):
                 knots.append(_quantile_knots(between, rows, low[j], high[j], quantiles, protect, beside=len(mass) > 0))
         nullable = sketch.nulls > 0 or (sketch.values > 0 and not usable)
         null_rate = sketch.nulls / max(sketch.rows, 1) if usable else 1.0
-        decimals = _grain(sketch.sample) if usable and _is_float(field.type) else None
+        decimals = decimal_grain(sketch.sample) if usable and _is_float(field.type) else None
         return cls(field.name, field.type, kind, knots, low.tolist(), high.tolist(), null_rate, nullable, masses,
                    decimals)
 
@@ -215,11 +215,12 @@ def _is_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(t) or (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type))
 
 
-def _grain(sample: np.ndarray) -> int | None:
-    """The fewest decimals (0 to MAX_DECIMALS) that write every sampled value exactly: a double of whole numbers
-    (a population, an HHMM time) is generated whole, a price with 2 decimals with 2. None: no such grain."""
+def decimal_grain(values: np.ndarray) -> int | None:
+    """The fewest decimals (0 to MAX_DECIMALS) that write every value exactly: a double of whole numbers (a
+    population, an HHMM time) is generated whole, a price with 2 decimals with 2. None: no such grain. (The
+    encoder's numeric codecs and the rules' grains read columns with this one definition.)"""
     for decimals in range(MAX_DECIMALS + 1):
-        scaled = sample * 10.0 ** decimals
+        scaled = values * 10.0 ** decimals
         if np.allclose(scaled, np.round(scaled), rtol=1e-12, atol=1e-6):
             return decimals
     return None

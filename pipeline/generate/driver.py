@@ -47,9 +47,11 @@ class GenerateOutcome:
     run_id: str | None
     skipped: bool
     actor_peak_rss_mb: float = 0.0
+    seconds_to_first_part: float = 0.0  # from the command's start: Ray, writers, model loads (the start-up cost)
 
 
 def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
+    began = time.perf_counter()
     gen = config.generate
     tracking_uri = absolute_tracking_uri(config.mlflow.tracking_uri)
     check_tracking(tracking_uri, must_exist=True)
@@ -79,8 +81,9 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     console.progress(f"generating {plan.num_rows:,} rows in {num_parts} part(s) from {model_uri} into "
                      f"{redact(output)} ({len(done)} already done)")
     try:
-        actor_rss = _write_parts(config, model_files, plan, output, todo,
-                                 plan.num_rows - sum(e["rows"] for e in done.values())) if todo else 0.0
+        actor_rss, first_part = _write_parts(config, model_files, plan, output, todo,
+                                             plan.num_rows - sum(e["rows"] for e in done.values())) \
+            if todo else (0.0, time.perf_counter())
         parts = sink.completed_parts()
         missing = sorted(set(range(num_parts)) - set(parts))
         if missing:
@@ -95,28 +98,31 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     new_rows = sum(parts[k]["rows"] for k in todo)
     log_metrics(client, run_id, {"rows": plan.num_rows, "parts": num_parts, "seconds": seconds,
                                  "rows_per_s": new_rows / seconds if seconds else 0.0,
-                                 "actor_peak_rss_mb": actor_rss}, step=0)
+                                 "actor_peak_rss_mb": actor_rss, "seconds_to_first_part": first_part - began},
+                step=0)
     client.set_terminated(run_id)
     console.result(f"wrote {plan.num_rows:,} rows in {num_parts} part(s) to {redact(output)} from {model_uri} "
                    f"in {seconds:.1f}s; mlflow run {run_id}")
     return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, run_id, skipped=False,
-                           actor_peak_rss_mb=actor_rss)
+                           actor_peak_rss_mb=actor_rss, seconds_to_first_part=first_part - began)
 
 
 def _write_parts(config: Config, model_files: dict[str, bytes], plan: ConditionPlan, output: str, todo: list[int],
-                 rows_todo: int) -> float:
-    """Writes the parts in `todo`, printing progress; returns the largest writer's peak RSS (MB)."""
-    started, rows, count, peak_rss, shown = time.perf_counter(), 0, 0, 0.0, 0.0
+                 rows_todo: int) -> tuple[float, float]:
+    """Writes the parts in `todo`, printing progress; returns the largest writer's peak RSS (MB) and when the first
+    part was done (perf_counter)."""
+    started, rows, count, peak_rss, shown, first = time.perf_counter(), 0, 0, 0.0, 0.0, 0.0
     for row in _written(config, model_files, plan, output, todo, rows_todo):
         rows += int(row["rows"])
         count += 1
+        first = first or time.perf_counter()
         peak_rss = max(peak_rss, float(row["peak_rss_mb"]))
         now = time.perf_counter()
         if now - shown >= PROGRESS_EVERY_S or count == len(todo):  # periodic lines, not one per part
             shown, rate = now, rows / (now - started)
             console.progress(f"{count}/{len(todo)} parts  {rows:,}/{rows_todo:,} rows  {rate:,.0f} rows/s  "
                              f"ETA {(rows_todo - rows) / rate if rate else 0:.0f}s")
-    return peak_rss
+    return peak_rss, first
 
 
 def _written(config: Config, model_files: dict[str, bytes], plan: ConditionPlan, output: str, todo: list[int],

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.codec.arrow import is_numeric_temporal, is_string_like, plain
+from pipeline.codec.numeric import MAX_DECIMALS, decimal_grain
 from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step, float_values
 
 TIGHT = 0.01          # shifted rows breaking an inequality: below this share it is a matter of scale
@@ -30,7 +31,6 @@ TIED_SHARE = 0.01        # a combination independence would give this share of t
 TIED_ROWS = 100          # ...held by fewer than k rows ties the pair (never married and husband)
 MAX_TIED_VALUES = 200    # tied columns merge while the product of their distinct values stays this small
 MAX_FORMULA_COLUMNS = 16  # numeric columns searched for a = b + c, a = b * c (pairs x targets per block)
-MAX_DECIMALS = 6
 
 
 def family(t: pa.DataType) -> str | None:
@@ -42,14 +42,6 @@ def family(t: pa.DataType) -> str | None:
     if is_numeric_temporal(t) and not pa.types.is_duration(t):
         return str(t)
     return None
-
-
-def _decimals(values: np.ndarray) -> int:
-    """The fewest decimals (<= MAX_DECIMALS) that write every value exactly; MAX_DECIMALS + 1 when none do."""
-    for places in range(MAX_DECIMALS + 1):
-        if np.allclose(np.round(values, places), values, rtol=0, atol=10.0 ** -(places + 3)):
-            return places
-    return MAX_DECIMALS + 1
 
 
 class RuleSketch:
@@ -102,7 +94,8 @@ class RuleSketch:
                 low, high = self.spread.get(name, (math.inf, -math.inf))
                 self.spread[name] = (min(low, present.min()), max(high, present.max()))
             if name in self.floats and len(present):
-                self.decimals[name] = max(self.decimals.get(name, 0), _decimals(present))
+                places = decimal_grain(present)
+                self.decimals[name] = max(self.decimals.get(name, 0), MAX_DECIMALS + 1 if places is None else places)
             if name in self.integers and len(present):
                 self.gcd[name] = int(np.gcd.reduce(np.abs(present).astype(np.int64), initial=self.gcd.get(name, 0)))
             if name in self.numbers:
