@@ -6,8 +6,8 @@ Candidates, by construction cheap to count per block (vectorised; pairs and trip
 - `a -> b`: each value of a low-cardinality column a goes with one value of b (fixed combinations), where a
   repeats (at most rows / k distinct values: an id determines everything and means nothing);
 - `a <= b` (or <) between numbers, or dates / times / timestamps of one type, never null, where the order is
-  not a matter of scale: with b's rows shifted by one, a > b in at least TIGHT of rows (age <= fnlwgt is
-  true and says nothing);
+  not a matter of scale: with b's rows shifted by one, a > b in at least TIGHT of rows, or a's values reach
+  into b's range (age <= fnlwgt is true and says nothing; temp_min <= temp_max does);
 - null together, at most one of two numbers set, integer steps (every value a multiple of a step >= 2).
 Also each float column's grain (decimals, up to 6) so that rebuilt values are written as the real ones are.
 """
@@ -156,6 +156,8 @@ class RuleSketch:
                 seen.update(table.column(name).unique().to_pylist())
                 if len(seen) > LOW_CARDINALITY:
                     self.distinct[name] = None
+                    for pair in [pair for pair in self.combos if name in pair]:  # counted on early blocks only
+                        self.combos[pair] = None
         low = [name for name in self.discrete if self.distinct[name] is not None]
         for a, b in combinations(low, 2):
             if self.combos.get((a, b), {}) is None:
@@ -227,9 +229,12 @@ class RuleSketch:
         fixed = {name for rule in found if isinstance(rule, Fixed) for name in rule.group}
         for (a, b), counts in sorted(self.pairs.items()):
             both, over, at_or_over, differ, shifted = counts
-            if (both >= k and over == 0 and differ > 0 and both == self.rows and shifted >= TIGHT * both
+            # an order only of scale (every age below every fnlwgt) is no rule: the rows' pairing must matter,
+            # seen as rows shifted by one breaking it, or as a's values reaching into b's range (temp_min, temp_max)
+            meaningful = shifted >= TIGHT * both or self.spread[a][1] > self.spread[b][0]
+            if (both >= k and over == 0 and differ > 0 and both == self.rows and meaningful
                     and not {a, b} & (derived | fixed)):
-                found.append(Inequality(a, b, strict=at_or_over == 0))
+                found.append(Inequality(a, b, strict=bool(at_or_over == 0)))
         found += self._null_together(k, derived)
         for (a, b), both in sorted(self.both_set.items()):
             if both == 0 and min(self.set_rows.get(a, 0), self.set_rows.get(b, 0)) >= k and not {a, b} & derived:
@@ -239,11 +244,18 @@ class RuleSketch:
                 found.append(Step(name, float(divisor)))
         return found
 
+    def _complete_combos(self) -> list[tuple[tuple[str, str], dict]]:
+        """The pairs whose combinations were counted over every row: both columns stayed low-cardinality in every
+        block (a pair counted in some blocks, before one of its columns grew past LOW_CARDINALITY in another, is
+        not: flights' dep_time with its hour)."""
+        return [((a, b), combos) for (a, b), combos in self.combos.items()
+                if combos is not None and self.distinct[a] is not None and self.distinct[b] is not None]
+
     def _fixed(self, k: int, derived: set[str]) -> list[Fixed]:
         """Groups of a column and the columns it determines (a -> b for each b), largest first."""
         determines: dict[str, list[str]] = {}
-        for (a, b), combos in self.combos.items():
-            if combos is None or a in derived or b in derived:
+        for (a, b), combos in self._complete_combos():
+            if a in derived or b in derived:
                 continue
             left = {x for x, _ in combos}
             right = {y for _, y in combos}
@@ -268,8 +280,8 @@ class RuleSketch:
         pair."""
         floor = max(TIED_ROWS, TIED_SHARE * self.rows)
         strength: dict[tuple[str, str], float] = {}
-        for (a, b), combos in self.combos.items():
-            if combos is None or {a, b} & (derived | used):
+        for (a, b), combos in self._complete_combos():
+            if {a, b} & (derived | used):
                 continue
             left: dict[Any, int] = {}
             right: dict[Any, int] = {}
