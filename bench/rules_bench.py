@@ -4,10 +4,14 @@ generated rows that keep every rule the real training rows keep (pipeline/evalua
 holdout's own share, and detection as the TabSyn / TabDiff papers report it (gradient-boosted trees telling
 held-out real rows from as many synthetic ones, 3-fold ROC AUC, score 2 x (1 - AUC): 1.0 cannot tell them apart).
 
-    python bench/rules_bench.py [--tables adult strings/sp500 nuclides] [--epochs 8]
+    python bench/rules_bench.py [--tables adult strings/sp500 nuclides] [--epochs 8] [--sdv]
 
 Also our evaluator's fidelity (SDMetrics QualityReport's definitions) against the holdout, beside the real
-training rows' own. Writes bench/results/rules.jsonl and prints one line per table and variant, and ten real and
+training rows' own; with the `bench` extra installed, both judges (mostlyai-qa accuracy and SDMetrics'
+QualityReport, bench/judging.py); generation rows/s (100,000 proportional rows, best of 3) with and without rules.
+`--sdv`: SDV's GaussianCopula synthesizer given the same found rules as SDV constraints where SDV can express them
+(Inequality, FixedCombinations of categorical columns, FixedIncrements) and without: rule validity, detection and
+rows/s beside ours. Writes bench/results/rules.jsonl and prints one line per table and variant, and ten real and
 ten generated rows.
 """
 from __future__ import annotations
@@ -35,7 +39,77 @@ from pipeline.evaluate.metrics import prepare, quality  # noqa: E402
 from pipeline.evaluate.rules import rule_validity  # noqa: E402
 
 CONDITIONS = {"adult": ["income"], "strings/sp500": ["volume"], "nuclides": ["is_stable"],
-              "strings/gibraltar": ["condition"]}
+              "strings/gibraltar": ["condition"], "seattle-weather": ["weather"], "linked/flights": ["carrier"]}
+RATE_ROWS = 100_000
+
+
+def generation_rate(files: dict[str, bytes]) -> float:
+    """Rows/s of `synthesize` (one process, this machine's threads) for RATE_ROWS proportional rows, best of 3."""
+    from in_process import fastest
+
+    from pipeline.artifact import load_artifact_files
+    from pipeline.config import GenerateConfig
+    from pipeline.generate.plan import build_plan
+    from pipeline.model.sampling import synthesize
+
+    model, encoder = load_artifact_files(files)
+    conditions = build_plan(GenerateConfig(num_rows=RATE_ROWS), encoder).rows(0, RATE_ROWS)
+    return RATE_ROWS / fastest(lambda: synthesize(model, encoder, conditions, seed=0), 3)
+
+
+def judged(train: pa.Table, holdout: pa.Table, synthetic: pa.Table, folder: Path) -> dict:
+    """Both external judges where the `bench` extra is installed; {} otherwise."""
+    try:
+        from judging import judge, judge_frame
+        return {key: value for key, value in judge(judge_frame(synthetic), judge_frame(train), judge_frame(holdout),
+                                                  str(folder)).items() if key.startswith(("qa_", "sdmetrics"))}
+    except ImportError:
+        return {}
+
+
+def sdv_constraints(rules: list, metadata: dict) -> tuple[list, list[str]]:
+    """Our found rules as SDV constraints (sdv.cag) where SDV has the kind, and the rules it cannot express."""
+    from sdv import cag
+
+    from pipeline.rules.rule import Fixed, Inequality, Step
+
+    kinds = {name: column["sdtype"] for name, column in metadata["columns"].items()}
+    constraints, left = [], []
+    for rule in rules:
+        if isinstance(rule, Inequality) and isinstance(rule.left, str) and isinstance(rule.right, str):
+            constraints.append(cag.Inequality(low_column_name=rule.left, high_column_name=rule.right,
+                                              strict_boundaries=rule.strict))
+        elif isinstance(rule, Fixed) and all(kinds.get(c) in ("categorical", "boolean") for c in rule.group):
+            constraints.append(cag.FixedCombinations(column_names=list(rule.group)))
+        elif isinstance(rule, Step) and float(rule.step).is_integer():
+            constraints.append(cag.FixedIncrements(column_name=rule.column, increment_value=int(rule.step)))
+        else:
+            left.append(str(rule.config()))
+    return constraints, left
+
+
+def sdv_rows(train: pa.Table, rules: list, rows: int) -> tuple[pa.Table, float, float, list[str]]:
+    """SDV's GaussianCopula fitted on the training rows with `rules` as constraints (none when empty): its rows in
+    the training schema, fit seconds, sample rows/s and the rules SDV could not be given."""
+    from sdv.metadata import Metadata
+    from sdv.single_table import GaussianCopulaSynthesizer
+
+    frame = train.to_pandas()
+    metadata = Metadata.detect_from_dataframes({"table": frame})
+    synthesizer = GaussianCopulaSynthesizer(metadata)
+    constraints, left = sdv_constraints(rules, metadata.to_dict()["tables"]["table"])
+    if constraints:
+        synthesizer.add_constraints(constraints)
+    started = time.perf_counter()
+    synthesizer.fit({"table": frame})  # SDV 2 takes tables by name, single-table synthesizers too
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    sampled = synthesizer.sample(num_rows=rows)
+    sampled = sampled["table"] if isinstance(sampled, dict) else sampled
+    rate = rows / (time.perf_counter() - started)
+    table = pa.Table.from_pandas(sampled[train.column_names], preserve_index=False)
+    table = pa.table([table.column(f.name).cast(f.type, safe=False) for f in train.schema], schema=train.schema)
+    return table, fit_s, rate, left
 
 
 def detection(real: pa.Table, synthetic: pa.Table, seed: int = 0) -> float:
@@ -75,6 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tables", nargs="+", default=list(CONDITIONS))
     parser.add_argument("--epochs", default="8")
+    parser.add_argument("--sdv", action="store_true", help="also SDV's GaussianCopula with and without constraints")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / "rules.jsonl"
     for name in args.tables:
@@ -90,12 +165,15 @@ def main() -> None:
             started = time.perf_counter()
             trained = train_and_sample(overrides, holdout.num_rows)
             rules = rule_validity(train, holdout, trained.synthetic)
-            record = {"table": name, "rules_found": mode, "epochs": args.epochs, "fit_s": round(trained.fit_s, 1),
+            record = {"table": name, "system": "cvae", "rules_found": mode, "epochs": args.epochs,
+                      "fit_s": round(trained.fit_s, 1),
                       "rule_validity": rules["synthetic"], "rule_validity_holdout": rules["holdout"],
                       "rules_judged": len(rules["rules"]),
                       "detection": detection(holdout, trained.synthetic),
                       "quality": fidelity(train, holdout, trained.synthetic),
                       "detection_train_rows": detection(holdout, train),
+                      "rows_per_s": round(generation_rate(trained.files)),
+                      "judges": judged(train, holdout, trained.synthetic, work),
                       "worst_rules": sorted(((r, s["synthetic"]) for r, s in rules["rules"].items()),
                                             key=lambda item: item[1])[:3],
                       "wall_s": round(time.perf_counter() - started, 1)}
@@ -103,9 +181,32 @@ def main() -> None:
             with out.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             if mode == "apply":
+                found = trained_rules(trained.files)
                 with pd.option_context("display.width", 250, "display.max_columns", 30):
                     print("real (holdout):\n", holdout.slice(0, 10).to_pandas().to_string(max_colwidth=18))
                     print("generated:\n", trained.synthetic.slice(0, 10).to_pandas().to_string(max_colwidth=18))
+        for given in (("found", "none") if args.sdv else ()):
+            synthetic, fit_s, rate, left = sdv_rows(train, found if given == "found" else [], holdout.num_rows)
+            rules = rule_validity(train, holdout, synthetic)
+            record = {"table": name, "system": "sdv-gaussiancopula", "constraints": given, "fit_s": round(fit_s, 1),
+                      "rule_validity": rules["synthetic"], "rule_validity_holdout": rules["holdout"],
+                      "rules_judged": len(rules["rules"]), "not_expressible": left if given == "found" else [],
+                      "detection": detection(holdout, synthetic),
+                      "quality": fidelity(train, holdout, synthetic), "rows_per_s": round(rate),
+                      "judges": judged(train, holdout, synthetic, work),
+                      "worst_rules": sorted(((r, s["synthetic"]) for r, s in rules["rules"].items()),
+                                            key=lambda item: item[1])[:3]}
+            print(json.dumps(record), flush=True)
+            with out.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def trained_rules(files: dict[str, bytes]) -> list:
+    """The rules a trained model applies, read back from its encoder."""
+    from pipeline.artifact import load_artifact_files
+
+    _, encoder = load_artifact_files(files)
+    return encoder.rules.applied
 
 
 if __name__ == "__main__":

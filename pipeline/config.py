@@ -24,7 +24,7 @@ DEFAULT_CONDITIONS = ["income"]
 
 # kinds, and the personal-data roles of string columns (codec/kinds.py PERSONAL_ROLES)
 ColumnKind = Literal["continuous", "integer", "categorical", "list", "id", "first_name", "last_name", "full_name",
-                     "email", "street_address", "city", "postcode", "phone_number"]
+                     "email", "street_address", "city", "state", "postcode", "phone_number"]
 
 
 class Section(BaseModel):

@@ -1,6 +1,7 @@
 """Values held in strings: dates, times, timestamps and numbers are found in every training value, modelled as what
 they are and written back as the real ones are written; doubles keep their grain; the evaluator scores whether
 generated strings are written like the real ones."""
+import re
 import unicodedata
 
 import numpy as np
@@ -175,9 +176,17 @@ def test_personal_columns_are_believable_agree_within_the_row_and_come_from_no_t
     peeps, encoder, synthetic = peeps_round_trip()
     kinds = encoder.kinds()
     assert [name for name, kind in kinds.items() if kind == "personal"] == [
-        "name_given", "name_family", "address", "city", "postcode", "email_addr", "phone_number"]
+        "name_given", "name_family", "address", "city", "state_prov", "postcode", "email_addr", "phone_number"]
     assert kinds["dob"] == "formatted" and kinds["country"] == "categorical"
     rows = synthetic.to_pylist()
+    assert not [row for row in rows if "_RARE_" in row.values()]  # state_prov's rare states were `_RARE_`
+    # a state of the row's country, written as the real ones are (NSW, ON, CA), none where the country has none
+    states = {"AUS": {"NSW", "QLD", "SA", "TAS", "VIC", "WA", "ACT", "NT"},
+              "CAN": {"AB", "BC", "MB", "NB", "NL", "NS", "NT", "NU", "ON", "PE", "QC", "SK", "YT"}}
+    for row in rows:
+        assert row["state_prov"] is None or row["state_prov"] in states.get(row["country"], set()) or (
+            row["country"] == "USA" and re.fullmatch("[A-Z]{2}", row["state_prov"])), row
+    assert {row["state_prov"] is None for row in rows if row["country"] in states} == {False}
     for row in rows:
         assert row["name_given"].isalpha() or " " in row["name_given"] or "-" in row["name_given"], row
         assert not any(ch.isdigit() for ch in row["name_given"] + row["name_family"] + row["city"]), row

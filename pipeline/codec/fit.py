@@ -123,7 +123,7 @@ class EncoderSketch:
         if name in self.conditions:
             return kind
         if kind == "categorical" and sketch.formats is not None and \
-                role_of(name, sketch, sketch.looks_like_id(name, k)) is not None:
+                role_of(name, sketch, k) is not None:
             return "personal"  # before ids: unique e-mails are e-mails
         if kind == "categorical" and is_string_like(field.type) and sketch.looks_like_id(name, k):
             return "id"

@@ -1,9 +1,12 @@
-"""Personal data columns (first, last and full names, e-mail addresses, street addresses, cities, postcodes,
-phone numbers): not modelled, only their nulls; each generated value comes from Faker, never from a training row.
+"""Personal data columns (first, last and full names, e-mail addresses, street addresses, cities, states or
+provinces, postcodes, phone numbers): not modelled, only their nulls; each generated value comes from Faker, never
+from a training row.
 
 A column is personal when its name says which kind (`name_given`, `email_addr`, `phone_number`; or
 `data.columns.NAME: email` and the like) and its values agree (e-mails hold an `@`, phone numbers digits). A city
-column is personal only where the training cities are too rare to keep as categories. Values in a row agree
+column is personal only where the training cities are too rare to keep as categories, a state column only where
+most of its rows hold a value fewer than k rows hold (peeps' `state_prov`: else `_RARE_` in most rows; airports'
+56 states stay categories). Values in a row agree
 as the real rows' do: names follow the row's country when the table has a country column (USA, DEU, ...), and
 e-mails are built from the row's generated first and last names when the real ones are written from names
 (`dieter_koenig@...`), at domains that k or more training rows share. Faker's values may equal a real person's
@@ -11,6 +14,8 @@ by chance; the model stores no training name, address or number.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from typing import Any
 
@@ -30,6 +35,7 @@ ROLES = {
     "email": ({"email", "mail", "e-mail"}, 0.9, r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"),
     "street_address": ({"address", "street", "addr"}, 0.8, r"\d.*[A-Za-z]|[A-Za-z].*\d"),
     "city": ({"city", "town", "municipality"}, 0.9, r"^[^\d@]+$"),
+    "state": ({"state", "province", "prov", "stateprov"}, 0.9, r"^[^\d@]+$"),
     "postcode": ({"postcode", "zip", "zipcode", "postal", "plz"}, 0.9, r"\d"),
     "phone_number": ({"phone", "telephone", "tel", "mobile", "fax"}, 0.9, r"(\d\D*){6,}"),
 }
@@ -62,6 +68,9 @@ COUNTRY_LOCALES = {
 FAKER_METHODS = {"first_name": "first_name", "last_name": "last_name", "full_name": "name",
                  "street_address": "street_address", "city": "city", "postcode": "postcode",
                  "phone_number": "phone_number", "email": "user_name"}
+MOSTLY_KEPT = 0.5  # a state column whose kept values cover this share of its rows stays categorical
+ABBREVIATED = re.compile(r"^[A-Z]{2,3}$")  # NSW, ON, CA: states written as their postal abbreviations
+STATE_METHODS = {True: ("state_abbr", "province_abbr"), False: ("administrative_unit",)}  # Faker's, per style
 SHAPED = ("phone_number", "postcode")  # without a country column: written in the shapes k training rows share
 LOCAL_PART = re.compile(r"^([a-z]+)([._-]?)([a-z]+)\d*$")  # dieter_koenig, rcconte, mb_dias
 
@@ -73,14 +82,16 @@ def name_words(name: str) -> set[str]:
     return words | {w.replace("-", "") for w in words} | {p for w in words for p in w.split("-")}
 
 
-def role_of(name: str, sketch: CategorySketch, near_unique: bool) -> str | None:
+def role_of(name: str, sketch: CategorySketch, min_count: int | None) -> str | None:
     """The personal-data role a string column's name says and its counted values agree with; None for any
-    other column. A city is one only when `near_unique` (too many rare cities to keep as categories)."""
+    other column. A city is one only when near-unique (too many rare cities to keep as categories), a state only
+    when most rows hold a value fewer than `min_count` rows hold (None: the role is already decided)."""
     words = name_words(name)
     for role, (said, share, pattern) in ROLES.items():
         if not words & said or (role == "full_name" and not words & NAME_WORDS):
             continue
-        if role == "city" and not near_unique:
+        if min_count is not None and (role == "city" and not sketch.looks_like_id(name, min_count) or
+                                      role == "state" and sketch.covered(min_count) >= MOSTLY_KEPT):
             return None
         values = list(sketch.counts.items())
         seen = sum(count for _, count in values)
@@ -101,7 +112,7 @@ class PersonalCodec(Codec):
     def __init__(self, name: str, arrow_type: pa.DataType, role: str, null_rate: float, nullable: bool,
                  domains: list[tuple[str, float]] | None = None, separator: str | None = None,
                  links: dict[str, str] | None = None, locale: str = DEFAULT_LOCALE,
-                 shapes: list[tuple[str, float]] | None = None):
+                 shapes: list[tuple[str, float]] | None = None, abbreviated: bool = False):
         self.name, self.arrow_type, self.role = name, arrow_type, role
         self.null_rate, self.nullable = null_rate, nullable
         self.domains = domains or []   # e-mail domains k or more training rows share, with their shares
@@ -109,6 +120,7 @@ class PersonalCodec(Codec):
         self.links = links or {}       # "country", "first_name", "last_name" -> the column this one reads
         self.locale = locale           # the table's locale when no country column gives a row's
         self.shapes = shapes or []     # phone numbers, postcodes: the character shapes k or more rows share
+        self.abbreviated = abbreviated  # states written as abbreviations (NSW), not names (New South Wales)
 
     @property
     def width(self) -> int:
@@ -116,7 +128,7 @@ class PersonalCodec(Codec):
 
     @classmethod
     def fit(cls, field: pa.Field, kind: str, sketch: CategorySketch, settings: FitSettings) -> "PersonalCodec":
-        role = settings.role or role_of(field.name, sketch, True)
+        role = settings.role or role_of(field.name, sketch, None)
         if role is None:
             raise ValueError(f"column {field.name!r}: no personal-data role")
         domains, separator, shapes, k = [], None, [], settings.protect or 1
@@ -133,14 +145,16 @@ class PersonalCodec(Codec):
             total = sum(c for _, c in kept)
             domains = [(d, c / total) for d, c in kept] if total else []
             separator = _name_separator(locals_)
+        abbreviated = role == "state" and sum(count for value, count in sketch.counts.items()
+                                              if ABBREVIATED.match(str(value))) >= 0.9 * sum(sketch.counts.values())
         return cls(field.name, field.type, role, sketch.nulls / max(sketch.rows, 1), sketch.nulls > 0, domains,
-                   separator, locale=settings.config.locale, shapes=shapes)
+                   separator, locale=settings.config.locale, shapes=shapes, abbreviated=abbreviated)
 
     @classmethod
     def fit_private(cls, field: pa.Field, kind: str, sketch: Any, settings: FitSettings, noise: Any,
                     fine: Any) -> "PersonalCodec":
         """Only the role the user gave, and a noisy null rate: no domain or style from the training values."""
-        role = settings.role or role_of(field.name, sketch, True)
+        role = settings.role or role_of(field.name, sketch, None)
         noisy_nulls = noise.nulls(sketch.nulls, field.name)
         return cls(field.name, field.type, role, min(1.0, noisy_nulls / max(sketch.rows, 1)),
                    noisy_nulls >= noise.post_cut(1), locale=settings.config.locale)
@@ -175,7 +189,7 @@ class PersonalCodec(Codec):
         for locale, sex in sorted(set(zip(locales.tolist(), genders.tolist()))):
             rows = np.flatnonzero((locales == locale) & (genders == sex))
             values[rows] = self._written(locale, sex, rows, context, seed)
-        return pa.array(values, pa.string(), mask=is_null).cast(self.arrow_type)
+        return pa.array(values, pa.string(), mask=is_null | _missing(values)).cast(self.arrow_type)
 
     def _written(self, locale: str, sex: str, rows: np.ndarray, context: DecodeContext, seed: int) -> list[str]:
         from faker import Faker
@@ -185,6 +199,8 @@ class PersonalCodec(Codec):
         rng = np.random.default_rng([seed, sum(map(ord, locale + sex))])
         if self.shapes and "country" not in self.links:  # with a country column, the country's own format
             return _from_shapes(self.shapes, len(rows), rng)
+        if self.role == "state":
+            return _states(fake, self.abbreviated, len(rows), rng)
         if self.role != "email":
             method = FAKER_METHODS[self.role] + (f"_{sex}" if sex and self.role in ("first_name", "full_name") else "")
             pool = [getattr(fake, method)() for _ in range(min(POOL, 4 * len(rows)))]
@@ -207,6 +223,8 @@ class PersonalCodec(Codec):
     def written_as(self) -> str:
         extra = f", from the row's names joined by {self.separator!r}" if self.role == "email" and \
             "first_name" in self.links else ""
+        extra += (", as abbreviations (none where the country has none)" if self.abbreviated else "") \
+            if self.role == "state" else ""
         country = f", by the row's {self.links['country']}" if "country" in self.links else f" ({self.locale})"
         country += f" and {self.links['gender']}" if "gender" in self.links else ""
         return f"{self.role.replace('_', ' ')} from Faker{country}{extra}"
@@ -218,13 +236,31 @@ class PersonalCodec(Codec):
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "personal", "role": self.role, "null_rate": self.null_rate, "nullable": self.nullable,
                 "domains": [list(d) for d in self.domains], "separator": self.separator, "links": self.links,
-                "locale": self.locale, "shapes": [list(s) for s in self.shapes]}
+                "locale": self.locale, "shapes": [list(s) for s in self.shapes], "abbreviated": self.abbreviated}
 
     @classmethod
     def from_dict(cls, field: pa.Field, spec: dict[str, Any]) -> "PersonalCodec":
         return cls(field.name, field.type, spec["role"], spec["null_rate"], spec["nullable"],
                    [tuple(d) for d in spec["domains"]], spec["separator"], spec["links"], spec["locale"],
-                   [tuple(s) for s in spec["shapes"]])
+                   [tuple(s) for s in spec["shapes"]], spec.get("abbreviated", False))
+
+
+def _states(fake: Any, abbreviated: bool, n: int, rng: np.random.Generator) -> list[str | None]:
+    """n states or provinces of the fake's locale (Faker's abbreviations, or its administrative units' names);
+    None for every row where the locale has none in that style (en_GB has no abbreviated states)."""
+    method = next((m for m in STATE_METHODS[abbreviated] if hasattr(fake, m)), None)
+    if method is None:
+        return [None] * n
+    draw = getattr(fake, method)
+    if "include_territories" in inspect.signature(draw).parameters:  # en_US: the 50 states and DC, not Guam
+        draw = functools.partial(draw, include_territories=False, include_freely_associated_states=False)
+    pool = sorted({draw() for _ in range(POOL // 10)})
+    return [pool[i] for i in rng.integers(len(pool), size=n)]
+
+
+def _missing(values: np.ndarray) -> np.ndarray:
+    """Where a decoded object array holds None (a value Faker has none of for the row's locale)."""
+    return np.array([value is None for value in values], dtype=bool)
 
 
 def _shape(value: str) -> str:

@@ -147,12 +147,17 @@ class CategorySketch:
     def _add(self, pairs: Iterable[tuple[Any, int]]) -> None:
         self.pruned |= add_counts(self.counts, pairs, self.bound)
 
+    def covered(self, min_count: int) -> float:
+        """The share of non-null rows whose value k or more rows hold (what value protection keeps)."""
+        present = self.rows - self.nulls
+        return sum(count for count in self.counts.values() if count >= min_count) / present if present else 1.0
+
     def looks_like_id(self, name: str, min_count: int) -> bool:
         """Near-unique (or id-named and mostly unique) and not covered by values seen k times or more."""
         present = self.rows - self.nulls
         if not present:
             return False
         distinct = 1.0 if self.pruned else len(self.counts) / present
-        covered = sum(count for count in self.counts.values() if count >= min_count) / present
+        covered = self.covered(min_count)
         unique_enough = distinct >= NEAR_UNIQUE or (named_like_id(name) and distinct >= ID_NAMED_UNIQUE)
         return unique_enough and covered < MAX_ID_COVERAGE
