@@ -98,13 +98,15 @@ def sdmetrics_quality(synthetic: pd.DataFrame, holdout: pd.DataFrame, types: dic
     return report.get_score()
 
 
-def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, folder: str) -> dict:
+def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, folder: str,
+          target: str | None = None) -> dict:
     """mostlyai-qa (accuracy over every column, pair and triple against the training rows, the holdout's own beside
     it; DCR share: synthetic rows closer to a training row than to a holdout row) and SDMetrics' QualityReport
     against the holdout, with what the same number of real training rows score beside it
     (`sdmetrics_training_rows`: the split's own noise, the score a faithful copy of the training distribution
     gets) and the score with identifiers judged as categories (`sdmetrics_ids_as_categories`, the metadata of
-    runs before 2026-11-29, where only a system that copies training ids scores on them)."""
+    runs before 2026-11-29, where only a system that copies training ids scores on them); and joint_scores
+    (detection, train on synthetic) for `target`."""
     from mostlyai import qa
 
     synthetic = synthetic[list(training.columns)].astype(training.dtypes.to_dict(), errors="ignore")
@@ -123,9 +125,35 @@ def judge(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame
     if by_values != types:
         scores["sdmetrics_ids_as_categories"] = sdmetrics_quality(synthetic, holdout, by_values)
     scores |= seeded_dcr_shares(synthetic, training, holdout)
+    scores |= joint_scores(synthetic, training, holdout, [name for name in training.columns if name not in ids], target)
     if ids:
         scores |= judged_without(ids, synthetic, training, holdout, folder)
     return scores
+
+
+def joint_scores(synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame, columns: list[str],
+                 target: str | None = None) -> dict:
+    """The evaluator's own joint judges (pipeline/evaluate/metrics.py) on the judges' representation, identifiers
+    left out: detection (a classifier telling the rows from the holdout, 2 x (1 - AUC) on every row) beside the
+    real training rows' own, and train-on-synthetic / train-on-real on the holdout for `target` (default: the
+    table's last column, or the one the caller names)."""
+    import pyarrow as pa
+
+    from pipeline.evaluate.driver import column_kinds
+    from pipeline.evaluate.metrics import detection, prepare, utility
+
+    tables = [pa.Table.from_pandas(frame[columns], preserve_index=False) for frame in (training, holdout, synthetic)]
+    tables = [tables[0]] + [t.cast(tables[0].schema, safe=False) for t in tables[1:]]
+    kinds = {name: kind for name, kind in column_kinds(tables[0].schema, {}).items() if kind != "id"}
+    train, unseen, generated = prepare(tables, kinds)
+    rows = max(len(frame) for frame in (training, holdout, synthetic))
+    target = target or columns[-1]
+    useful = utility(train, generated, unseen, target, 0)
+    headline = "roc_auc" if "roc_auc" in useful.get("trtr", {}) else ("macro_f1" if useful["task"] ==
+                                                                       "classification" else "r2")
+    return {"detection": detection(unseen, generated, 0, rows), "detection_training_rows":
+            detection(unseen, train, 0, rows), "tstr_target": target, "tstr_score": headline,
+            "tstr": useful.get("tstr", {}).get(headline), "trtr": useful.get("trtr", {}).get(headline)}
 
 
 def judged_without(columns: list[str], synthetic: pd.DataFrame, training: pd.DataFrame, holdout: pd.DataFrame,

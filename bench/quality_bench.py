@@ -14,7 +14,9 @@ runs out) get the seconds our fit took for the same seed; GaussianCopula is one 
 Judges: mostlyai-qa (accuracy over every column, pair and triple against the training rows; the holdout's own
 accuracy beside it; DCR share: the report's, and the mean of six seeded draws beside what real unseen rows score,
 judging.seeded_dcr_shares) and SDMetrics' QualityReport against the holdout (identifiers as SDV's metadata
-detection finds them, left out of its score; what as many real training rows score beside it). Each system runs
+detection finds them, left out of its score; what as many real training rows score beside it); and the evaluator's
+joint judges: detection (a classifier telling the rows from the holdout) and train on synthetic, test on the
+holdout for the condition column, each beside the real training rows' own. Each system runs
 in its own process, so its peak RSS is its own (ours adds each Ray Train worker's). `--set` passes overrides to
 `cvae train` (an ablation); results are appended to --out as JSON lines.
 Needs the `bench` extra (ctgan, sdv, sdmetrics, mostlyai-engine, mostlyai-qa) with the CPU torch the project uses.
@@ -224,7 +226,8 @@ def main() -> None:
                     continue
                 if system == "cvae":
                     budget_s = outcome["fit_s"]
-                scores = judge(pd.read_parquet(outcome.pop("synthetic_path")), trn, hol, folder)
+                scores = judge(pd.read_parquet(outcome.pop("synthetic_path")), trn, hol, folder,
+                               CONDITIONS[table][0])
                 result = {"table": table, "rows": training.num_rows + holdout.num_rows, "system": system,
                           "seed": seed, "overrides": args.set if system == "cvae" else [],
                           "budget_s": budget_s, **outcome, **scores,
@@ -240,15 +243,17 @@ def print_table(results: list[dict]) -> None:
     print(f"\n{os.cpu_count()} CPUs; judged on the 20% holdout no system saw")
     print("| table (rows) | system | seed | fit s | generate rows/s | peak RSS MB | mostlyai-qa accuracy (holdout's own) "
           "[; identifier columns left out] | bivariate | trivariate | DCR share (mean of 6 draws) | DCR share against half the holdout (real unseen rows') "
-          "| SDMetrics quality (training rows') |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| SDMetrics quality (training rows') | detection (training rows') | train on synthetic (on real) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         rss = f"{r['peak_rss_mb']:.0f}" + (f" + {r['worker_rss_mb']:.0f}/worker" if "worker_rss_mb" in r else "")
         print(f"| {r['table']} ({r['rows']:,}) | {LABELS[r['system']]} | {r['seed']} | {r['fit_s']:.0f} | "
               f"{r['generate_rows_per_s']:,.0f} | {rss} | {r['qa_accuracy']:.3f} ({r['qa_holdout_own']:.3f}){_without_ids(r)} | "
               f"{r['qa_bivariate']:.3f} | {_maybe(r['qa_trivariate'])} | {r['dcr_share']:.3f} ({r['dcr_share_mean']:.3f}) | "
               f"{r['dcr_share_half']:.3f} ({r['dcr_share_real_rows']:.3f}) | {r['sdmetrics_quality']:.3f} "
-              f"({r['sdmetrics_training_rows']:.3f}) |")
+              f"({r['sdmetrics_training_rows']:.3f}) | {_maybe(r.get('detection'))} "
+              f"({_maybe(r.get('detection_training_rows'))}) | {r.get('tstr_score', '')} {_maybe(r.get('tstr'))} "
+              f"({_maybe(r.get('trtr'))}) |")
 
 
 def _without_ids(r: dict) -> str:

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,7 +34,7 @@ from judging import split  # noqa: E402
 
 from pipeline.config import BUNDLED_DATA  # noqa: E402
 from pipeline.evaluate.driver import column_kinds  # noqa: E402
-from pipeline.evaluate.metrics import prepare, quality  # noqa: E402
+from pipeline.evaluate.metrics import detection, prepare, quality  # noqa: E402
 from pipeline.evaluate.rules import rule_validity  # noqa: E402
 
 CONDITIONS = {"adult": ["income"], "strings/sp500": ["volume"], "nuclides": ["is_stable"],
@@ -57,12 +56,13 @@ def generation_rate(files: dict[str, bytes]) -> float:
     return RATE_ROWS / fastest(lambda: synthesize(model, encoder, conditions, seed=0), 3)
 
 
-def judged(train: pa.Table, holdout: pa.Table, synthetic: pa.Table, folder: Path) -> dict:
-    """Both external judges where the `bench` extra is installed; {} otherwise."""
+def judged(train: pa.Table, holdout: pa.Table, synthetic: pa.Table, folder: Path, target: str) -> dict:
+    """Both external judges where the `bench` extra is installed, and train on synthetic; {} otherwise."""
     try:
         from judging import judge, judge_frame
         return {key: value for key, value in judge(judge_frame(synthetic), judge_frame(train), judge_frame(holdout),
-                                                  str(folder)).items() if key.startswith(("qa_", "sdmetrics"))}
+                                                  str(folder), target).items()
+                if key.startswith(("qa_", "sdmetrics", "tstr", "trtr"))}
     except ImportError:
         return {}
 
@@ -112,29 +112,12 @@ def sdv_rows(train: pa.Table, rules: list, rows: int) -> tuple[pa.Table, float, 
     return table, fit_s, rate, left
 
 
-def detection(real: pa.Table, synthetic: pa.Table, seed: int = 0) -> float:
-    """2 x (1 - AUC) of HistGradientBoostingClassifier (native categories) telling `real` from `synthetic`."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.model_selection import cross_val_score
-
-    n = min(real.num_rows, synthetic.num_rows)
-    frames = [t.slice(0, n).to_pandas() for t in (real, synthetic)]
-    both = pd.concat(frames, ignore_index=True)
-    categorical = []
-    for name in both.columns:
-        column = both[name]
-        if pd.api.types.is_datetime64_any_dtype(column):
-            both[name] = column.astype("int64")
-        elif not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-            codes = column.astype("string").astype("category")  # categories sorted: ISO dates in time order
-            both[name] = codes.cat.codes.replace(-1, np.nan)
-            if len(codes.cat.categories) <= 255:  # the booster's limit; beyond it the sorted code is a number
-                categorical.append(name)
-    labels = np.r_[np.zeros(n), np.ones(n)]
-    model = HistGradientBoostingClassifier(categorical_features=[both.columns.get_loc(c) for c in categorical] or None,
-                                           random_state=seed)
-    auc = cross_val_score(model, both, labels, cv=3, scoring="roc_auc").mean()
-    return float(max(0.0, 2 * (1 - auc)))
+def detected(real: pa.Table, synthetic: pa.Table) -> float | None:
+    """The evaluator's detection (pipeline/evaluate/metrics.py: 2 x (1 - AUC) of gradient-boosted trees, 3 folds)
+    on every row of both tables, identifiers left out."""
+    kinds = {name: kind for name, kind in column_kinds(real.schema, {}).items() if kind != "id"}
+    real_sample, synthetic_sample = prepare([real, synthetic], kinds)
+    return detection(real_sample, synthetic_sample, seed=0, rows=max(real.num_rows, synthetic.num_rows))
 
 
 def fidelity(train: pa.Table, holdout: pa.Table, synthetic: pa.Table) -> dict[str, float]:
@@ -169,11 +152,11 @@ def main() -> None:
                       "fit_s": round(trained.fit_s, 1),
                       "rule_validity": rules["synthetic"], "rule_validity_holdout": rules["holdout"],
                       "rules_judged": len(rules["rules"]),
-                      "detection": detection(holdout, trained.synthetic),
+                      "detection": detected(holdout, trained.synthetic),
                       "quality": fidelity(train, holdout, trained.synthetic),
-                      "detection_train_rows": detection(holdout, train),
+                      "detection_train_rows": detected(holdout, train),
                       "rows_per_s": round(generation_rate(trained.files)),
-                      "judges": judged(train, holdout, trained.synthetic, work),
+                      "judges": judged(train, holdout, trained.synthetic, work, CONDITIONS[name][0]),
                       "worst_rules": sorted(((r, s["synthetic"]) for r, s in rules["rules"].items()),
                                             key=lambda item: item[1])[:3],
                       "wall_s": round(time.perf_counter() - started, 1)}
@@ -191,9 +174,9 @@ def main() -> None:
             record = {"table": name, "system": "sdv-gaussiancopula", "constraints": given, "fit_s": round(fit_s, 1),
                       "rule_validity": rules["synthetic"], "rule_validity_holdout": rules["holdout"],
                       "rules_judged": len(rules["rules"]), "not_expressible": left if given == "found" else [],
-                      "detection": detection(holdout, synthetic),
+                      "detection": detected(holdout, synthetic),
                       "quality": fidelity(train, holdout, synthetic), "rows_per_s": round(rate),
-                      "judges": judged(train, holdout, synthetic, work),
+                      "judges": judged(train, holdout, synthetic, work, CONDITIONS[name][0]),
                       "worst_rules": sorted(((r, s["synthetic"]) for r, s in rules["rules"].items()),
                                             key=lambda item: item[1])[:3]}
             print(json.dumps(record), flush=True)

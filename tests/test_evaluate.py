@@ -54,6 +54,9 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     assert [e["value"] for e in report["conditions"]["income"]] == ["<=50K", ">50K"]
     assert report["utility"]["target"] == "income" and 0 < report["utility"]["tstr"]["accuracy"] <= 1
     assert report["privacy"]["synthetic_rows"] == 5000 and "share_closer_than_holdout_p5" in report["privacy"]
+    # a classifier telling our rows from held-out real ones, beside real training rows told from them (the ceiling)
+    assert 0 <= report["detection"]["synthetic"] < report["detection"]["training_rows"] <= 1
+    assert f"detection {report['detection']['synthetic']:.3f} (1 = a classifier cannot tell" in out
     assert report["validity"]["invalid_values"] == 0  # the decoder clips to the training bounds and categories
     # Adult's 9 string columns are categories: each generated value has a shape real training values have
     assert len(report["formats"]["columns"]) == 9 and report["formats"]["synthetic"] >= 0.99
@@ -64,7 +67,8 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     run = client.get_run(first.run_id)
     assert run.data.metrics["quality_overall"] == pytest.approx(report["quality"]["overall"])
     assert {"shape.age", "utility_tstr_macro_f1", "privacy_share_closer_than_holdout_p5", "format_validity",
-            "format_validity_holdout", "format.education"} <= set(run.data.metrics)
+            "format_validity_holdout", "format.education", "detection", "detection_training_rows"} <= set(
+        run.data.metrics)
     assert run.data.tags["cvae.model_uri"] == generated.model_uri
     assert run.info.experiment_id == client.get_run(generated.run_id).info.experiment_id
     assert artifacts(client, first.run_id, "evaluation") >= {"evaluation/report.json", "evaluation/associations.png",
@@ -86,6 +90,7 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
     assert {"Columns", "Pairs of columns", "Per income", "Utility: train on synthetic, test on real",
             "Values in their formats", "Privacy"} <= set(seen.headings)
     assert f"Quality {report['quality']['overall']:.4f}" in page and "Promotion gate: none" in page
+    assert f"Detection {report['detection']['synthetic']:.3f}" in page
     capsys.readouterr()
     again = evaluate(config)
     assert again.run_id == first.run_id  # the same evaluation: no second run, and no second pass over the rows

@@ -6,8 +6,8 @@ import pytest
 from scipy.stats import ks_2samp
 
 from pipeline.evaluate.driver import column_kinds
-from pipeline.evaluate.metrics import (ColumnStats, invalid_counts, ks_complement, per_condition, prepare, privacy, quality,
-                              utility)
+from pipeline.evaluate.metrics import (ColumnStats, detection, invalid_counts, ks_complement, per_condition, prepare,
+                                      privacy, quality, utility)
 from pipeline.evaluate.plots import report_figures
 
 
@@ -54,6 +54,18 @@ def test_independent_columns_keep_shapes_but_lose_pair_trends(halves, adult_kind
     assert broken["column_pair_trends"] < faithful["column_pair_trends"] - 0.05
     education = {tuple(p["columns"]): p["score"] for p in broken["pairs"]}[("education", "education-num")]
     assert education < 0.5  # a one-to-one relation, destroyed
+
+
+def test_detection_tells_rows_whose_columns_were_drawn_apart_and_not_real_rows(halves, adult_kinds):
+    """Real rows the 'model' saw against real rows it did not: a classifier cannot tell them (near 1). The same rows
+    with every column permuted on its own keep every column's shape (the binned column scores stay near 1) but
+    hold combinations no real row has (a 50-year-old child, a husband never married): detection falls."""
+    seen, unseen = halves
+    real, other = prepare([unseen, seen], adult_kinds)
+    assert detection(real, other, seed=0) > 0.85
+    real, scrambled = prepare([unseen, shuffled(seen)], adult_kinds)
+    assert quality(real, scrambled)["column_shapes"] > 0.98 and detection(real, scrambled, seed=0) < 0.3
+    assert detection(real.subset(np.arange(real.rows) < 40), scrambled, seed=0) is None  # too few rows to fold
 
 
 def test_a_shifted_column_is_the_weakest(halves, adult_kinds):

@@ -37,8 +37,8 @@ from pipeline.errors import UserError
 from pipeline.evaluate.formats import as_typed, format_validity, typed_columns
 from pipeline.evaluate.html import render
 from pipeline.evaluate.rules import rule_validity
-from pipeline.evaluate.metrics import (MIN_GROUP_ROWS, ColumnStats, Sample, invalid_counts, per_condition, prepare,
-                                      privacy, quality, utility)
+from pipeline.evaluate.metrics import (MIN_GROUP_ROWS, ColumnStats, Sample, detection, invalid_counts, per_condition,
+                                      prepare, privacy, quality, utility)
 from pipeline.registry import default_model_uri, registered_name, resolve_model_uri
 from pipeline.tracking import check_tracking, client_for, experiment_id, log_metrics, tagged_run
 from pipeline.generate.sink import MANIFEST, REPORT_PAGE, SPEC, SUCCESS, DatasetManifest, Sink
@@ -48,7 +48,7 @@ from pipeline.storage import absolute, absolute_tracking_uri, digest, parquet_fi
 
 EVALUATION_TAG = "cvae.evaluation_id"
 # 2: personal columns judged by format only, the HTML page; 3: dates, times and numbers held in strings scored as
-# what they hold. A finished evaluation of another format is not reused.
+# what they hold, detection. A finished evaluation of another format is not reused.
 REPORT_FORMAT = "cvae-evaluation/3"
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")  # what MLflow refuses in a metric name, e.g. "Culmen Length (mm)"
 MIN_HOLDOUT_ROWS = 500
@@ -297,6 +297,10 @@ def build_report(real: dict[str, pa.Table], synthetic_table: pa.Table, kinds: di
         "columns": fidelity["columns"], "pairs": fidelity["pairs"],
         "conditions": per_condition(reference, synthetic, conditions),
         "utility": utility(train, synthetic, holdout, target, seed),
+        # a classifier telling the synthetic rows from the reference, beside the training rows' own score (the
+        # ceiling: real rows the model saw, told from real rows it did not)
+        "detection": {"synthetic": detection(reference, synthetic, seed),
+                      "training_rows": detection(holdout, train, seed) if has_holdout else None},
     }
     rng = np.random.default_rng(seed)
     report["privacy"] = privacy(train, _subsample(synthetic, privacy_rows, rng),
@@ -400,6 +404,8 @@ def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
     if "ratio" in utility_report:
         metrics["utility_ratio"] = utility_report["ratio"]
     metrics |= {f"privacy_{key}": value for key, value in report["privacy"].items()}
+    found = report.get("detection", {})
+    metrics |= {"detection": found.get("synthetic"), "detection_training_rows": found.get("training_rows")}
     metrics |= {"validity_invalid_values": report["validity"]["invalid_values"],
                 "validity_null_rate_agreement": report["validity"]["null_rate_agreement"]}
     formats = report.get("formats", {})
@@ -484,6 +490,12 @@ def print_summary(report: dict[str, Any], run_id: str) -> None:
           + (f"; real holdout vs training rows: {baseline:.4f}" if baseline is not None else ""))
     worst = sorted(report["columns"].items(), key=lambda item: item[1])[:3]
     console.result("weakest columns: " + ", ".join(f"{name} {score:.3f}" for name, score in worst))
+    found = report.get("detection") or {}
+    if found.get("synthetic") is not None:
+        beside = (f"; real training rows: {found['training_rows']:.3f}" if found.get("training_rows") is not None
+                  else "")
+        console.result(f"detection {found['synthetic']:.3f} (1 = a classifier cannot tell synthetic rows from the "
+                       f"{report['reference']}, 0 = always can{beside})")
     for column, entries in report["conditions"].items():
         scored = [f"{e['value']} {e['overall']:.3f}" for e in entries if "overall" in e][:6]
         console.result(f"per {column}: " + (", ".join(scored) if scored else

@@ -2,7 +2,7 @@
 one by looking. Every figure is the report's own PNG (pipeline/evaluate/plots.py, matplotlib) inlined as data, so
 the page opens anywhere, offline, from MLflow's artifact view or beside the dataset.
 
-Sections: the verdict (quality beside what real unseen rows score, the promotion gate), each column (its score
+Sections: the verdict (quality beside what real unseen rows score, detection, the promotion gate), each column (its score
 and real-vs-synthetic histogram), the strongest and weakest pairs and the association heatmaps, the per-condition
 breakdown, utility, format validity and rule shares where the table has them, and the privacy figures."""
 from __future__ import annotations
@@ -30,7 +30,7 @@ def render(report: dict[str, Any], figures: dict[str, bytes], gate: str) -> str:
              f"<h1>Synthetic vs real: {_e(report.get('synthetic', ''))}</h1>",
              f"<p>Real table {_e(report.get('real', ''))}; model {_e(report.get('model_version_uri') or 'unknown')}; "
              f"scored against the {_e(report['reference'])}.</p>",
-             "<div class=verdict>" + _verdict(q, gate) + "</div>"]
+             "<div class=verdict>" + _verdict(q, gate, report.get("detection") or {}) + "</div>"]
     parts += ["<h2>Columns</h2>", _table(["column", "shape score (1 = same distribution)"],
                                          sorted(report["columns"].items(), key=lambda item: item[1]))]
     parts.append(_grid({path: caption for path, caption in
@@ -73,12 +73,17 @@ def render(report: dict[str, Any], figures: dict[str, bytes], gate: str) -> str:
     return "\n".join(parts)
 
 
-def _verdict(q: dict[str, Any], gate: str) -> str:
+def _verdict(q: dict[str, Any], gate: str, detection: dict[str, Any]) -> str:
     baseline = q.get("real_holdout_vs_training")
     text = (f"<b>Quality {q['overall']:.4f}</b> (column shapes {q['column_shapes']:.4f}, pair trends "
             f"{q['column_pair_trends']:.4f})")
     if baseline is not None:
         text += f"; real unseen rows against the training rows score {baseline:.4f}, the ceiling"
+    if detection.get("synthetic") is not None:
+        text += (f". <b>Detection {detection['synthetic']:.3f}</b> (1: a classifier cannot tell the synthetic rows "
+                 "from real ones, 0: always can"
+                 + (f"; real training rows {detection['training_rows']:.3f})" if detection.get("training_rows")
+                    is not None else ")"))
     return f"{text}. Promotion gate: {_e(gate)}."
 
 

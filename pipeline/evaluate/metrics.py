@@ -31,6 +31,7 @@ CORRELATION_THRESHOLD = 0.5  # SDMetrics' QualityReport defaults: only pairs rel
 ASSOCIATION_THRESHOLD = 0.3
 PRIVACY_MAX_CATEGORIES = 100
 MAX_TARGET_CLASSES = 100  # a utility target of more values is skipped with its reason
+DETECTION_ROWS = 5_000  # rows of each side the detection classifier sees (3 folds: a few seconds on 2 cores)
 
 
 @dataclass
@@ -328,6 +329,34 @@ def invalid_counts(batch: pa.Table, kinds: dict[str, str], real: ColumnStats) ->
             values = _numeric(pc.drop_null(arr).flatten() if kind == "list" else pc.drop_null(arr))
             counts[name] = int(((values < real.low[name]) | (values > real.high[name])).sum())
     return counts
+
+
+# ---- detection ----------------------------------------------------------------------------------------------
+
+def detection(real: Sample, synthetic: Sample, seed: int, rows: int = DETECTION_ROWS) -> float | None:
+    """How hard it is to tell the synthetic rows from the real ones, as the TabSyn / TabDiff papers report it:
+    gradient-boosted trees (native categories) trained on up to `rows` of each, 3-fold ROC AUC, score
+    2 x (1 - AUC) within [0, 1]: 1 cannot tell them apart, 0 always can. Joint fidelity the binned judges miss:
+    a combination no real row holds gives a row away. None when either side has too few rows to fold."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    rng = np.random.default_rng(seed)
+    n = min(real.rows, synthetic.rows, rows)
+    if n < 3 * MIN_GROUP_ROWS:
+        return None
+    sides = [side.subset(np.isin(np.arange(side.rows), rng.choice(side.rows, n, replace=False)))
+             for side in (real, synthetic)]
+    names = list(real.columns)
+    x = np.concatenate([np.stack([side.columns[name].astype(float) for name in names], axis=1) for side in sides])
+    categorical = [real.kinds[name] == "categorical" and len(real.labels[name]) <= 255 for name in names]
+    model = HistGradientBoostingClassifier(categorical_features=categorical if any(categorical) else None,
+                                           random_state=seed)
+    folds = StratifiedKFold(3, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auc = cross_val_score(model, x, np.r_[np.zeros(n), np.ones(n)], cv=folds, scoring="roc_auc").mean()
+    return float(min(1.0, max(0.0, 2.0 * (1.0 - auc))))
 
 
 # ---- utility ------------------------------------------------------------------------------------------------
