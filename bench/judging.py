@@ -28,7 +28,8 @@ def split(table: pa.Table, seed: int = 0) -> tuple[pa.Table, pa.Table]:
 
 def judge_frame(table: pa.Table) -> pd.DataFrame:
     """One representation for every system and both judges: times of day as seconds, dates as datetimes,
-    decimals as floats, an image (fixed-size list) as one float column per pixel."""
+    timestamps with a time zone as naive UTC (mostlyai-qa refuses them), decimals as floats, an image (fixed-size
+    list) as one float column per pixel."""
     columns = {}
     for field in table.schema:
         column = table.column(field.name)
@@ -37,6 +38,8 @@ def judge_frame(table: pa.Table) -> pd.DataFrame:
             columns[field.name] = column.to_pandas() / {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[field.type.unit]
         elif pa.types.is_date(field.type):
             columns[field.name] = pd.to_datetime(column.to_pandas())
+        elif pa.types.is_timestamp(field.type) and field.type.tz:  # flights' time_hour: judges take naive UTC
+            columns[field.name] = column.to_pandas().dt.tz_convert("UTC").dt.tz_localize(None)
         elif pa.types.is_decimal(field.type):
             columns[field.name] = column.cast(pa.float64()).to_pandas()
         elif pa.types.is_fixed_size_list(field.type):

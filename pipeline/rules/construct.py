@@ -442,20 +442,28 @@ def _joined(parts: list[pa.Array]) -> pa.Array:
 def _agreeing(merged: pa.Array, given: pa.Array, places: list[int], keys: list[str], weights: list[float],
               rng: np.random.Generator) -> pa.Array:
     """Combinations whose condition part is the row's condition value; a row whose decoded one is not gets one
-    of the kept combinations holding its condition value, drawn by frequency (none kept: left as decoded)."""
+    of the kept combinations holding its condition value, drawn by frequency (none kept: left as decoded).
+    Vectorised: one draw per condition value for all its rows (a loop over rows cost flights half its rate)."""
     def condition_part(text: str) -> str:
         pieces = text.split(SEPARATOR)
         return SEPARATOR.join(pieces[i] for i in places)
     by_condition: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         by_condition.setdefault(condition_part(key), []).append(i)
-    decoded, wanted = merged.to_pylist(), given.to_pylist()
-    out = list(decoded)
-    for row, (text, want) in enumerate(zip(decoded, wanted)):
-        if condition_part(text) != want and want in by_condition:
-            options = by_condition[want]
-            p = np.asarray([weights[i] for i in options], dtype=np.float64)
-            out[row] = keys[options[rng.choice(len(options), p=p / p.sum())]]
+    parts = pc.split_pattern(merged, SEPARATOR)
+    decoded = pc.binary_join_element_wise(*[pc.list_element(parts, i) for i in places], SEPARATOR)
+    wrong = pc.and_(pc.not_equal(decoded, given), pc.is_in(given, value_set=pa.array(sorted(by_condition), pa.string())))
+    rows = np.flatnonzero(np.asarray(wrong.fill_null(False), dtype=bool))
+    if not len(rows):
+        return merged
+    out = np.asarray(merged.to_pylist(), dtype=object)
+    wanted = np.asarray(given.take(pa.array(rows)).to_pylist(), dtype=object)
+    choices = np.asarray(keys, dtype=object)
+    for want in sorted(set(wanted.tolist())):
+        at = rows[wanted == want]
+        options = np.asarray(by_condition[want])
+        p = np.asarray([weights[i] for i in options], dtype=np.float64)
+        out[at] = choices[options[rng.choice(len(options), size=len(at), p=p / p.sum())]]
     return pa.array(out, pa.string())
 
 
