@@ -20,6 +20,7 @@ from pipeline.storage import parquet_files, redact
 WHY = {"id": "identifier: fresh values on generation, never a training value",
        "personal": "personal data: drawn from Faker, never a training value",
        "formatted": "values held in strings, modelled as their type",
+       "clock": "clock times written HHMM, modelled as minutes since midnight",
        "categorical": "categories seen in at least k rows", "integer": "whole numbers (quantiles)",
        "continuous": "numbers (quantiles)", "list": "fixed-size numeric lists"}
 

@@ -129,6 +129,27 @@ def test_doubles_keep_their_grain():
     assert encoder.codecs["noise"].decimals is None
 
 
+def test_clock_times_written_hhmm_come_back_as_times():
+    """flights' departure and arrival times are HHMM integers (517 = 05:17): read as minutes since midnight, any
+    decoder output comes back a time of day (a plain integer model wrote 1996 and 984); hours (0-23), minutes,
+    distances and delays stay numbers."""
+    flights = pq.read_table(BUNDLED_DATA / "linked" / "flights.parquet")
+    encoder = TableEncoder.from_json(fit_table(flights.to_batches(max_chunksize=7000), ["carrier"],
+                                               EncoderConfig()).to_json())
+    clocks = [name for name, kind in encoder.kinds().items() if kind == "clock"]
+    assert clocks == ["dep_time", "sched_dep_time", "arr_time", "sched_arr_time"]
+    assert encoder.formats()["dep_time"].startswith("clock times written HHMM")
+    x, _ = encoder.transform(flights)
+    noisy = np.nan_to_num(x) + np.random.default_rng(0).normal(0, 1, x.shape).astype(np.float32)
+    back = encoder.inverse_transform(noisy, flights.select(["carrier"]), np.random.default_rng(0))
+    for name in clocks:
+        values = pc.drop_null(back.column(name)).to_numpy()
+        assert back.column(name).type == flights.column(name).type and ((values % 100) < 60).all()
+        assert 0 <= values.min() and values.max() <= 2400
+    exact = encoder.inverse_transform(np.nan_to_num(x), flights.select(["carrier"]), np.random.default_rng(0))
+    assert pc.mean(pc.equal(exact.column("sched_dep_time"), flights.column("sched_dep_time"))).as_py() > 0.9
+
+
 def test_format_validity_scores_strings_written_unlike_the_real_ones():
     peeps = pq.read_table(BUNDLED_DATA / "strings" / "peeps.parquet")
     train, holdout = peeps.slice(0, 70), peeps.slice(70)

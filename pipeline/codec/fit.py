@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from pipeline.codec.arrow import is_string_like, numeric_storage, plain, storage_type
 from pipeline.codec.base import FitSettings
+from pipeline.codec.clock import is_clock
 from pipeline.codec.counts import by_count, by_count_spread
 from pipeline.codec.kinds import PERSONAL_ROLES, infer_kind, named_like_id
 from pipeline.codec.personal import COUNTRY_WORDS, GENDER_WORDS, GENDERS, locale_of, name_words, role_of
@@ -122,6 +123,8 @@ class EncoderSketch:
             return "formatted"  # before ids: a column of unique timestamps is timestamps
         if name in self.conditions:
             return kind
+        if kind in ("integer", "continuous") and is_clock(sketch):
+            return "clock"  # dep_time 517: a time of day written HHMM, not a number between 500 and 600
         if kind == "categorical" and sketch.formats is not None and \
                 role_of(name, sketch, k) is not None:
             return "personal"  # before ids: unique e-mails are e-mails

@@ -15,7 +15,7 @@ import pyarrow as pa
 from pipeline.codec.arrow import is_numeric_temporal, is_string_like
 from pipeline.errors import UserError
 
-KINDS = ("integer", "continuous", "categorical", "list", "id", "formatted", "personal")
+KINDS = ("integer", "continuous", "categorical", "list", "id", "formatted", "personal", "clock")
 PERSONAL_ROLES = ("first_name", "last_name", "full_name", "email", "street_address", "city", "state", "postcode",
                   "phone_number")  # data.columns values that make a string column personal, in that role
 NUMERIC_KINDS = ("integer", "continuous")

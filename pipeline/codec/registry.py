@@ -8,13 +8,14 @@ import pyarrow as pa
 
 from pipeline.codec.base import Codec
 from pipeline.codec.categorical import CategoricalCodec
+from pipeline.codec.clock import ClockCodec
 from pipeline.codec.formatted import FormattedCodec
 from pipeline.codec.identifier import IdCodec
 from pipeline.codec.numeric import NumericCodec
 from pipeline.codec.personal import PersonalCodec
 
 CODECS: dict[str, type[Codec]] = {kind: cls for cls in (NumericCodec, CategoricalCodec, IdCodec, FormattedCodec,
-                                                            PersonalCodec) for kind in cls.kinds}
+                                                            PersonalCodec, ClockCodec) for kind in cls.kinds}
 
 
 def codec_class(kind: str) -> type[Codec]:

@@ -42,6 +42,11 @@ class NumericSketch:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.grid = np.zeros((width, GRID_BINS), dtype=np.int64) if private else None  # counts per grid bin
+        self.not_clock = 0  # values that are no HHMM clock time (pipeline/codec/clock.py): fractions, 1960, -5
+
+    @property
+    def width(self) -> int:
+        return self.sample.shape[1]
 
     @property
     def values(self) -> int:
@@ -59,6 +64,9 @@ class NumericSketch:
             keys = sample_keys(row_hash if not arr.null_count else row_hash[np.asarray(arr.is_valid())], self.seed)
         self._keep(keys, values)
         self._keep_extremes(values, values)
+        if values.shape[1] == 1:
+            v = values[:, 0]
+            self.not_clock += int(((v != np.floor(v)) | (v < 0) | (v > 2400) | (np.mod(v, 100) >= 60)).sum())
         if self.grid is not None:
             for j in range(values.shape[1]):
                 self.grid[j] += np.bincount(grid_bins(values[:, j]), minlength=GRID_BINS)
@@ -70,6 +78,7 @@ class NumericSketch:
             self.grid += other.grid
         self._keep(other.keys, other.sample)
         self._keep_extremes(other.smallest, other.largest)
+        self.not_clock += other.not_clock
 
     def _keep(self, keys: np.ndarray, values: np.ndarray) -> None:
         keys = np.concatenate([self.keys, keys])
