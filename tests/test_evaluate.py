@@ -103,8 +103,8 @@ def test_report_metrics_and_plots_reach_mlflow_and_a_rerun_repeats_them(adult_da
 
 
 def test_the_report_page_renders_in_headless_chromium(adult_dataset, tmp_path):
-    """The page as a person's browser shows it: Debian's Chromium, headless, draws the verdict, tables and every
-    inlined figure (a page of broken images or a blank one has a few colours; this one thousands)."""
+    """The page as a person's browser shows it: Debian's Chromium, headless, draws the verdict, tables and the
+    inlined figures (on a page of broken images 0.01% of the pixels are coloured, on this one several percent)."""
     from PIL import Image
 
     browser = shutil.which("chromium")
@@ -114,13 +114,13 @@ def test_the_report_page_renders_in_headless_chromium(adult_dataset, tmp_path):
     evaluate(load_config(None, overrides))  # the stored evaluation, or a first one: either writes the page beside
     page, shot = Path(generated.output) / "_evaluation.html", tmp_path / "page.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+                    f"--screenshot={shot}", "--window-size=1200,4000", page.as_uri()],
                    check=True, capture_output=True, timeout=120)
     image = Image.open(shot).convert("RGB")
-    pixels = np.asarray(image).reshape(-1, 3)
-    assert image.size == (1200, 2400)
+    pixels = np.asarray(image).reshape(-1, 3).astype(int)
+    assert image.size == (1200, 4000)
     assert (pixels.min(axis=1) < 200).mean() > 0.05  # ink: text, tables, bars (a blank page is white)
-    assert len(np.unique(pixels, axis=0)) > 1000  # the histograms' blended colours, not icons of broken images
+    assert (pixels.max(axis=1) - pixels.min(axis=1) > 60).mean() > 0.01  # colour: histograms drawn, not icons
 
 
 class PageImages(HTMLParser):

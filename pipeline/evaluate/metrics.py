@@ -347,7 +347,11 @@ def detection(real: Sample, synthetic: Sample, seed: int, rows: int = DETECTION_
         return None
     sides = [side.subset(np.isin(np.arange(side.rows), rng.choice(side.rows, n, replace=False)))
              for side in (real, synthetic)]
-    names = list(real.columns)
+    # a column with one value (or none) over both sides tells nothing, and the booster's binning refuses it
+    names = [name for name in real.columns if len(np.unique(np.concatenate(
+        [side.columns[name] for side in sides]).astype(float))) >= 2]
+    if not names:
+        return 1.0
     x = np.concatenate([np.stack([side.columns[name].astype(float) for name in names], axis=1) for side in sides])
     categorical = [real.kinds[name] == "categorical" and len(real.labels[name]) <= 255 for name in names]
     model = HistGradientBoostingClassifier(categorical_features=categorical if any(categorical) else None,
