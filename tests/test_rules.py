@@ -77,7 +77,7 @@ def test_rules_parse_as_written_and_bad_ones_fail_in_one_line():
     ("seattle-weather", [Inequality("temp_min", "temp_max", strict=True)]),
     ("penguins-raw", [Fixed(("Clutch Completion", "Comments"))]),
     ("flights", [NullTogether(("dep_time", "dep_delay")), NullTogether(("arr_delay", "air_time")),
-                 Fixed(("carrier", "origin"))]),
+                 Fixed(("carrier", "origin")), Step("time_hour", 3_600_000_000_000.0)]),  # whole hours, in ns
 ])
 def test_rules_the_real_rows_always_keep_are_found(name, expected):
     table, _ = load(name)

@@ -8,7 +8,8 @@ Candidates, by construction cheap to count per block (vectorised; pairs and trip
 - `a <= b` (or <) between numbers, or dates / times / timestamps of one type, never null, where the order is
   not a matter of scale: with b's rows shifted by one, a > b in at least TIGHT of rows, or a's values reach
   into b's range (age <= fnlwgt is true and says nothing; temp_min <= temp_max does);
-- null together, at most one of two numbers set, integer steps (every value a multiple of a step >= 2).
+- null together, at most one of two numbers set, steps (every value a multiple of a step >= 2, on the exact storage:
+  integers, and dates, times and timestamps: flights' time_hour in whole hours).
 Also each float column's grain (decimals, up to 6) so that rebuilt values are written as the real ones are.
 """
 from __future__ import annotations
@@ -19,8 +20,9 @@ from itertools import combinations, permutations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline.codec.arrow import is_numeric_temporal, is_string_like, plain
+from pipeline.codec.arrow import is_numeric_temporal, is_string_like, numeric_storage, plain
 from pipeline.codec.numeric import MAX_DECIMALS, decimal_grain
 from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step, float_values
 
@@ -60,7 +62,9 @@ class RuleSketch:
         self.numbers = [f.name for f in schema if family(f.type) == "number"]
         self.families = {f.name: family(f.type) for f in schema}
         self.floats = [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)]
-        self.integers = [f.name for f in schema if pa.types.is_integer(f.type)]
+        # whole-number storage whose values may all be multiples of a step: integers, and dates, times and
+        # timestamps (flights' time_hour in whole hours, a schedule in 5-minute slots)
+        self.integers = [f.name for f in schema if pa.types.is_integer(f.type) or family(f.type) not in (None, "number")]
         self.discrete = [f.name for f in schema if is_string_like(f.type) or pa.types.is_boolean(f.type)
                          or pa.types.is_integer(f.type) or pa.types.is_dictionary(f.type)]
         self.valid: dict[str, int] = {}           # rows with a value
@@ -96,8 +100,9 @@ class RuleSketch:
             if name in self.floats and len(present):
                 places = decimal_grain(present)
                 self.decimals[name] = max(self.decimals.get(name, 0), MAX_DECIMALS + 1 if places is None else places)
-            if name in self.integers and len(present):
-                self.gcd[name] = int(np.gcd.reduce(np.abs(present).astype(np.int64), initial=self.gcd.get(name, 0)))
+            if name in self.integers and len(present):  # on the exact storage: float64 rounds ns timestamps
+                exact = numeric_storage(pc.drop_null(plain(batch.column(name)))).to_numpy(zero_copy_only=False)
+                self.gcd[name] = int(np.gcd.reduce(np.abs(exact.astype(np.int64)), initial=self.gcd.get(name, 0)))
             if name in self.numbers:
                 set_ = ~np.isnan(v) & (v != 0)
                 self.set_rows[name] = self.set_rows.get(name, 0) + int(set_.sum())

@@ -362,7 +362,9 @@ def fitted_encoder(config: Config, dataset: ray.data.Dataset, modelled: pa.Schem
         console.warn("no condition combination passed the privacy noise threshold: generation needs conditions "
                      "requested by value (generate.conditions), or a larger train.privacy.epsilon")
     for name, written in encoder.formats().items():
-        console.progress(f"column {name!r}: {written} (data.columns.{name}=categorical models it as text)")
+        plainly = "integer models it as a number" if encoder.kinds()[name] == "clock" else \
+            "categorical models it as text"
+        console.progress(f"column {name!r}: {written} (data.columns.{name}={plainly})")
     rules = encoder.rules
     if rules.applied:
         shown = rules.describe()
