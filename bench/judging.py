@@ -14,7 +14,8 @@ import pyarrow as pa
 # One natural condition column per bundled table (pipeline/data/README.md)
 CONDITIONS = {"adult": ["income"], "digits": ["digit"], "pizzaplace": ["type"], "seattle-weather": ["weather"],
               "nuclides": ["is_stable"], "airports": ["state"], "penguins-raw": ["Species"], "sf-temps": ["date"],
-              "strings/gibraltar": ["condition"], "strings/peeps": ["gender"]}
+              "strings/gibraltar": ["condition"], "strings/peeps": ["gender"], "strings/sp500": ["volume"],
+              "linked/flights": ["carrier"]}
 MAX_SYNTHETIC_ROWS = 20_000
 FEW_VALUES = 10  # a numeric column with at most this many distinct values is judged as categories (digit 0-9)
 
