@@ -215,7 +215,7 @@ def main() -> None:
     results = []
     for table in args.tables:
         training, holdout = split(pq.read_table(BUNDLED_DATA / f"{table}.parquet"))
-        folder = tempfile.mkdtemp(prefix=f"quality-bench-{table}-")
+        folder = tempfile.mkdtemp(prefix=f"quality-bench-{table.replace('/', '-')}-")
         pq.write_table(training, f"{folder}/training.parquet")
         trn, hol = judge_frame(training), judge_frame(holdout)
         for seed in args.seeds:
