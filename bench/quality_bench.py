@@ -59,11 +59,12 @@ def peak_rss_mb() -> float:
 
 
 def run_cvae(table: str, folder: str, rows: int, budget_s: float, seed: int, overrides: list[str]) -> dict:
+    name = table.replace("/", "-")  # strings/sp500 -> strings-sp500: a job and model name
     trained = train_and_sample([
         f"data.path={folder}/training.parquet", f"data.conditions={CONDITIONS[table]}", "data.holdout_fraction=0.0",
-        f"train.seed={seed}", f"train.storage_path={folder}/runs-{seed}", f"train.name={table}",
+        f"train.seed={seed}", f"train.storage_path={folder}/runs-{seed}", f"train.name={name}",
         f"mlflow.tracking_uri=sqlite:///{folder}/mlflow-{seed}.db", "mlflow.alias=null",
-        f"mlflow.model_name={table}", *overrides], rows, seed, restart=True)
+        f"mlflow.model_name={name}", *overrides], rows, seed, restart=True)
     return {"fit_s": trained.fit_s, "generate_s": trained.generate_s, "synthetic": judge_frame(trained.synthetic),
             "epochs_run": len(trained.metric("epoch_seconds")), "worker_rss_mb": max(trained.metric("worker_peak_rss_mb"))}
 
