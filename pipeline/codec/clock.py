@@ -17,9 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.codec.arrow import numeric_storage
-from pipeline.codec.base import Codec, DecodeContext, FitSettings
-from pipeline.codec.kinds import Span
-from pipeline.codec.numeric import NumericCodec
+from pipeline.codec.base import DecodeContext, FitSettings
+from pipeline.codec.numeric import NumericCodec, ReadAsNumbers
 from pipeline.codec.sketches import NumericSketch
 
 MIN_CLOCK_VALUES = 60  # distinct sampled values a clock column shows (hours of day, 0-23, are not one)
@@ -41,17 +40,13 @@ def hhmm(minute: np.ndarray) -> np.ndarray:
     return np.floor(minute / 60) * 100 + np.mod(minute, 60)
 
 
-class ClockCodec(Codec):
+class ClockCodec(ReadAsNumbers):
     """An HHMM column read as minutes since midnight into an integer NumericCodec."""
     kinds = ("clock",)
 
     def __init__(self, name: str, arrow_type: pa.DataType, inner: NumericCodec):
         self.name, self.arrow_type, self.kind, self.inner = name, arrow_type, "clock", inner
         self.nullable = inner.nullable
-
-    @property
-    def width(self) -> int:
-        return self.inner.width
 
     @classmethod
     def fit(cls, field: pa.Field, kind: str, sketch: NumericSketch, settings: FitSettings) -> "ClockCodec":
@@ -66,20 +61,10 @@ class ClockCodec(Codec):
                     fine: Any) -> "ClockCodec":
         raise ValueError("clock columns are found from exact values; a private fit keeps them numeric")
 
-    def spans(self, start: int) -> list[Span]:
-        return self.inner.spans(start)
-
-    @property
-    def modelled_type(self) -> pa.DataType:
-        return pa.int64()
-
     def modelled_values(self, arr: pa.Array) -> pa.Array:
         """The times as minutes since midnight."""
         values = numeric_storage(arr).cast(pa.float64()).to_numpy(zero_copy_only=False)
         return pa.array(minutes(values), mask=np.asarray(arr.is_null())).cast(pa.int64(), safe=False)
-
-    def encode(self, arr: pa.Array) -> np.ndarray:
-        return self.inner.encode(self.modelled_values(arr))
 
     def decode(self, block: np.ndarray, context: DecodeContext) -> pa.Array:
         values = self.inner.decode(block, context)
@@ -87,16 +72,8 @@ class ClockCodec(Codec):
         written = hhmm(values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64))
         return pa.array(written, mask=~valid).cast(self.arrow_type, safe=False)
 
-    def bounds(self) -> tuple[float, float]:
-        return self.inner.bounds()
-
     def written_as(self) -> str:
         return "clock times written HHMM (517 = 05:17), modelled as minutes since midnight"
-
-    def stored_values(self) -> list[Any]:
-        """The knots, bounds and point masses, in minutes (as `modelled_values` reads the column: the audit
-        compares them with the protected bounds in the same units)."""
-        return self.inner.stored_values()
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "clock", "inner": self.inner.to_dict()}

@@ -12,14 +12,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.codec.arrow import numeric_storage
-from pipeline.codec.base import Codec, DecodeContext, FitSettings
-from pipeline.codec.kinds import Span
-from pipeline.codec.numeric import NumericCodec
+from pipeline.codec.base import DecodeContext, FitSettings
+from pipeline.codec.numeric import NumericCodec, ReadAsNumbers
 from pipeline.codec.sketches import CategorySketch
 from pipeline.codec.text_formats import FAMILIES, TextFormat, read_as
 
 
-class FormattedCodec(Codec):
+class FormattedCodec(ReadAsNumbers):
     """A string column read through its formats into a NumericCodec of the family's Arrow type."""
     kinds = ("formatted",)
 
@@ -29,10 +28,6 @@ class FormattedCodec(Codec):
         self.family, self.formats, self.shares, self.inner = family, formats, shares, inner
         self.coverage = coverage  # the share of training values the formats read; the rest were modelled as nulls
         self.nullable = inner.nullable
-
-    @property
-    def width(self) -> int:
-        return self.inner.width
 
     @classmethod
     def fit(cls, field: pa.Field, kind: str, sketch: CategorySketch, settings: FitSettings) -> "FormattedCodec":
@@ -48,20 +43,9 @@ class FormattedCodec(Codec):
                     fine: Any) -> "FormattedCodec":
         raise ValueError("formats are found from exact counts; a private fit keeps string columns categorical")
 
-    @property
-    def modelled_type(self) -> pa.DataType:
-        return self.inner.arrow_type
-
-    def spans(self, start: int) -> list[Span]:
-        return self.inner.spans(start)
-
     def modelled_values(self, arr: pa.Array) -> pa.Array:
         """The values as the family's Arrow type; null where no format of the column reads them."""
         return read_as(arr, self.formats)
-
-    def encode(self, arr: pa.Array) -> np.ndarray:
-        """Values no format reads are encoded as nulls."""
-        return self.inner.encode(self.modelled_values(arr))
 
     def decode(self, block: np.ndarray, context: DecodeContext) -> pa.Array:
         """The numbers the model drew, each written in a format drawn by the training values' shares."""
@@ -83,14 +67,6 @@ class FormattedCodec(Codec):
                           for fmt, share in zip(self.formats, self.shares))
         unread = f"; {1 - self.coverage:.1%} of values in no format, modelled as nulls" if self.coverage < 1 else ""
         return f"{self.family} as {shown}{unread}"
-
-    def bounds(self) -> tuple[float, float]:
-        """The range a condition may request, in the family's storage (days for dates)."""
-        return self.inner.bounds()
-
-    def stored_values(self) -> list[Any]:
-        """The parsed values' knots, bounds and point masses, as numbers of the family's storage."""
-        return self.inner.stored_values()
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "formatted", "family": self.family, "formats": [fmt.to_dict() for fmt in self.formats],

@@ -211,6 +211,34 @@ class NumericCodec(Codec):
                    spec["null_rate"], spec["nullable"], spec.get("masses"), spec.get("decimals"))
 
 
+class ReadAsNumbers(Codec):
+    """A column its codec reads as numbers (`modelled_values`: dates held in strings, HHMM clock times) and models
+    with an inner NumericCodec, which gives the block, its spans, the requestable range and the stored values, in
+    the units `modelled_values` reads (the audit compares them with the protected bounds in the same units)."""
+    inner: NumericCodec
+
+    @property
+    def width(self) -> int:
+        return self.inner.width
+
+    @property
+    def modelled_type(self) -> pa.DataType:
+        return self.inner.arrow_type
+
+    def spans(self, start: int) -> list[Span]:
+        return self.inner.spans(start)
+
+    def encode(self, arr: pa.Array) -> np.ndarray:
+        """Values `modelled_values` cannot read are encoded as nulls."""
+        return self.inner.encode(self.modelled_values(arr))
+
+    def bounds(self) -> tuple[float, float]:
+        return self.inner.bounds()
+
+    def stored_values(self) -> list[Any]:
+        return self.inner.stored_values()
+
+
 def _is_float(t: pa.DataType) -> bool:
     return pa.types.is_floating(t) or (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type))
 

@@ -189,7 +189,7 @@ class PersonalCodec(Codec):
         for locale, sex in sorted(set(zip(locales.tolist(), genders.tolist()))):
             rows = np.flatnonzero((locales == locale) & (genders == sex))
             values[rows] = self._written(locale, sex, rows, context, seed)
-        return pa.array(values, pa.string(), mask=is_null | _missing(values)).cast(self.arrow_type)
+        return pa.array(values, pa.string(), mask=is_null).cast(self.arrow_type)  # None (no state there): null
 
     def _written(self, locale: str, sex: str, rows: np.ndarray, context: DecodeContext, seed: int) -> list[str]:
         from faker import Faker
@@ -256,11 +256,6 @@ def _states(fake: Any, abbreviated: bool, n: int, rng: np.random.Generator) -> l
         draw = functools.partial(draw, include_territories=False, include_freely_associated_states=False)
     pool = sorted({draw() for _ in range(POOL // 10)})
     return [pool[i] for i in rng.integers(len(pool), size=n)]
-
-
-def _missing(values: np.ndarray) -> np.ndarray:
-    """Where a decoded object array holds None (a value Faker has none of for the row's locale)."""
-    return np.array([value is None for value in values], dtype=bool)
 
 
 def _shape(value: str) -> str:

@@ -64,7 +64,7 @@ class RuleSketch:
         self.floats = [f.name for f in schema if pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)]
         # whole-number storage whose values may all be multiples of a step: integers, and dates, times and
         # timestamps (flights' time_hour in whole hours, a schedule in 5-minute slots)
-        self.integers = [f.name for f in schema if pa.types.is_integer(f.type) or family(f.type) not in (None, "number")]
+        self.stepped = [f.name for f in schema if pa.types.is_integer(f.type) or family(f.type) not in (None, "number")]
         self.discrete = [f.name for f in schema if is_string_like(f.type) or pa.types.is_boolean(f.type)
                          or pa.types.is_integer(f.type) or pa.types.is_dictionary(f.type)]
         self.valid: dict[str, int] = {}           # rows with a value
@@ -100,7 +100,7 @@ class RuleSketch:
             if name in self.floats and len(present):
                 places = decimal_grain(present)
                 self.decimals[name] = max(self.decimals.get(name, 0), MAX_DECIMALS + 1 if places is None else places)
-            if name in self.integers and len(present):  # on the exact storage: float64 rounds ns timestamps
+            if name in self.stepped and len(present):  # on the exact storage: float64 rounds ns timestamps
                 exact = numeric_storage(pc.drop_null(plain(batch.column(name)))).to_numpy(zero_copy_only=False)
                 self.gcd[name] = int(np.gcd.reduce(np.abs(exact.astype(np.int64)), initial=self.gcd.get(name, 0)))
             if name in self.numbers:
