@@ -22,7 +22,12 @@ COMMANDS = {
 def train_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.train.driver import train
 
-    trained = train(config, args.restart)
+    if config.data.children:
+        from pipeline.linked.train import train_linked
+
+        trained = train_linked(config, args.restart).parent
+    else:
+        trained = train(config, args.restart)
     console.result(f"next: {next_command('generate', args, f'generate.model_uri={trained.model_uri}')}")
     console.result(where_to_look(config))
     return 0
@@ -31,6 +36,11 @@ def train_command(config: Config, args: argparse.Namespace) -> int:
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.generate.driver import generate
 
+    if config.data.children:
+        from pipeline.linked.generate import generate_linked
+
+        generate_linked(config, args.overwrite)
+        return 0
     generated = generate(config, args.overwrite)
     console.result(f"next: {next_command('evaluate', args, f'evaluate.synthetic={redact(generated.output)}')}")
     return 0

@@ -31,9 +31,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class ChildConfig(Section):
+    """A child table of `data.path` (pipeline/linked/): each of its rows belongs to the parent row whose
+    `data.key` its `foreign_key` holds; `order_by` orders one parent's children (a sequence)."""
+    path: str = Field(min_length=1)
+    foreign_key: str = Field(min_length=1)
+    order_by: list[str] = []
+    columns: dict[str, ColumnKind] = {}
+    exclude: list[str] = []
+    storage_options: dict[str, Any] = {}
+    max_children: int = Field(10_000, ge=1)  # a parent with more children than this is an error, not a sequence
+
+
 class DataConfig(Section):
     path: str = Field(DEFAULT_DATA_PATH, min_length=1)
     conditions: list[str] | None = None
+    # condition columns whose values every generated row is given (a Parquet of condition rows; a child table's
+    # parent row): never drawn from a training distribution, so any number of distinct values
+    context: list[str] = []
+    key: str | None = Field(None, min_length=1)  # the table's primary key: required with `children`
+    children: dict[str, ChildConfig] = {}  # linked tables: name (its output folder) -> its table and foreign key
     columns: dict[str, ColumnKind] = {}
     exclude: list[str] = []
     storage_options: dict[str, Any] = {}
@@ -59,19 +76,37 @@ class DataConfig(Section):
             raise ValueError(str(exc).removeprefix("data.rules")) from None
         return rules
 
+    @property
+    def condition_columns(self) -> list[str]:
+        """Every column the model is conditioned on: `conditions`, then `context`."""
+        return [*self.conditions, *self.context]
+
+    @field_validator("children")
+    @classmethod
+    def _child_names(cls, children: dict) -> dict:
+        for name in children:
+            if folder_name(name) != name or name.startswith(("_", ".")):
+                raise ValueError(f"{name!r}: a child table's name is its output folder; use letters, digits, "
+                                 "'.', '_' or '-', not starting with '_' or '.'")
+        return children
+
     @model_validator(mode="after")
     def _conditions_required(self, info: ValidationInfo) -> "DataConfig":
-        if self.conditions is None and (info.context or {}).get("conditions_optional"):
+        if self.children and self.key is None:
+            raise ValueError("key: required with data.children; name the parent table's primary key column")
+        if self.conditions is None and (self.children or self.context):
+            object.__setattr__(self, "conditions", [])  # linked: the parent model conditions on its child counts
+        elif self.conditions is None and (info.context or {}).get("conditions_optional"):
             object.__setattr__(self, "conditions", [])  # `cvae inspect`: a first look, before choosing them
         elif self.conditions is None:
             if self.path != DEFAULT_DATA_PATH:
                 raise ValueError("conditions: required for a table other than the bundled default; "
                                  "set data.conditions to a list of column names")
             object.__setattr__(self, "conditions", list(DEFAULT_CONDITIONS))
-        elif not self.conditions:
+        elif not self.conditions and not self.children and not self.context:
             raise ValueError("conditions: must name at least one column")
-        if len(set(self.conditions)) != len(self.conditions):
-            raise ValueError(f"conditions: repeated column in {self.conditions}")
+        if len(set(self.conditions + self.context)) != len(self.conditions) + len(self.context):
+            raise ValueError(f"conditions: repeated column in {self.conditions + self.context} (data.context included)")
         both = [name for name in self.exclude if name in self.conditions or name in self.columns]
         if both:
             raise ValueError(f"exclude: {both[0]!r} is also in data.conditions or data.columns; a column is either "

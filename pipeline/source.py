@@ -36,7 +36,7 @@ def check_table(fs: Any, files: list[str], config: DataConfig) -> tuple[int, pa.
     """Footers only, before any work: readable Parquet, one schema, rows present, condition columns usable.
     Returns the row count and the schema."""
     schema, rows = None, 0
-    nulls: dict[str, int | None] = {name: 0 for name in config.conditions}  # None: no statistics to tell
+    nulls: dict[str, int | None] = {name: 0 for name in config.condition_columns}  # None: no statistics to tell
     for path in files:
         file_schema, metadata = parquet_footer(fs, path)
         if schema is None:
@@ -54,7 +54,7 @@ def check_table(fs: Any, files: list[str], config: DataConfig) -> tuple[int, pa.
             nulls[name] = count
     if rows == 0:
         raise UserError(f"data.path {redact(config.path)} holds an empty table (0 rows); point it at data with rows")
-    for name in [*config.conditions, *config.columns, *config.exclude]:
+    for name in [*config.condition_columns, *config.columns, *config.exclude]:
         if name not in schema.names:
             raise UserError(f"column {name!r} is not in the table at {redact(config.path)}; its columns are: "
                             f"{', '.join(schema.names)}")
@@ -136,9 +136,10 @@ def rules_block(batch: pa.Table, schema: pa.Schema, seed: int, fraction: float, 
 
 
 def sketch_block(batch: pa.Table, schema: pa.Schema, conditions: list[str], kinds: dict[str, str],
-                 config: EncoderConfig, seed: int, fraction: float, private: bool, rules: RuleSet) -> pa.Table:
+                 config: EncoderConfig, seed: int, fraction: float, private: bool, rules: RuleSet,
+                 context: list[str]) -> pa.Table:
     """Ray Data map: one block's training rows -> a one-row table holding their pickled `EncoderSketch`."""
-    sketch = EncoderSketch(schema, conditions, config, kinds, seed, private, rules)
+    sketch = EncoderSketch(schema, conditions, config, kinds, seed, private, rules, context)
     rows, row_hash = training_rows(batch, schema, seed, fraction)
     if rows.num_rows:
         sketch.update(rows, row_hash)
@@ -184,11 +185,11 @@ def fit_encoder(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, confi
     A `private` fit reads the training split a second time, for the numeric columns' quantiles between their
     private bounds (pipeline/privacy.py)."""
     rules = plan_rules(ds, schema, data, config, seed, private is not None)
-    merged = EncoderSketch(schema, data.conditions, config, data.columns, seed,  # bad columns fail here, unwrapped
-                           private is not None, rules)
-    _merged(ds, sketch_block, {"schema": schema, "conditions": data.conditions, "kinds": data.columns,
+    merged = EncoderSketch(schema, data.condition_columns, config, data.columns, seed,  # bad columns fail here
+                           private is not None, rules, data.context)
+    _merged(ds, sketch_block, {"schema": schema, "conditions": data.condition_columns, "kinds": data.columns,
                                "config": config, "seed": seed, "fraction": data.holdout_fraction,
-                               "private": private is not None, "rules": rules}, merged)
+                               "private": private is not None, "rules": rules, "context": data.context}, merged)
     if private is None:
         return merged.finalize(data.exclude)
     noise = merged.statistics_noise(private)
@@ -207,10 +208,10 @@ def plan_rules(ds: ray.data.Dataset, schema: pa.Schema, data: DataConfig, config
     `train.privacy` nothing is found: a rule read off the rows is a statistic the budget does not pay for, and
     declared rules apply without the float grains that pass would measure."""
     declared = parse_rules(data.rules)
-    RuleSet.plan(schema, data.conditions, declared, [], {})  # a declared rule that cannot fit fails before a pass
+    RuleSet.plan(schema, data.condition_columns, declared, [], {})  # a declared rule that cannot fit fails before a pass
     sketch = None
     if not private and (data.rules_found != "off" or declared):
         sketch = _merged(ds, rules_block, {"schema": schema, "seed": seed, "fraction": data.holdout_fraction,
                                            "declared": tuple(declared)}, RuleSketch(schema, tuple(declared)))
-    return table_rules(schema, data.conditions, declared, data.rules_found, config.min_value_count, sketch,
+    return table_rules(schema, data.condition_columns, declared, data.rules_found, config.min_value_count, sketch,
                        data.rules_breaking == "leave_out")

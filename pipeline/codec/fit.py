@@ -39,8 +39,10 @@ class EncoderSketch:
 
     def __init__(self, schema: pa.Schema, conditions: list[str], config: EncoderConfig,
                  column_kinds: dict[str, str] | None = None, seed: int = 0, private: bool = False,
-                 rules: RuleSet | None = None):
+                 rules: RuleSet | None = None, context: Iterable[str] = ()):
         self.private = private
+        # conditions given row by row (data.context): no training distribution of combinations to count or check
+        self.by_row = bool(list(context))
         for name in [*conditions, *(column_kinds or {})]:
             if name not in schema.names:
                 raise UserError(f"column {name!r} is not in the table; its columns are: {', '.join(schema.names)}")
@@ -92,6 +94,8 @@ class EncoderSketch:
         batch = self.rules.forward(batch)
         for name, sketch in self.sketches.items():
             sketch.update(plain(batch.column(name)), name, row_hash)
+        if self.by_row:
+            return
         keys = pa.table({name: numeric_storage(plain(batch.column(name))) for name in self.conditions})
         grouped = keys.group_by(self.conditions, use_threads=False).aggregate([([], "count_all")])
         counts = grouped.column("count_all").to_pylist()
@@ -183,7 +187,7 @@ class EncoderSketch:
         for name in self.conditions:
             if self.sketches[name].nulls == rows:
                 raise UserError(f"condition column {name!r} is entirely null; choose another data.conditions column")
-        if noise is None:
+        if noise is None and not self.by_row:
             self._check_condition_combinations(rows)
         config, codecs = self.config, {}
         for field in self.schema:
@@ -202,7 +206,7 @@ class EncoderSketch:
         links = self._personal_links(codecs)
         codecs = {name: codec.linked(links) for name, codec in codecs.items()}
         combinations = self.combinations
-        if noise is not None and not all(name in noise.public for name in self.conditions):
+        if noise is not None and not self.by_row and not all(name in noise.public for name in self.conditions):
             combinations = private_combinations(combinations, noise, [codecs[name] for name in self.conditions])
         top = sorted(sorted(combinations.items(), key=by_count_spread)[: config.max_condition_combinations],
                      key=by_count)

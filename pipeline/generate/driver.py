@@ -66,7 +66,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
     output = absolute(gen.output_for(model_uri))
     spec = {"format": "cvae-synthetic/1", "model": model_uri, "seed": gen.seed, "rows_per_part": gen.rows_per_part,
             "precision": gen.precision,
-            "num_rows": plan.num_rows, "plan": plan.fingerprint(), "code_version": _code_version()}
+            "num_rows": plan.num_rows, "plan": plan.fingerprint(), "code_version": code_version()}
     sink = Sink(output, gen.storage_options)
     if sink.claim(spec, overwrite) == "done":
         console.result(f"{redact(output)} already holds this dataset ({plan.num_rows:,} rows from {model_uri}); "
@@ -74,7 +74,7 @@ def generate(config: Config, overwrite: bool = False) -> GenerateOutcome:
         return GenerateOutcome(output, model_uri, plan.num_rows, num_parts, None, skipped=True)
 
     failpoint("after_spec")
-    run_id = _generation_run(client, model_uri, version, output, spec, config)
+    run_id = generation_run(client, model_uri, version, output, spec, config)
     started = time.perf_counter()
     done = sink.completed_parts()
     todo = [part for part in range(num_parts) if part not in done]
@@ -143,7 +143,7 @@ def _written(config: Config, model_files: dict[str, bytes], plan: ConditionPlan,
     yield from write_with_actors(todo, pool, settings, gen.cpus_per_worker)
 
 
-def _generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],
+def generation_run(client: Any, model_uri: str, version: str, output: str, spec: dict[str, Any],
                     config: Config) -> str:
     """One MLflow run per dataset, in the model's experiment; a resumed job continues it."""
     name = registered_name(model_uri)
@@ -169,8 +169,8 @@ def _manifest(requested: str, model_uri: str, version: str, run_id: str, config:
         rules=encoder.rules.describe(), training_rows_left_out=encoder.rules.left_out,
         value_protection=encoder.protection(), differential_privacy=privacy,
         arrow_schema=base64.b64encode(encoder.schema.serialize().to_pybytes()).decode("ascii"),
-        created_at=datetime.now(timezone.utc).isoformat(), code_version=_code_version())
+        created_at=datetime.now(timezone.utc).isoformat(), code_version=code_version())
 
 
-def _code_version() -> str:
+def code_version() -> str:
     return f"cvae-synth {package_version('cvae-synth')}"

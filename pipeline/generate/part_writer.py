@@ -87,15 +87,16 @@ class PartWriter:
         return {key: np.asarray(values) for key, values in done.items()}
 
 
-def write_with_actors(todo: list[int], pool: WriterPool, settings: WriterSettings,
-                      cpus_per_worker: int) -> Iterator[dict[str, Any]]:
-    """One result row per part in `todo`, as parts finish, written by a pool of `pool.actors` PartWriters through
+def write_with_actors(todo: list[int], pool: WriterPool, settings: Any, cpus_per_worker: int,
+                      writer: type = PartWriter) -> Iterator[dict[str, Any]]:
+    """One result row per part in `todo`, as parts finish, written by a pool of `pool.actors` `writer`s (PartWriter,
+    or a linked dataset's LinkedPartWriter: built from `settings`, called with a batch of part numbers) through
     Ray Data (each reserves `cpus_per_worker` CPUs and runs that many torch threads). Ray Data is imported here, not at the top: a small job written by the
     driver never needs it (its import costs ~0.2 s of a 0.5 s job)."""
     import ray.data
 
     parts = ray.data.from_items([{"part": part} for part in todo], override_num_blocks=len(todo))
     yield from parts.map_batches(
-        PartWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(len(todo), pool.actors)),
+        writer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(len(todo), pool.actors)),
         fn_constructor_kwargs={"settings": settings, "threads": cpus_per_worker},
         num_gpus=pool.gpus_per_actor, num_cpus=cpus_per_worker).iter_rows()

@@ -71,7 +71,7 @@ class CVAE(nn.Module):
         self.register_buffer("bernoulli_index", torch.tensor([s.start for s in spans if s.likelihood == "bernoulli"], dtype=torch.long))
         self.softmax_spans = [(s.start, s.width) for s in spans if s.likelihood == "softmax"]
         n_gaussian = len(self.gaussian_index)
-        if config.variance == "learned":
+        if config.variance == "learned" and n_gaussian:  # no Gaussian column: a parameter DDP would wait for
             self.log_sigma = nn.Parameter(torch.full((n_gaussian,), math.log(config.sigma)))
         else:
             self.register_buffer("log_sigma", torch.full((n_gaussian,), math.log(config.sigma)))

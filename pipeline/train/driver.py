@@ -137,7 +137,7 @@ def job_identity(config: Config, schema: pa.Schema, data_digest: str) -> dict[st
     data = config.data
     return {"data.path": redact(absolute(data.path)), "data files (paths, sizes, dates)": data_digest,
             "schema": [f"{field.name}: {field.type}" for field in schema],
-            "data.conditions": data.conditions, "data.columns": data.columns, "data.exclude": data.exclude,
+            "data.conditions": data.conditions, "data.context": data.context, "data.columns": data.columns, "data.exclude": data.exclude,
             "data.rules": data.rules, "data.rules_found": data.rules_found,
             "data.holdout_fraction": data.holdout_fraction, "train.seed": config.train.seed,
             "encoder": config.encoder.model_dump(), "model": config.model.model_dump(),
