@@ -23,6 +23,8 @@ Notes on mostlyai-engine 2.7.x (checked in its source):
   tailnum is null or not in planes, are dropped here and counted in `orphan_children_dropped`).
   `sample(ctx_data=synthetic_parents)` writes the context's key values into `foreign_key` unchanged, so every
   synthetic child references a synthetic parent; a parent may get no children (sequence length 0 is learned).
+  But the frame `sample()` returns is sorted by the key with an unstable sort, which scrambles the order of each
+  parent's rows: the children are read back from the workspace instead (generated_sequences).
 - A parent table with no column besides its key (the panel's distinct nr) has nothing to learn: its synthetic
   parents are the keys 0..n_parents-1, and the child model trains with the key alone as context.
 - `max_training_time` (minutes) bounds only the training loop (not split/analyze/encode) and `max_epochs`

@@ -49,7 +49,12 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
 def evaluate_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.evaluate.driver import evaluate
 
-    evaluate(config)
+    if config.data.children:
+        from pipeline.linked.evaluate import evaluate_linked
+
+        evaluate_linked(config)
+    else:
+        evaluate(config)
     console.result(where_to_look(config))
     return 0
 
@@ -60,12 +65,34 @@ def run_command(config: Config, args: argparse.Namespace) -> int:
     from pipeline.generate.driver import generate
     from pipeline.train.driver import train
 
+    if config.data.children:
+        return run_linked(config, args)
     trained = train(config, args.restart)
     if config.generate.model_uri is None:
         config = config.model_copy(update={"generate": config.generate.model_copy(update={"model_uri": trained.model_uri})})
     generated = generate(config, args.overwrite)
     evaluate(config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"synthetic": generated.output})}))
     console.result(f"synthetic table: {redact(generated.output)} (Parquet parts and _manifest.json)")
+    console.result(where_to_look(config))
+    return 0
+
+
+def run_linked(config: Config, args: argparse.Namespace) -> int:
+    """The main job for linked tables (data.children): train every table, generate parents with their children,
+    evaluate each table and the links against the held-out parents."""
+    from pipeline.linked.evaluate import evaluate_linked
+    from pipeline.linked.generate import generate_linked
+    from pipeline.linked.train import train_linked
+
+    trained = train_linked(config, args.restart)
+    if config.generate.model_uri is None:
+        config = config.model_copy(update={"generate": config.generate.model_copy(
+            update={"model_uri": trained.parent.model_uri})})
+    generated = generate_linked(config, args.overwrite)
+    evaluate_linked(config.model_copy(update={"evaluate": config.evaluate.model_copy(
+        update={"synthetic": generated.output})}))
+    console.result(f"synthetic tables: {redact(generated.output)} (a folder of Parquet parts per table, "
+                   "_manifest.json)")
     console.result(where_to_look(config))
     return 0
 

@@ -42,7 +42,7 @@ from pipeline.generate.driver import code_version, generation_run
 from pipeline.generate.part_writer import write_with_actors, writer_pool
 from pipeline.generate.plan import ConditionPlan, build_plan
 from pipeline.generate.sink import JOURNAL, Sink, failpoint, part_name
-from pipeline.linked.tables import LENGTH, POSITION, ChildLayout, count_column
+from pipeline.linked.tables import LENGTH, POSITION, PREVIOUS_PREFIX, ChildLayout, count_column
 from pipeline.linked.train import linked_record
 from pipeline.model.sampling import part_seed, synthesize
 from pipeline.registry import default_model_uri, fetch_model, resolve_model_uri
@@ -79,16 +79,35 @@ def child_seed(seed: int, child: str, part: int) -> int:
     return int.from_bytes(hashlib.sha256(f"cvae-linked:{seed}:{child}:{part}".encode()).digest()[:8], "little") >> 1
 
 
-def children_of(parents: pa.Table, layout: ChildLayout, counts: np.ndarray) -> tuple[pa.Table, np.ndarray]:
-    """The child model's condition rows for `parents`: each parent's columns repeated once per child, with the
-    child's place in the sequence. Returns them with each row's parent (row index into `parents`)."""
-    owner = np.repeat(np.arange(parents.num_rows), counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    columns = {derived: plain(parents.column(column)).take(pa.array(owner))
-               for derived, column in layout.context.items()}
-    columns[POSITION] = pa.array(np.arange(len(owner)) - starts[owner], pa.int64())
-    columns[LENGTH] = pa.array(counts[owner].astype(np.int64), pa.int64())
-    return pa.table(columns), owner
+def draw_children(model: Any, encoder: Any, parents: pa.Table, layout: ChildLayout, counts: np.ndarray, seed: int,
+                  precision: str, row_offset: int) -> tuple[pa.Table | None, np.ndarray]:
+    """Each parent's `counts` children, one place in the sequence at a time for all parents together: the rows at
+    place p are drawn given their parent's columns, p, the sequence's length and the row at place p - 1 (the
+    `history` columns), so a sequence carries on from row to row. Returns the rows in (parent, place) order and
+    each row's parent (row index into `parents`); None when no parent has children."""
+    schema = encoder.condition_schema()
+    pieces, owners, done, previous, active_before = [], [], 0, None, None
+    for place in range(int(counts.max()) if len(counts) else 0):
+        active = np.flatnonzero(counts > place)  # a subset of the parents active at place - 1, in the same order
+        rows = pa.array(active)
+        columns = {derived: plain(parents.column(column)).take(rows) for derived, column in layout.context.items()}
+        back = pa.array(np.searchsorted(active_before, active)) if previous is not None else None
+        for column in layout.history:
+            columns[PREVIOUS_PREFIX + column] = previous.column(column).take(back) if previous is not None else \
+                pa.nulls(len(active), schema.field(PREVIOUS_PREFIX + column).type)
+        columns[POSITION] = pa.array(np.full(len(active), place, dtype=np.int64))
+        columns[LENGTH] = pa.array(counts[active].astype(np.int64))
+        conditions = pa.table([columns[f.name].cast(f.type) for f in schema], schema=schema)
+        previous = synthesize(model, encoder, conditions, seed + place, precision=precision,
+                              row_offset=row_offset + done)
+        pieces.append(previous)
+        owners.append(active)
+        active_before, done = active, done + len(active)
+    if not pieces:
+        return None, np.zeros(0, dtype=np.int64)
+    owner = np.concatenate(owners)
+    order = np.argsort(owner, kind="stable")  # places were drawn in order: a stable sort keeps them within a parent
+    return pa.concat_tables(pieces).take(pa.array(order)), owner[order]
 
 
 class LinkedPartWriter:
@@ -116,12 +135,9 @@ class LinkedPartWriter:
             layout, (model, encoder) = child.layout, self.children[name]
             counts = plain(parents.column(count_column(name))).fill_null(0).to_numpy(zero_copy_only=False)
             counts = np.clip(np.rint(counts), 0, None).astype(np.int64)
-            conditions, owner = children_of(parents, layout, counts)
-            conditions = pa.table([conditions.column(f.name).cast(f.type) for f in encoder.condition_schema()],
-                                  schema=encoder.condition_schema())
             most = int(encoder.codecs[LENGTH].bounds()[1])  # fresh child ids of part k count from k x parents x most
-            drawn = synthesize(model, encoder, conditions, child_seed(s.seed, name, part), precision=s.precision,
-                               row_offset=start * max(most, 1)) if len(owner) else None
+            drawn, owner = draw_children(model, encoder, parents, layout, counts, child_seed(s.seed, name, part),
+                                         s.precision, start * max(most, 1))
             keys = plain(parents.column(s.key)).take(pa.array(owner))
             tables[name] = _child_table(drawn, parents, keys, owner, layout)
         lifted = [column for child in s.children.values() for column in child.layout.lifted.values()]

@@ -32,12 +32,14 @@ from pipeline.rowhash import in_holdout, splitmix64
 from pipeline.storage import digest, filesystem, parquet_files, redact
 
 PARENT_PREFIX = "parent."
+PREVIOUS_PREFIX = "previous."
 POSITION = "sequence.position"
 LENGTH = "sequence.length"
 TABLES_FORMAT = "cvae-linked-tables/1"
 SPLITS = ("train", "holdout")
 LIFT_SHARE = 0.99  # a child column with one value per parent in this share of parents is the parent's column
 LIFT_MIN_PARENTS = 10  # ...judged on at least this many training parents with two or more children
+HISTORY_MAX_DISTINCT_SHARE = 0.5  # text with more distinct values per row than this is no condition (ids, free text)
 
 
 def count_column(child: str) -> str:
@@ -59,18 +61,19 @@ class ChildLayout:
     context: dict[str, str]              # derived context column -> the parent column it copies
     left_out: dict[str, int] = field(default_factory=dict)  # rows not learned from, by reason
     lifted: dict[str, str] = field(default_factory=dict)    # child column -> the parent column that holds it
+    history: list[str] = field(default_factory=list)  # child columns whose previous row's value is context
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "foreign_key": self.foreign_key, "order_by": self.order_by,
                 "schema": [f"{f.name}: {f.type}" for f in self.schema],
                 "arrow_schema": self.schema.serialize().to_pybytes().hex(), "context": self.context,
-                "left_out": self.left_out, "lifted": self.lifted}
+                "left_out": self.left_out, "lifted": self.lifted, "history": self.history}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChildLayout":
         schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(data["arrow_schema"])))
         return cls(data["name"], data["foreign_key"], data["order_by"], schema, data["context"], data["left_out"],
-                   data["lifted"])
+                   data["lifted"], data["history"])
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def protected_context(column: pa.ChunkedArray | pa.Array, k: int) -> pa.Array | 
             return None
         order = pc.array_sort_indices(present)
         low, high = present[order[k - 1].as_py()], present[order[len(present) - k].as_py()]
-        return pc.min_element_wise(pc.max_element_wise(column, low), high)
+        return _clipped(column, low, high)
     return None
 
 
@@ -234,12 +237,14 @@ def _tables_from(saved: dict[str, Any], folder: str) -> LinkedTables:
     return LinkedTables(record["parent"], record["key"], key_type, folder, children, record["parents"])
 
 
-def _derive(config: Config, folder: str, fs: Any) -> LinkedTables:
-    data, k = config.data, config.encoder.min_value_count
+def read_sources(config: Config) -> tuple[pa.Table, dict[str, pa.Table], np.ndarray]:
+    """The parent table, each child table and which parents are held out (with all their children). A child
+    table on the parent's own path is a panel: its parents are the entities its key names."""
+    data = config.data
     read = {name: read_whole(spec.path, spec.storage_options, f"data.children.{name}.path")
             for name, spec in data.children.items()}
     panel = next((name for name, spec in data.children.items() if spec.path == data.path), None)
-    if panel is not None:  # a panel: the parents are the entities its key names, their columns lifted from it
+    if panel is not None:
         parent = pa.table({data.key: pc.unique(plain(read[panel].column(data.children[panel].foreign_key)
                                                     .combine_chunks()).drop_null())})
     else:
@@ -247,8 +252,15 @@ def _derive(config: Config, folder: str, fs: Any) -> LinkedTables:
     if parent.num_rows == 0:
         raise UserError(f"data.path {redact(data.path)} holds an empty table (0 rows); point it at data with rows")
     check_parent(parent, data)
+    holdout = in_holdout(key_hash(parent.column(data.key).combine_chunks()), config.train.seed,
+                         data.holdout_fraction)
+    return parent, read, holdout
+
+
+def _derive(config: Config, folder: str, fs: Any) -> LinkedTables:
+    data, k = config.data, config.encoder.min_value_count
+    parent, read, holdout = read_sources(config)
     keys = parent.column(data.key).combine_chunks()
-    holdout = in_holdout(key_hash(keys), config.train.seed, data.holdout_fraction)
     splits = {"train": ~holdout, "holdout": holdout}
     parent_name = table_name(data.path)
     linked = {}
@@ -281,11 +293,16 @@ def _derive(config: Config, folder: str, fs: Any) -> LinkedTables:
     derived: dict[str, dict[str, pa.Table]] = {split: {} for split in SPLITS}
     layouts = {}
     for name, (child, spec, counts, owner, left_out, lifted) in linked.items():
+        own = child.drop_columns(list(lifted))
+        training_rows = pa.array((owner >= 0) & splits["train"][np.maximum(owner, 0)])
+        history = {column: protected_context(own.column(column).filter(training_rows), k)
+                   for column in history_columns(own, spec)}
+        history = {column: reference for column, reference in history.items() if reference is not None}
         for split, mask in splits.items():
-            derived[split][name] = _child_rows(child.drop_columns(list(lifted)), spec, owner, mask, parent, context,
-                                               counts, k, train_index)
+            derived[split][name] = _child_rows(own, spec, owner, mask, parent, context, counts, k, train_index,
+                                               history)
         layouts[name] = ChildLayout(name, spec.foreign_key, list(spec.order_by), child.schema, context, left_out,
-                                    lifted)
+                                    lifted, list(history))
     for split, mask in splits.items():
         rows = parent.filter(pa.array(mask))
         for name, (_, _, counts, *_) in linked.items():
@@ -336,10 +353,30 @@ def lifted_columns(child: pa.Table, spec: ChildConfig, owner: np.ndarray, counts
     return lifted
 
 
+def history_columns(child: pa.Table, spec: ChildConfig) -> list[str]:
+    """The child columns whose value in the previous row of the sequence conditions the next row (a man's
+    experience a year ago, a plane's last destination): every column but the foreign key, lists, columns declared
+    identifiers or personal data, and text that nearly never repeats (ids, free text: no condition to learn)."""
+    names = []
+    for f in child.schema:
+        declared = spec.columns.get(f.name)
+        if f.name == spec.foreign_key or pa.types.is_nested(f.type) or \
+                declared not in (None, "categorical", "integer", "continuous"):
+            continue
+        column = plain(child.column(f.name).combine_chunks())
+        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and \
+                pc.count_distinct(column).as_py() > HISTORY_MAX_DISTINCT_SHARE * len(column):
+            continue
+        names.append(f.name)
+    return names
+
+
 def _child_rows(child: pa.Table, spec: ChildConfig, owner: np.ndarray, parents: np.ndarray, parent: pa.Table,
-                context: dict[str, str], counts: np.ndarray, k: int, train_index: np.ndarray) -> pa.Table:
+                context: dict[str, str], counts: np.ndarray, k: int, train_index: np.ndarray,
+                history: dict[str, pa.Array]) -> pa.Table:
     """The children of the parents in `parents` (a mask), in order within each parent, with their parent's
-    (protected) columns, position and sequence length; the foreign key left out."""
+    (protected) columns, position, sequence length and the previous row's (protected) values of the `history`
+    columns (null in a sequence's first row); the foreign key left out."""
     rows = np.flatnonzero((owner >= 0) & parents[np.maximum(owner, 0)])
     table = child.take(pa.array(rows)).append_column("__owner", pa.array(owner[rows]))
     order = [("__owner", "ascending"), *[(column, "ascending") for column in spec.order_by]]
@@ -352,15 +389,27 @@ def _child_rows(child: pa.Table, spec: ChildConfig, owner: np.ndarray, parents: 
         values = parent.column(column)
         protected = protected_context(values.take(pa.array(train_index)), k)
         table = table.append_column(derived, _like(values, protected).take(pa.array(owners)))
-    table = table.append_column(POSITION, pa.array(np.arange(len(owners)) - starts, pa.int64()))
+    position = np.arange(len(owners)) - starts
+    previous = pa.array(np.arange(len(owners)) - 1, mask=position == 0)
+    for column, reference in history.items():
+        table = table.append_column(PREVIOUS_PREFIX + column, _like(table.column(column), reference).take(previous))
+    table = table.append_column(POSITION, pa.array(position, pa.int64()))
     return table.append_column(LENGTH, pa.array(counts[owners], pa.int64()))
 
 
 def _like(values: pa.ChunkedArray, protected: pa.Array) -> pa.Array:
-    """Every parent's value of a column protected as `protected` (fitted on the training parents) was."""
+    """Every value of a column, protected as `protected` (fitted on the training rows) was."""
     values = plain(values.combine_chunks())
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type) or pa.types.is_boolean(values.type):
         kept = pc.unique(protected.drop_null())
         return pc.if_else(pc.is_in(values, value_set=kept), values, pa.scalar(None, values.type))
-    low, high = pc.min(protected), pc.max(protected)
+    return _clipped(values, pc.min(protected), pc.max(protected))
+
+
+def _clipped(values: pa.Array, low: pa.Scalar, high: pa.Scalar) -> pa.Array:
+    """`values` within [low, high]; times as their integer storage (no element-wise kernel takes time zones)."""
+    if pa.types.is_temporal(values.type):
+        storage = pa.int64() if values.type.bit_width == 64 else pa.int32()
+        clipped = _clipped(values.cast(storage), low.cast(storage), high.cast(storage))
+        return clipped.cast(values.type)
     return pc.min_element_wise(pc.max_element_wise(values, low), high)

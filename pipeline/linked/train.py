@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline import console
 from pipeline.config import Config, DataConfig
-from pipeline.linked.tables import LENGTH, POSITION, LinkedTables, count_column, derived_tables
+from pipeline.linked.tables import LENGTH, POSITION, PREVIOUS_PREFIX, LinkedTables, count_column, derived_tables
 from pipeline.storage import absolute_tracking_uri
 from pipeline.tracking import client_for
 from pipeline.train.driver import TrainOutcome, train
@@ -48,7 +48,7 @@ def child_config(config: Config, tables: LinkedTables, name: str) -> Config:
     """A child table's flat job: its rows, conditioned row by row on the parent's columns and the sequence place."""
     spec, layout = config.data.children[name], tables.children[name]
     flat = DataConfig.model_validate({
-        "path": tables.path("train", name), "context": [*layout.context, POSITION, LENGTH],
+        "path": tables.path("train", name), "context": [*layout.context, *(PREVIOUS_PREFIX + c for c in layout.history), POSITION, LENGTH],
         "columns": dict(spec.columns), "exclude": [c for c in spec.exclude if c != spec.foreign_key],
         "storage_options": dict(config.train.storage_options), "holdout_fraction": 0.0,
         "rules_found": config.data.rules_found})
