@@ -39,9 +39,9 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     if config.data.children:
         from pipeline.linked.generate import generate_linked
 
-        generate_linked(config, args.overwrite)
-        return 0
-    generated = generate(config, args.overwrite)
+        generated = generate_linked(config, args.overwrite)
+    else:
+        generated = generate(config, args.overwrite)
     console.result(f"next: {next_command('evaluate', args, f'evaluate.synthetic={redact(generated.output)}')}")
     return 0
 
