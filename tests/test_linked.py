@@ -187,6 +187,8 @@ def test_children_without_a_parent_are_left_out_and_counted(tmp_path):
     learned = sum(pq.read_table(tables.path(split, "flights")).num_rows for split in ("train", "holdout"))
     assert learned == flights.num_rows - orphans - tails.count(None) and orphans > 0
     assert tables.children["flights"].lifted == {"carrier": "carrier", "year": "flights.year"}  # one per plane
+    history = tables.children["flights"].history  # a flight follows the plane's previous one
+    assert "dest" in history and "time_hour" in history and "tailnum" not in history and "carrier" not in history
 
 
 def test_parent_values_held_by_fewer_than_k_parents_never_reach_the_child_model(tmp_path):
@@ -203,6 +205,7 @@ def test_parent_values_held_by_fewer_than_k_parents_never_reach_the_child_model(
     kinds = set(rows.column(PARENT_PREFIX + "kind").to_pylist())
     assert "solo" not in kinds and "common" in kinds
     assert rows.column_names.count("id") == 0  # the foreign key is never a modelled value
+    assert tables.children["c"].history == []  # children in no order have no previous row to follow
 
 
 def test_a_linked_config_needs_the_parent_key():

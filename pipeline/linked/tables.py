@@ -356,7 +356,11 @@ def lifted_columns(child: pa.Table, spec: ChildConfig, owner: np.ndarray, counts
 def history_columns(child: pa.Table, spec: ChildConfig) -> list[str]:
     """The child columns whose value in the previous row of the sequence conditions the next row (a man's
     experience a year ago, a plane's last destination): every column but the foreign key, lists, columns declared
-    identifiers or personal data, and text that nearly never repeats (ids, free text: no condition to learn)."""
+    identifiers or personal data, and text that nearly never repeats (ids, free text: no condition to learn).
+    None without `order_by`: children in no particular order (a class's pupils) have no previous row, and drawing
+    each from an arbitrary neighbour makes a random walk along the file's order (scores drifting up a class)."""
+    if not spec.order_by:
+        return []
     names = []
     for f in child.schema:
         declared = spec.columns.get(f.name)
