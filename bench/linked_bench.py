@@ -91,7 +91,7 @@ def summary(judged: dict) -> dict:
     lengths = judged["sequence_lengths"]
     pick = lambda m: {k: m.get(k) for k in ("accuracy_overall", "accuracy_univariate", "accuracy_bivariate",  # noqa: E731
                                              "accuracy_coherence", "accuracy_overall_max")}
-    return {"system": pick(system), "holdout_own": pick(own),
+    return {"scores": pick(system), "holdout_own": pick(own),
             "parent_accuracy": (judged.get("parent_accuracy") or {}).get("accuracy_overall"),
             "length_ks": lengths.get("ks_synthetic_holdout"), "length_ks_training": lengths.get("ks_training_holdout"),
             "mean_length": lengths.get("synthetic", {}).get("mean"),
@@ -136,7 +136,7 @@ def print_table(results: list[dict]) -> None:
           "length KS (train's own) | mean length (holdout) | train s | generate rows/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        s, o = r["system"], r["holdout_own"]
+        s, o = r["scores"], r["holdout_own"]
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"  # noqa: E731
         print(f"| {r['pair']} | {r['system']} | {fmt(s['accuracy_overall'])} ({fmt(o['accuracy_overall'])}) | "
               f"{fmt(s['accuracy_coherence'])} ({fmt(o['accuracy_coherence'])}) | {fmt(r['parent_accuracy'])} | "

@@ -83,8 +83,19 @@ def test_parents_and_children_round_trip_with_fresh_keys_and_every_reference_val
     assert manifest["tables"]["pupils"]["rows"] == pupils.num_rows == outcome.rows["pupils"]
     assert [p["rows"] for p in manifest["tables"]["nl-classes"]["parts"]] == [50, 50, 50]
     assert manifest["tables"]["pupils"]["references"] == "nl-classes.class"
+    assert [c["name"] for c in manifest["tables"]["nl-classes"]["schema"]] == real_classes.column_names
     assert manifest["children_models"]["pupils"] == trained.children["pupils"].model_uri
     assert (tmp_path / "out" / "_SUCCESS").exists() and not (tmp_path / "out" / "_parts").exists()
+
+
+@pytest.mark.slow
+def test_conditions_on_the_parent_choose_the_parents_and_so_their_children(trained_pupils, tmp_path):
+    """Without data.conditions the parent model conditions on the child counts: 30 classes of exactly 20 pupils."""
+    path, _ = trained_pupils
+    generated(path, tmp_path / "out", "generate.conditions={pupils.count: {20: 30}}")
+    classes, pupils = pq.read_table(tmp_path / "out" / "nl-classes"), pq.read_table(tmp_path / "out" / "pupils")
+    assert classes.num_rows == 30 and pupils.num_rows == 600
+    assert set(pc.value_counts(pupils.column("class")).field("counts").to_pylist()) == {20}
 
 
 @pytest.mark.slow

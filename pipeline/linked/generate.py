@@ -312,7 +312,11 @@ def generate_linked(config: Config, overwrite: bool = False) -> LinkedGenerateOu
     seconds = time.perf_counter() - started
     failpoint("before_manifest")
     rows = {table: sum(parts[k]["tables"][table]["rows"] for k in range(num_parts)) for table in tables}
-    sink.finish(_manifest(requested, model_uri, run_id, config, plan, record, children, parts, num_parts, rows))
+    derived = [*(count_column(name) for name in children),
+               *(column for child in children.values() for column in child.layout.lifted.values())]
+    parent_schema = pa.schema([f for f in parent_encoder.schema if f.name not in derived])
+    sink.finish(_manifest(requested, model_uri, run_id, config, plan, record, children, parts, num_parts, rows,
+                          parent_schema))
     log_metrics(client, run_id, {"parents": plan.num_rows, "parts": num_parts, "seconds": seconds,
                                  **{f"rows_{table}": count for table, count in rows.items()}}, step=0)
     client.set_terminated(run_id)
@@ -340,17 +344,16 @@ def _written(config: Config, settings: LinkedWriterSettings, todo: list[int]):
 
 def _manifest(requested: str, model_uri: str, run_id: str, config: Config, plan: ConditionPlan,
               record: dict[str, Any], children: dict[str, ChildModel], parts: dict[int, dict[str, Any]],
-              num_parts: int, rows: dict[str, int]) -> LinkedManifest:
+              num_parts: int, rows: dict[str, int], parent_schema: pa.Schema) -> LinkedManifest:
     gen = config.generate
     tables = {}
     for table in [record["parent"], *children]:
         child = children.get(table)
-        schema = child.layout.schema if child else None
+        schema = child.layout.schema if child else parent_schema
         tables[table] = {"rows": rows[table], "parts": [parts[k]["tables"][table] for k in range(num_parts)],
                          **({"foreign_key": child.layout.foreign_key, "references": f"{record['parent']}.{record['key']}",
-                             "order_by": child.layout.order_by,
-                             "schema": [{"name": f.name, "type": str(f.type)} for f in schema]}
-                            if child else {"primary_key": record["key"]})}
+                             "order_by": child.layout.order_by} if child else {"primary_key": record["key"]}),
+                         "schema": [{"name": f.name, "type": str(f.type)} for f in schema]}
     return LinkedManifest(
         model_uri=requested, model_version_uri=model_uri,
         children_models={name: child.model_uri for name, child in children.items()}, run_id=run_id, seed=gen.seed,
