@@ -69,9 +69,12 @@ def conditions_from_frame(encoder: TableEncoder, frame: pd.DataFrame) -> pa.Tabl
                         "table's") from None
 
 
-def example_conditions(encoder: TableEncoder, rows: int = 3) -> pd.DataFrame:
-    """Condition rows for the signature and input example: the most common combinations, no training rows."""
+def example_conditions(encoder: TableEncoder, rows: int = 3) -> pd.DataFrame | None:
+    """Condition rows for the input example: the most common combinations, no training rows. None for a model
+    whose conditions are given row by row (`data.context`: no combinations are kept to show)."""
     combos = [entry["values"] for entry in encoder.condition_distribution[:rows]]
+    if not combos:
+        return None
     return conditions_from_frame(encoder, pd.DataFrame(combos, columns=encoder.conditions)).to_pandas()
 
 
