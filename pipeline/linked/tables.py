@@ -29,7 +29,7 @@ from pipeline.codec.arrow import plain
 from pipeline.config import ChildConfig, Config, DataConfig
 from pipeline.errors import UserError
 from pipeline.rowhash import in_holdout, splitmix64
-from pipeline.storage import digest, filesystem, parquet_files, redact
+from pipeline.storage import absolute, digest, filesystem, parquet_files, redact
 
 PARENT_PREFIX = "parent."
 PREVIOUS_PREFIX = "previous."
@@ -152,7 +152,8 @@ def check_child(name: str, child: pa.Table, spec: ChildConfig, parent: pa.Table,
         if column not in child.column_names:
             raise UserError(f"{where}: {column!r} is not a column of {redact(spec.path)}; its columns are: "
                             f"{', '.join(child.column_names)}")
-    reserved = [c for c in child.column_names if c.startswith(PARENT_PREFIX) or c in (POSITION, LENGTH)]
+    reserved = [c for c in child.column_names
+                if c.startswith((PARENT_PREFIX, PREVIOUS_PREFIX)) or c in (POSITION, LENGTH)]
     if reserved:
         raise UserError(f"{where}: column {reserved[0]!r} uses a name linked tables reserve; rename it")
     if count_column(name) in parent.column_names:
@@ -209,7 +210,7 @@ def derived_tables(config: Config) -> LinkedTables:
     for name, spec in data.children.items():
         fs, files = parquet_files(spec.path, spec.storage_options)
         sources[name] = digest(fs, files)
-    storage_fs, storage = filesystem(config.train.storage_path, config.train.storage_options)
+    storage_fs, storage = filesystem(absolute(config.train.storage_path), config.train.storage_options)
     folder = posixpath.join(storage.rstrip("/"), f"{config.train.name}.tables")
     identity = {"format": TABLES_FORMAT, "sources": sources, "data": data.model_dump(exclude={"storage_options"}),
                 "seed": config.train.seed, "min_value_count": k}
