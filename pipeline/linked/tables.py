@@ -288,9 +288,12 @@ def _derive(config: Config, folder: str, fs: Any) -> LinkedTables:
                              f"{LIFT_SHARE:.0%} of parents: modelled with the parent, shared by its {name}")
         linked[name] = (child, spec, counts, owner, left_out, lifted)
     train_index = pa.array(np.flatnonzero(splits["train"]))
-    context = {PARENT_PREFIX + column: column for column in parent.column_names
-               if column != data.key and column not in data.exclude
-               and protected_context(parent.column(column).take(train_index), k) is not None}
+    # every parent's value of each context column, protected as the training parents' values are (fitted once)
+    references = {column: protected_context(parent.column(column).take(train_index), k)
+                  for column in parent.column_names if column != data.key and column not in data.exclude}
+    protected = {PARENT_PREFIX + column: _like(parent.column(column), reference)
+                 for column, reference in references.items() if reference is not None}
+    context = {derived: derived.removeprefix(PARENT_PREFIX) for derived in protected}
     derived: dict[str, dict[str, pa.Table]] = {split: {} for split in SPLITS}
     layouts = {}
     for name, (child, spec, counts, owner, left_out, lifted) in linked.items():
@@ -300,8 +303,7 @@ def _derive(config: Config, folder: str, fs: Any) -> LinkedTables:
                    for column in history_columns(own, spec)}
         history = {column: reference for column, reference in history.items() if reference is not None}
         for split, mask in splits.items():
-            derived[split][name] = _child_rows(own, spec, owner, mask, parent, context, counts, k, train_index,
-                                               history)
+            derived[split][name] = _child_rows(own, spec, owner, mask, protected, counts, history)
         layouts[name] = ChildLayout(name, spec.foreign_key, list(spec.order_by), child.schema, context, left_out,
                                     lifted, list(history))
     for split, mask in splits.items():
@@ -376,11 +378,10 @@ def history_columns(child: pa.Table, spec: ChildConfig) -> list[str]:
     return names
 
 
-def _child_rows(child: pa.Table, spec: ChildConfig, owner: np.ndarray, parents: np.ndarray, parent: pa.Table,
-                context: dict[str, str], counts: np.ndarray, k: int, train_index: np.ndarray,
-                history: dict[str, pa.Array]) -> pa.Table:
+def _child_rows(child: pa.Table, spec: ChildConfig, owner: np.ndarray, parents: np.ndarray,
+                context: dict[str, pa.Array], counts: np.ndarray, history: dict[str, pa.Array]) -> pa.Table:
     """The children of the parents in `parents` (a mask), in order within each parent, with their parent's
-    (protected) columns, position, sequence length and the previous row's (protected) values of the `history`
+    protected columns (`context`: derived name -> every parent's value), position, sequence length and the previous row's (protected) values of the `history`
     columns (null in a sequence's first row); the foreign key left out."""
     rows = np.flatnonzero((owner >= 0) & parents[np.maximum(owner, 0)])
     table = child.take(pa.array(rows)).append_column("__owner", pa.array(owner[rows]))
@@ -389,11 +390,8 @@ def _child_rows(child: pa.Table, spec: ChildConfig, owner: np.ndarray, parents: 
     owners = table.column("__owner").to_numpy()
     starts = np.searchsorted(owners, owners, side="left")
     table = table.drop_columns(["__owner", spec.foreign_key])
-    for derived, column in context.items():
-        # protection is fitted on the training parents; the holdout's rows take the same bounds and values
-        values = parent.column(column)
-        protected = protected_context(values.take(pa.array(train_index)), k)
-        table = table.append_column(derived, _like(values, protected).take(pa.array(owners)))
+    for derived, values in context.items():
+        table = table.append_column(derived, values.take(pa.array(owners)))
     position = np.arange(len(owners)) - starts
     previous = pa.array(np.arange(len(owners)) - 1, mask=position == 0)
     for column, reference in history.items():
