@@ -13,7 +13,7 @@ from pipeline.errors import UserError
 from pipeline.model.cvae import build_model
 from pipeline.model.sampling import synthesize
 from pipeline.rules import RuleSketch, parse_rules, table_rules
-from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Step
+from pipeline.rules.rule import CalendarPart, Fixed, Formula, Inequality, NullTogether, OneOf, Step
 
 TABLES = {"adult": (BUNDLED_DATA / "adult.parquet", ["income"]),
           "sp500": (BUNDLED_DATA / "strings" / "sp500.parquet", ["volume"]),
@@ -51,15 +51,19 @@ def generated(table, conditions, rules, rows=3000):
 def test_rules_parse_as_written_and_bad_ones_fail_in_one_line():
     rules = parse_rules(["low <= open <= high", "`decile_score.1` = decile_score", "total = price * quantity",
                          "arr_time > dep_time", "age >= 0", {"fixed": ["city", "state"]},
-                         {"null_together": ["a", "b"]}, {"one_of": ["gain", "loss"]}, {"step": {"price": 0.01}}])
+                         {"null_together": ["a", "b"]}, {"one_of": ["gain", "loss"]}, {"step": {"price": 0.01}},
+                         "month = month(`time hour`)", "hour = hour(time_hour, 'America/New_York')"])
     assert rules == [Inequality("low", "open"), Inequality("open", "high"), Formula("decile_score.1", "decile_score"),
                      Formula("total", ("*", "price", "quantity")), Inequality("dep_time", "arr_time", strict=True),
                      Inequality(0.0, "age"), Fixed(("city", "state")), NullTogether(("a", "b")),
-                     OneOf(("gain", "loss")), Step("price", 0.01)]
+                     OneOf(("gain", "loss")), Step("price", 0.01), CalendarPart("month", "month", "time hour"),
+                     CalendarPart("hour", "hour", "time_hour", "America/New_York")]
     assert parse_rules([rule.config() for rule in rules]) == rules  # what inspect prints reads back the same
     for bad, says in [("low <=", "cannot read"), ("__import__('os') == 1", "cannot read"),
                       ("a = a + 1", "both sides"), ({"fixed": ["a"]}, "two or more"), ({"step": {"a": -1}}, "positive"),
-                      ({"sorted": ["a"]}, "unknown rule"), (3, "a rule is a string")]:
+                      ({"sorted": ["a"]}, "unknown rule"), (3, "a rule is a string"),
+                      ("hour = hour(time_hour, 'Mars/Olympus')", "not a time zone"),
+                      ("hour = weekday(time_hour)", "a calendar part is written")]:
         with pytest.raises(UserError, match=says) as error:
             parse_rules([bad])
         assert "\n" not in str(error.value)
@@ -77,7 +81,10 @@ def test_rules_parse_as_written_and_bad_ones_fail_in_one_line():
     ("seattle-weather", [Inequality("temp_min", "temp_max", strict=True)]),
     ("penguins-raw", [Fixed(("Clutch Completion", "Comments"))]),
     ("flights", [NullTogether(("dep_time", "dep_delay")), NullTogether(("arr_delay", "air_time")),
-                 Fixed(("carrier", "origin")), Step("time_hour", 3_600_000_000_000.0)]),  # whole hours, in ns
+                 Fixed(("carrier", "origin")), Step("time_hour", 3_600_000_000_000.0),  # whole hours, in ns
+                 # time_hour is stored in UTC; the date and hour columns are its New York ones
+                 *[CalendarPart(part, part, "time_hour", "America/New_York") for part in ("year", "month", "day",
+                                                                                          "hour")]]),
 ])
 def test_rules_the_real_rows_always_keep_are_found(name, expected):
     table, _ = load(name)
@@ -122,6 +129,19 @@ def test_generated_rows_keep_every_found_rule_and_the_conditions(name, condition
     rules.split(columns, np.random.default_rng(0), encoder.combinations)
     rules.rebuild(columns, np.random.default_rng(0))
     assert pa.table([columns[n] for n in table.schema.names], schema=table.schema).equals(table)
+
+
+def test_generated_flights_dates_are_real_days_of_their_time_hour():
+    """Flights' year, month and day were drawn apart: 31 September, and days that disagree with time_hour. Held as
+    calendar parts of time_hour in New York, every generated date is a real day and the one time_hour names."""
+    table, conditions = load("flights")
+    rules = table_rules(table.schema, conditions, [], "apply", 5, found_rules(table))
+    _, _, rows = generated(table, conditions, rules, rows=3000)
+    local = rows.column("time_hour").cast(pa.timestamp("ns", tz="America/New_York"))
+    written = [f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in zip(*(rows.column(c).to_pylist() for c in ("year", "month",
+                                                                                                     "day")))]
+    assert written == pc.strftime(local, "%Y-%m-%d").to_pylist()
+    assert rows.column("hour").to_pylist() == pc.hour(local).to_pylist()
 
 
 def test_declared_rules_hold_with_nothing_found():
@@ -195,6 +215,8 @@ def test_personal_data_follows_a_country_inside_a_fixed_combination():
 @pytest.mark.parametrize("declared, says", [
     (["date = open"], "date is string"),
     (["gender_x <= open"], "not a modelled column"),
+    (["volume = year(date)"], "needs a timestamp .* date is string"),
+    (["open = year(date)"], "needs a timestamp"),
     ([{"one_of": ["open", "close"]}, "adj_close = close + open", {"step": {"open": 0.5}}], "already sets"),
 ])
 def test_rules_that_cannot_hold_are_one_line_errors(declared, says):

@@ -17,9 +17,9 @@ from pipeline.codec.registry import codec_from_dict
 from pipeline.errors import UserError
 from pipeline.rules.construct import RuleSet
 
-FORMAT = "cvae-table-encoder/7"  # 7: clock and state codecs, screened rules; a reader of 6 refuses it in one line
+FORMAT = "cvae-table-encoder/8"  # 8: calendar-part rules; a reader of 7 refuses it in one line
 READABLE_FORMATS = ("cvae-table-encoder/2", "cvae-table-encoder/3", "cvae-table-encoder/4", "cvae-table-encoder/5",
-                    "cvae-table-encoder/6", FORMAT)  # 4 lacks templates, 5 rules, 6 clocks
+                    "cvae-table-encoder/6", "cvae-table-encoder/7", FORMAT)  # 4 lacks templates, 5 rules, 6 clocks
 
 
 class TableEncoder:

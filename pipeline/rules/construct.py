@@ -3,6 +3,8 @@ generated row keeps every applied rule, and `backward` rebuilds the user's colum
 rejection loop: the cost never grows with how rare a valid row is.
 
 - formula `t = f(...)`: t is not modelled; rebuilt from the row's other columns (last, from final values);
+- calendar part `t = month(d)`: t is not modelled; rebuilt from the row's final d (before formulas, which may
+  read it);
 - fixed [a, b, ...]: one categorical column of the combinations (each held by >= k rows: value protection
   applies to the combination; a protected one is replaced by a frequent one, never a token); split back.
   A condition column in the group stays a condition: where the decoded combination disagrees with it, the
@@ -32,8 +34,8 @@ import pyarrow.compute as pc
 from pipeline.codec.arrow import from_storage, numeric_storage, plain
 from pipeline.errors import UserError
 from pipeline.rules.found import RuleSketch, family
-from pipeline.rules.rule import (Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step, evaluate,
-                                 expression_columns, float_values, is_set, parse_rules)
+from pipeline.rules.rule import (CalendarPart, Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step,
+                                 calendar_part, evaluate, expression_columns, float_values, is_set, parse_rules)
 
 SEPARATOR = "\x1f"   # between a combination's values (the ASCII unit separator)
 NULL_MARK = "\x00"   # a null inside a combination
@@ -63,6 +65,7 @@ class RuleSet:
         self.screened = screened or []
         self.left_out = left_out      # the training rows so left out (the rules pass's count)
         self.formulas = [rule for rule in applied if isinstance(rule, Formula)]
+        self.parts = [rule for rule in applied if isinstance(rule, CalendarPart)]
         self.fixed = [rule for rule in applied if isinstance(rule, Fixed)]
         self.one_of = [rule for rule in applied if isinstance(rule, OneOf)]
         self.null_together = [rule for rule in applied if isinstance(rule, NullTogether)]
@@ -102,7 +105,7 @@ class RuleSet:
         return cls(schema, conditions, applied, grains, skipped, found)
 
     def _modelled_schema(self) -> pa.Schema:
-        fields, gone = [], {rule.target for rule in self.formulas}
+        fields, gone = [], {rule.target for rule in [*self.formulas, *self.parts]}
         merged_at = {}
         for name, rule in self.merged.items():
             members = [c for c in rule.group if c not in self.conditions]
@@ -185,7 +188,7 @@ class RuleSet:
 
     def rebuild(self, columns: dict[str, pa.Array], rng: np.random.Generator) -> None:
         """The other constructs, in place, after every column is decoded: inequalities in order, one of, null
-        together, steps, then formulas from the final values."""
+        together, steps, then calendar parts and formulas from the final values."""
         for name in self.order:
             columns[name] = self._rebuilt(name, columns)
         for name, rule in self.which.items():
@@ -198,6 +201,9 @@ class RuleSet:
             arrow_type = self.schema.field(rule.column).type
             values = np.round(float_values(columns[rule.column]) / rule.step) * rule.step
             columns[rule.column] = _array(values, arrow_type, self.grains.get(rule.column))
+        for rule in self.parts:
+            columns[rule.target] = calendar_part(columns[rule.source], rule.part, rule.zone).cast(
+                self.schema.field(rule.target).type)
         for rule in self.formulas:
             arrow_type = self.schema.field(rule.target).type
             columns[rule.target] = _array(evaluate(rule.expression, columns), arrow_type, self.grains.get(rule.target))
@@ -313,6 +319,14 @@ def _misfit(rule: Rule, schema: pa.Schema, conditions: list[str], changed: dict[
     missing = [c for c in columns if c not in schema.names]
     if missing:
         return f"names {missing[0]!r}, which is not a modelled column; its columns are: {', '.join(schema.names)}"
+    if isinstance(rule, CalendarPart):
+        source, target = schema.field(rule.source).type, schema.field(rule.target).type
+        if not (pa.types.is_timestamp(source) or pa.types.is_date(source) and rule.part in ("year", "month", "day")):
+            return f"needs a timestamp (or a date, for year, month and day); {rule.source} is {source}"
+        if not pa.types.is_integer(target):
+            return f"sets {rule.target!r}, which must be an integer column to hold a {rule.part}; it is {target}"
+        if rule.zone is not None and not (pa.types.is_timestamp(source) and source.tz):
+            return f"reads {rule.source!r} in a time zone, but its timestamps carry none; drop the zone"
     families = {family(schema.field(c).type) for c in columns}
     if isinstance(rule, (Inequality, Formula, Step)) and (None in families or len(families) > 1):
         return ("needs numbers, or dates / times / timestamps of one type; "
@@ -342,16 +356,18 @@ def _misfit(rule: Rule, schema: pa.Schema, conditions: list[str], changed: dict[
     clash = [c for c in touched if c in changed]
     if clash:
         return f"would change {clash[0]!r}, which {shown(changed[clash[0]])} already sets"
-    if isinstance(rule, Formula):
-        sources = expression_columns(rule.expression)
-        derived = [c for c in sources if isinstance(changed.get(c), Formula)]
-        if derived:
-            return f"reads {derived[0]!r}, which another formula sets"
+    # parts are rebuilt before formulas: a formula may read a part, a part never a formula's target
+    sources = expression_columns(rule.expression) if isinstance(rule, Formula) else \
+        [rule.source] if isinstance(rule, CalendarPart) else []
+    derived = [c for c in sources if isinstance(changed.get(c), (Formula, CalendarPart))
+               and not (isinstance(rule, Formula) and isinstance(changed[c], CalendarPart))]
+    if derived:
+        return f"reads {derived[0]!r}, which {shown(changed[derived[0]])} sets"
     return None
 
 
 def _changes(rule: Rule, conditions: list[str]) -> set[str]:
-    if isinstance(rule, Formula):
+    if isinstance(rule, (Formula, CalendarPart)):
         return {rule.target}
     if isinstance(rule, Fixed):
         return {c for c in rule.group if c not in conditions}
@@ -364,7 +380,7 @@ def _claim(rule: Rule, changed: dict[str, Rule], conditions: list[str]) -> None:
     touched = set(rule.columns()) - set(conditions) if isinstance(rule, Inequality) else _changes(rule, conditions)
     for column in touched:
         changed.setdefault(column, rule)
-    if isinstance(rule, Formula):
+    if isinstance(rule, (Formula, CalendarPart)):
         changed[rule.target] = rule
 
 

@@ -8,13 +8,18 @@ Candidates, by construction cheap to count per block (vectorised; pairs and trip
 - `a <= b` (or <) between numbers, or dates / times / timestamps of one type, never null, where the order is
   not a matter of scale: with b's rows shifted by one, a > b in at least TIGHT of rows, or a's values reach
   into b's range (age <= fnlwgt is true and says nothing; temp_min <= temp_max does);
+- `t = month(d)`: an integer column that is a calendar part (year, month, day, hour, minute) of a date or
+  timestamp column, read in the column's own zone or, where its hours are the local hours of another zone,
+  in that zone (flights' month, day and hour are its UTC `time_hour`'s in New York);
 - null together, at most one of two numbers set, steps (every value a multiple of a step >= 2, on the exact storage:
   integers, and dates, times and timestamps: flights' time_hour in whole hours).
 Also each float column's grain (decimals, up to 6) so that rebuilt values are written as the real ones are.
 """
 from __future__ import annotations
 
+import functools
 import math
+import zoneinfo
 from typing import Any
 from itertools import combinations, permutations
 
@@ -24,7 +29,8 @@ import pyarrow.compute as pc
 
 from pipeline.codec.arrow import is_numeric_temporal, is_string_like, numeric_storage, plain
 from pipeline.codec.numeric import MAX_DECIMALS, decimal_grain
-from pipeline.rules.rule import Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step, float_values
+from pipeline.rules.rule import (PARTS, CalendarPart, Fixed, Formula, Inequality, NullTogether, OneOf, Rule, Step,
+                                 calendar_part, float_values)
 
 TIGHT = 0.01          # shifted rows breaking an inequality: below this share it is a matter of scale
 LOW_CARDINALITY = 200  # distinct values a column may have to take part in fixed combinations
@@ -33,6 +39,12 @@ TIED_SHARE = 0.01        # a combination independence would give this share of t
 TIED_ROWS = 100          # ...held by fewer than k rows ties the pair (never married and husband)
 MAX_TIED_VALUES = 200    # tied columns merge while the product of their distinct values stays this small
 MAX_FORMULA_COLUMNS = 16  # numeric columns searched for a = b + c, a = b * c (pairs x targets per block)
+# zones tried first when a timestamp's hours are another zone's local hours (the best-known name of equal
+# clocks wins: New York before Detroit), then every zone the system knows, by name
+KNOWN_ZONES = ("UTC", "America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles",
+               "America/Sao_Paulo", "Europe/London", "Europe/Paris", "Europe/Berlin", "Asia/Kolkata",
+               "Asia/Shanghai", "Asia/Tokyo", "Australia/Sydney")
+ZONE_SAMPLE = 2_000  # rows of a block a candidate zone is tried on
 
 
 def family(t: pa.DataType) -> str | None:
@@ -44,6 +56,14 @@ def family(t: pa.DataType) -> str | None:
     if is_numeric_temporal(t) and not pa.types.is_duration(t):
         return str(t)
     return None
+
+
+@functools.cache
+def zones_to_try() -> tuple[str, ...]:
+    """KNOWN_ZONES, then the system's other zones by name (listing them reads the zone files: once)."""
+    available = zoneinfo.available_timezones()
+    known = [zone for zone in KNOWN_ZONES if zone in available]
+    return (*known, *sorted(available - set(known)))
 
 
 class RuleSketch:
@@ -79,6 +99,11 @@ class RuleSketch:
         self.nulls: dict[str, int] = {}
         self.both_set: dict[tuple[str, str], int] = {}
         self.set_rows: dict[str, int] = {}
+        self.calendars = [f.name for f in schema if pa.types.is_timestamp(f.type) or pa.types.is_date(f.type)]
+        self.integers = [f.name for f in schema if pa.types.is_integer(f.type)]
+        # (target, part, source, zone) -> [rows checked, rows where target != part(source)]: a block may read
+        # a source in another zone than the rest, so a part holds only where every row was checked
+        self.parts: dict[tuple[str, str, str, str | None], np.ndarray] = {}
 
     def update(self, batch: pa.Table | pa.RecordBatch) -> None:
         if self.declared:
@@ -116,6 +141,7 @@ class RuleSketch:
                                (x > np.roll(y, 1)).sum() if len(x) > 1 else 0], dtype=np.int64)
             self.pairs[(a, b)] = self.pairs.get((a, b), 0) + counts
         self._update_formulas(values)
+        self._update_parts(batch, values)
         self._update_discrete(batch)
         nullable = [name for name in self.schema.names if plain(batch.column(name)).null_count or self.nulls[name]]
         masks = {name: np.asarray(plain(batch.column(name)).is_null()) for name in nullable}
@@ -153,6 +179,46 @@ class RuleSketch:
                     off = ~np.isclose(have, want, rtol=1e-9, atol=1e-9) & ~(np.isnan(have) & np.isnan(want))
                     self.triples[key] = self.triples.get(key, 0) + int(off.sum())
 
+    def _update_parts(self, batch: pa.Table | pa.RecordBatch, values: dict[str, np.ndarray]) -> None:
+        for source in self.calendars:
+            column = plain(batch.column(source))
+            parts = PARTS if pa.types.is_timestamp(column.type) else PARTS[:3]
+            for zone in [None, *self._zone(column, values)]:
+                for part in parts:
+                    want = float_values(calendar_part(column, part, zone))
+                    for target in self.integers:
+                        key = (target, part, source, zone)
+                        counts = self.parts.get(key)
+                        if counts is not None and counts[1] > 0:
+                            continue  # already broken
+                        have = values[target]
+                        off = (have != want) & ~(np.isnan(have) & np.isnan(want))
+                        self.parts[key] = (0 if counts is None else counts) + np.array([len(have), off.sum()])
+
+    def _zone(self, column: pa.Array, values: dict[str, np.ndarray]) -> list[str]:
+        """[a zone whose local hours some integer column holds] for a zoned timestamp whose own hours it does not
+        hold, else []. Tried only where a column's hours differ from the timestamp's by at most two offsets (a
+        zone with summer time), on the block's first ZONE_SAMPLE rows."""
+        if not (pa.types.is_timestamp(column.type) and column.type.tz):
+            return []
+        sample = column.slice(0, ZONE_SAMPLE)
+        own = float_values(pc.hour(sample))
+        hours = []
+        for target in self.integers:
+            have = values[target][:len(sample)]
+            both = ~np.isnan(have) & ~np.isnan(own)
+            if both.any() and np.isin(have[both], np.arange(24)).all():
+                offsets = np.unique((have[both] - own[both]) % 24)
+                if len(offsets) <= 2 and offsets.any():
+                    hours.append(have)
+        if not hours:
+            return []
+        for zone in zones_to_try():
+            local = float_values(calendar_part(sample, "hour", zone))
+            if any(((have == local) | np.isnan(have) & np.isnan(local)).all() for have in hours):
+                return [zone]
+        return []
+
     def _update_discrete(self, batch: pa.Table | pa.RecordBatch) -> None:
         table = pa.table({name: plain(batch.column(name)) for name in self.discrete})
         for name in self.discrete:
@@ -186,6 +252,8 @@ class RuleSketch:
                 mine[key] = mine.get(key, 0) + value
         for key, value in other.pairs.items():
             self.pairs[key] = self.pairs.get(key, 0) + value
+        for key, value in other.parts.items():
+            self.parts[key] = self.parts.get(key, 0) + value
         for name, (low, high) in other.spread.items():
             mine = self.spread.get(name, (math.inf, -math.inf))
             self.spread[name] = (min(mine[0], low), max(mine[1], high))
@@ -228,6 +296,7 @@ class RuleSketch:
             if off == 0 and {a, b, c} <= varied and not {a, b, c} & copies and self.valid.get(a, 0) >= k \
                     and a not in {r.target for r in found}:
                 found.append(Formula(a, (op, b, c)))
+        found += self._calendar_parts(k, {rule.target for rule in found})
         derived = {rule.target for rule in found}
         found += self._fixed(k, derived)
         found += self._tied(k, derived, {name for rule in found if isinstance(rule, Fixed) for name in rule.group})
@@ -248,6 +317,18 @@ class RuleSketch:
             if divisor >= 2 and name in varied and self.valid[name] >= k and name not in derived | fixed:
                 found.append(Step(name, float(divisor)))
         return found
+
+    def _calendar_parts(self, k: int, derived: set[str]) -> list[CalendarPart]:
+        """One part per integer column that is one in every row (>= k of them with a value): the first source
+        in the table's order, its own zone before another."""
+        names = self.schema.names
+        held = sorted((key for key, (checked, off) in self.parts.items() if checked == self.rows and off == 0),
+                      key=lambda key: (names.index(key[2]), key[3] is not None, PARTS.index(key[1])))
+        parts: dict[str, CalendarPart] = {}
+        for target, part, source, zone in held:
+            if target not in parts and target not in derived and self.valid.get(target, 0) >= k:
+                parts[target] = CalendarPart(target, part, source, zone)
+        return sorted(parts.values(), key=lambda rule: names.index(rule.target))
 
     def _complete_combos(self) -> list[tuple[tuple[str, str], dict]]:
         """The pairs whose combinations were counted over every row: both columns stayed low-cardinality in every

@@ -3,7 +3,8 @@ object per rule, parsed once at the edge by a small grammar (Python's `ast` with
 text), and a check that counts the rows breaking it (tests, the evaluator, the found rules' 100%).
 
 String rules: inequalities and chains over columns and constants (`low <= open <= high`, `age >= 0`,
-`"arr_time > dep_time"`) and formulas (`adj_close = close`, `total = price * quantity`); names that are not
+`"arr_time > dep_time"`), formulas (`adj_close = close`, `total = price * quantity`) and calendar parts
+(`month = month(time_hour)`, `hour = hour(time_hour, 'America/New_York')`); names that are not
 identifiers go in backticks (`` `decile_score.1` = decile_score ``). Mapping rules: `{fixed: [a, b]}`,
 `{null_together: [a, b]}`, `{one_of: [a, b]}`, `{step: {price: 0.01}}`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -62,6 +64,44 @@ class Formula:
         want, have = evaluate(self.expression, table), _values(table, self.target)
         with np.errstate(invalid="ignore"):
             return ~np.isclose(have, want, rtol=1e-9, atol=1e-9) & ~(np.isnan(have) & np.isnan(want))
+
+
+PARTS = ("year", "month", "day", "hour", "minute")  # calendar parts a CalendarPart reads
+
+
+@dataclass(frozen=True)
+class CalendarPart:
+    """target = a calendar part of a date or timestamp column, read in a time zone (None: the column's own, or
+    the wall clock of a timestamp without one). Flights' month, day and hour are its `time_hour`'s in New York:
+    held as a rule, a generated row takes them from its generated timestamp, so they agree with it and always
+    name a real day (no 31 September from three columns drawn apart)."""
+    target: str
+    part: str
+    source: str
+    zone: str | None = None
+
+    def columns(self) -> list[str]:
+        return [self.target, self.source]
+
+    def config(self) -> str:
+        zone = f", '{self.zone}'" if self.zone else ""
+        return f"{_name(self.target)} = {self.part}({_name(self.source)}{zone})"
+
+    def broken(self, table: pa.Table) -> np.ndarray:
+        have, want = _values(table, self.target), self.values(table[self.source])
+        return (have != want) & ~(np.isnan(have) & np.isnan(want))
+
+    def values(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """float64 per row: the part of each value (NaN where null)."""
+        return float_values(calendar_part(column, self.part, self.zone))
+
+
+def calendar_part(column: pa.Array | pa.ChunkedArray, part: str, zone: str | None) -> pa.Array:
+    """int64 per row: the calendar part of each date or timestamp, a zoned timestamp read in `zone`."""
+    column = plain(column)
+    if zone is not None and pa.types.is_timestamp(column.type):
+        column = column.cast(pa.timestamp(column.type.unit, tz=zone))
+    return getattr(pc, part)(column)
 
 
 @dataclass(frozen=True)
@@ -133,7 +173,7 @@ class Step:
             return ~np.isclose(ratio, np.round(ratio), rtol=0, atol=1e-6) & ~np.isnan(values)
 
 
-Rule = Union[Inequality, Formula, Fixed, NullTogether, OneOf, Step]
+Rule = Union[Inequality, Formula, CalendarPart, Fixed, NullTogether, OneOf, Step]
 GROUP_RULES = {"fixed": Fixed, "null_together": NullTogether, "one_of": OneOf}
 
 
@@ -183,6 +223,8 @@ def _parse_text(text: str, where: str) -> list[Rule]:
         raise fail from None
     if not isinstance(tree, ast.Compare):
         raise fail
+    if len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Eq) and isinstance(tree.comparators[0], ast.Call):
+        return [_calendar_part(tree.left, tree.comparators[0], names, text, where)]
     terms = [_expression(node, names, fail) for node in (tree.left, *tree.comparators)]
     if all(isinstance(op, ast.Eq) for op in tree.ops) and len(terms) == 2:
         target, expression = terms
@@ -202,6 +244,24 @@ def _parse_text(text: str, where: str) -> list[Rule]:
             raise fail
         links.append(Inequality(left, right, strict=symbol in ("<", ">")))
     return links
+
+
+def _calendar_part(left: ast.AST, call: ast.Call, names: dict[str, str], text: str, where: str) -> CalendarPart:
+    """`month = month(time_hour)` or `hour = hour(time_hour, 'America/New_York')`."""
+    args = call.args
+    if not (isinstance(left, ast.Name) and isinstance(call.func, ast.Name) and call.func.id in PARTS
+            and not call.keywords and 1 <= len(args) <= 2 and isinstance(args[0], ast.Name)
+            and (len(args) == 1 or isinstance(args[1], ast.Constant) and isinstance(args[1].value, str))):
+        raise UserError(f"{where}: cannot read rule {text!r}; a calendar part is written `month = month(date)` or "
+                        f"`hour = hour(time_hour, 'America/New_York')`, with one of {', '.join(PARTS)}")
+    zone = args[1].value if len(args) == 2 else None
+    if zone is not None:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise UserError(f"{where}: {zone!r} in {text!r} is not a time zone; write an IANA name such as "
+                            "'America/New_York' or 'UTC'") from None
+    return CalendarPart(names.get(left.id, left.id), call.func.id, names.get(args[0].id, args[0].id), zone)
 
 
 def _expression(node: ast.AST, names: dict[str, str], fail: UserError) -> Expr:
