@@ -87,10 +87,33 @@ def test_jobs_train_generate_from_champion_and_evaluate_through_mlflow_server_an
         "train.storage_path=s3://jobs/checkpoints", f"train.storage_options={options}"))
     assert "registered models:/weather-jobs/1" in train_logs
 
+    # what the two workers' run left in MLflow (through the server) and on S3
     client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["train.num_workers"] == "2"
+    secrets = {k: v for k, v in run.data.params.items() if k.startswith(("data.storage_options", "train.storage_options"))}
+    assert secrets and set(secrets.values()) == {"***"}
+    for key in ("loss", "recon", "kl", "val_elbo", "rows_per_s", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0], key
+    assert "loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+    assert [str(v.version) for v in client.search_model_versions("name = 'weather-jobs'")] == ["1"]
+    assert str(client.get_model_version_by_alias("weather-jobs", "candidate").version) == "1"
+    assert s3.ls("jobs/checkpoints/jobs-train")
     client.set_registered_model_alias("weather-jobs", "champion", "1")  # a person promotes the candidate
     # The jobs ran without S3 credentials for MLflow; the server proxied the model into its bucket.
     assert any(path.endswith("artifacts/cvae/weights.pt") for path in s3.find("mlflow-artifacts"))
+    # a person pulls the registered model through the server and asks it for rows
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(mlflow_server)
+    pyfunc = mlflow.pyfunc.load_model("models:/weather-jobs@champion")
+    rows = pyfunc.predict(pd.DataFrame({"weather": ["rain"] * 20 + ["sun"] * 5}), params={"seed": 1})
+    assert list(rows.columns) == ["date", "precipitation", "temp_max", "temp_min", "wind", "weather"]
+    assert rows["weather"].tolist() == ["rain"] * 20 + ["sun"] * 5
 
     generate = "python jobs/generate.py " + sets(
         *common, "generate.model_uri=models:/weather-jobs@champion", "generate.num_rows=5000",

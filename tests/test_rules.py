@@ -80,7 +80,8 @@ def test_rules_parse_as_written_and_bad_ones_fail_in_one_line():
     ("nuclides", [Fixed(("z", "element")), NullTogether(("radius", "radius_uncert"))]),
     ("seattle-weather", [Inequality("temp_min", "temp_max", strict=True)]),
     ("penguins-raw", [Fixed(("Clutch Completion", "Comments"))]),
-    ("flights", [NullTogether(("dep_time", "dep_delay")), NullTogether(("arr_delay", "air_time")),
+    ("flights", [Formula("sched_dep_time", ("+", ("*", "hour", 100.0), "minute")),  # HHMM from hour and minute
+                 NullTogether(("dep_time", "dep_delay")), NullTogether(("arr_delay", "air_time")),
                  Fixed(("carrier", "origin")), Step("time_hour", 3_600_000_000_000.0),  # whole hours, in ns
                  # time_hour is stored in UTC; the date and hour columns are its New York ones
                  *[CalendarPart(part, part, "time_hour", "America/New_York") for part in ("year", "month", "day",
@@ -142,6 +143,8 @@ def test_generated_flights_dates_are_real_days_of_their_time_hour():
                                                                                                      "day")))]
     assert written == pc.strftime(local, "%Y-%m-%d").to_pylist()
     assert rows.column("hour").to_pylist() == pc.hour(local).to_pylist()
+    # the scheduled departure (HHMM) is in that hour: formulas read the parts
+    assert (np.array(rows.column("sched_dep_time")) // 100 == np.array(rows.column("hour"))).all()
 
 
 def test_declared_rules_hold_with_nothing_found():

@@ -2,7 +2,8 @@
 `merge` on the driver), then every candidate the rows keep in 100% of rows with support from at least k rows.
 
 Candidates, by construction cheap to count per block (vectorised; pairs and triples of columns, bounded):
-- `a = b`, `a = b + c`, `a = b * c` between numeric columns (formulas);
+- `a = b`, `a = b + c`, `a = b * c` between numeric columns, and `a = b * 100 + c` between integers (a clock
+  time written HHMM from its hour and minute: flights' sched_dep_time) (formulas);
 - `a -> b`: each value of a low-cardinality column a goes with one value of b (fixed combinations), where a
   repeats (at most rows / k distinct values: an id determines everything and means nothing);
 - `a <= b` (or <) between numbers, or dates / times / timestamps of one type, never null, where the order is
@@ -166,8 +167,12 @@ class RuleSketch:
 
     def _update_formulas(self, values: dict[str, np.ndarray]) -> None:
         numbers = self.numbers[:MAX_FORMULA_COLUMNS]
-        for b, c in combinations(numbers, 2):
-            results = {"+": values[b] + values[c], "*": values[b] * values[c]}
+        integers = [name for name in numbers if name in self.integers]
+        for i, j in permutations(range(len(numbers)), 2):
+            b, c = numbers[i], numbers[j]
+            results = {"+": values[b] + values[c], "*": values[b] * values[c]} if i < j else {}
+            if b in integers and c in integers:
+                results["hhmm"] = values[b] * 100 + values[c]
             for a in numbers:
                 if a in (b, c):
                     continue
@@ -295,7 +300,7 @@ class RuleSketch:
         for (op, a, b, c), off in sorted(self.triples.items()):
             if off == 0 and {a, b, c} <= varied and not {a, b, c} & copies and self.valid.get(a, 0) >= k \
                     and a not in {r.target for r in found}:
-                found.append(Formula(a, (op, b, c)))
+                found.append(Formula(a, ("+", ("*", b, 100.0), c) if op == "hhmm" else (op, b, c)))
         found += self._calendar_parts(k, {rule.target for rule in found})
         derived = {rule.target for rule in found}
         found += self._fixed(k, derived)
