@@ -72,9 +72,10 @@ PARTS = ("year", "month", "day", "hour", "minute")  # calendar parts a CalendarP
 @dataclass(frozen=True)
 class CalendarPart:
     """target = a calendar part of a date or timestamp column, read in a time zone (None: the column's own, or
-    the wall clock of a timestamp without one). Flights' month, day and hour are its `time_hour`'s in New York:
-    held as a rule, a generated row takes them from its generated timestamp, so they agree with it and always
-    name a real day (no 31 September from three columns drawn apart)."""
+    the wall clock of a timestamp without one). Flights' year, month and day are its `time_hour`'s date in New
+    York: held as a rule, a generated row takes them from its generated timestamp, so they agree with it and
+    always name a real day (no 31 September from three columns drawn apart). Only the date parts are found
+    (found.py says why); an hour or minute part applies when declared."""
     target: str
     part: str
     source: str
